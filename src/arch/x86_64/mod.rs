@@ -1,0 +1,5 @@
+//! x86_64 boot support: memory layout, kernel loading, boot tables and vCPU setup.
+
+pub mod gdt;
+pub mod layout;
+pub mod regs;
