@@ -1,5 +1,7 @@
 //! x86_64 boot support: memory layout, kernel loading, boot tables and vCPU setup.
 
 pub mod gdt;
+pub mod interrupts;
 pub mod layout;
+pub mod msr;
 pub mod regs;
