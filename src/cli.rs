@@ -1,0 +1,57 @@
+//! Command-line interface: clap derive structs only. Validation and defaults
+//! live in [`crate::config`], so the CLI stays a thin description of flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// kvmini: boot Linux kernels on KVM, fast and small.
+#[derive(Debug, Parser)]
+#[command(name = "kvmini", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace. `RUST_LOG` is read when
+    /// this is not given.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a Linux kernel and attach its serial console to this terminal.
+    ///
+    /// The guest console is shown on standard output and keystrokes are
+    /// forwarded to it. Press Ctrl-A x to kill the VM, Ctrl-A Ctrl-A to send
+    /// a literal Ctrl-A. kvmini exits 0 when the guest powers off or reboots.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest kernel: an uncompressed vmlinux (ELF) or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (initramfs cpio archive, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Guest RAM, with an optional K, M or G suffix (a bare number is MiB).
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// Number of vCPUs.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Extra kernel command line, appended to kvmini's defaults
+    /// ("console=ttyS0 reboot=k panic=1").
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
+    #[arg(long, value_name = "DEST", default_value = "stdout")]
+    pub console: String,
+}

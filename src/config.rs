@@ -1,0 +1,282 @@
+//! The validated VM configuration. Every default and every check on user
+//! input lives here, so the rest of the VMM can trust what it is given.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::cli::RunArgs;
+
+/// Kernel command-line parameters every guest gets; the user's `--cmdline`
+/// is appended after them, so the user can override any of them.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// The smallest guest we accept: below this a Linux kernel cannot even
+/// decompress itself, and a clear error beats an obscure guest panic.
+pub const MIN_MEMORY: u64 = 16 << 20;
+
+/// The most vCPUs the MP table (one 20-byte entry each, below 640 KiB) and
+/// 8-bit APIC IDs allow.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    Stdout,
+    File(PathBuf),
+    None,
+}
+
+/// A fully validated VM description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub memory_bytes: u64,
+    pub vcpus: u8,
+    /// The whole kernel command line: defaults, then the user's extras.
+    pub cmdline: String,
+    pub console: ConsoleConfig,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    MemorySize(String),
+    MemoryTooSmall(u64),
+    MemoryTooLarge { requested: u64, host: u64 },
+    Vcpus(u32),
+    Console(String),
+    KernelMissing(PathBuf, String),
+    InitrdMissing(PathBuf, String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MemorySize(s) => write!(
+                f,
+                "invalid --memory '{s}': expected a size such as 512M, 2G or 131072K"
+            ),
+            Self::MemoryTooSmall(b) => write!(
+                f,
+                "--memory {} MiB is too small: a Linux guest needs at least {} MiB",
+                b >> 20,
+                MIN_MEMORY >> 20
+            ),
+            Self::MemoryTooLarge { requested, host } => write!(
+                f,
+                "--memory {} MiB is more than this host has ({} MiB of RAM and swap)",
+                requested >> 20,
+                host >> 20
+            ),
+            Self::Vcpus(n) => write!(f, "--cpus {n} is out of range: use 1 to {MAX_VCPUS}"),
+            Self::Console(s) => write!(
+                f,
+                "invalid --console '{s}': use stdout, none or file=PATH"
+            ),
+            Self::KernelMissing(p, e) => {
+                write!(f, "cannot read kernel '{}': {e}", p.display())
+            }
+            Self::InitrdMissing(p, e) => {
+                write!(f, "cannot read initrd '{}': {e}", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses a size such as `512M`, `2G`, `131072K`, `1048576B` or `256`
+/// (bare numbers are MiB, as with QEMU's `-m`).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::MemorySize(s.to_string());
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'B' => 0,
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(err()),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 20),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+fn parse_console(s: &str) -> Result<ConsoleConfig, ConfigError> {
+    match s {
+        "stdout" => Ok(ConsoleConfig::Stdout),
+        "none" => Ok(ConsoleConfig::None),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(p))),
+            _ => Err(ConfigError::Console(s.to_string())),
+        },
+    }
+}
+
+/// Host RAM plus swap in bytes, from /proc/meminfo; `None` if unreadable.
+pub fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    Some(meminfo_total(&info))
+}
+
+fn meminfo_total(info: &str) -> u64 {
+    info.lines()
+        .filter(|l| l.starts_with("MemTotal:") || l.starts_with("SwapTotal:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kib| kib << 10)
+        .sum()
+}
+
+fn check_readable(path: &PathBuf) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    std::fs::File::open(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
+impl VmConfig {
+    /// Validates the `run` arguments against each other and against this
+    /// host (`host_memory`: bytes of RAM and swap, when known).
+    pub fn from_run_args(args: &RunArgs, host_memory: Option<u64>) -> Result<Self, ConfigError> {
+        let memory_bytes = parse_size(&args.memory)?;
+        if memory_bytes < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(memory_bytes));
+        }
+        if let Some(host) = host_memory.filter(|&h| memory_bytes > h) {
+            return Err(ConfigError::MemoryTooLarge {
+                requested: memory_bytes,
+                host,
+            });
+        }
+        if args.cpus == 0 || args.cpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(args.cpus));
+        }
+        let console = parse_console(&args.console)?;
+        check_readable(&args.kernel)
+            .map_err(|e| ConfigError::KernelMissing(args.kernel.clone(), e))?;
+        if let Some(initrd) = &args.initrd {
+            check_readable(initrd).map_err(|e| ConfigError::InitrdMissing(initrd.clone(), e))?;
+        }
+        let mut cmdline = DEFAULT_CMDLINE.to_string();
+        if let Some(extra) = args.cmdline.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        Ok(VmConfig {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            memory_bytes,
+            vcpus: args.cpus as u8,
+            cmdline,
+            console,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::tempfile::TempFile;
+
+    fn args(kernel: &std::path::Path) -> RunArgs {
+        RunArgs {
+            kernel: kernel.to_path_buf(),
+            initrd: None,
+            memory: "128M".into(),
+            cpus: 1,
+            cmdline: None,
+            console: "stdout".into(),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("131072K").unwrap(), 128 << 20);
+        assert_eq!(parse_size("256").unwrap(), 256 << 20);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999999999999G", "1 G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn consoles() {
+        assert_eq!(parse_console("stdout").unwrap(), ConsoleConfig::Stdout);
+        assert_eq!(parse_console("none").unwrap(), ConsoleConfig::None);
+        assert_eq!(
+            parse_console("file=/tmp/x").unwrap(),
+            ConsoleConfig::File("/tmp/x".into())
+        );
+        assert!(parse_console("file=").is_err());
+        assert!(parse_console("stderr").is_err());
+    }
+
+    #[test]
+    fn meminfo() {
+        let info = "MemTotal:       1024 kB\nMemFree: 5 kB\nSwapTotal:  2048 kB\n";
+        assert_eq!(meminfo_total(info), 3072 << 10);
+    }
+
+    #[test]
+    fn valid_config_appends_cmdline() {
+        let k = TempFile::new().unwrap();
+        let mut a = args(k.as_path());
+        a.cmdline = Some(" root=/dev/vda  ".into());
+        a.cpus = 2;
+        let c = VmConfig::from_run_args(&a, Some(1 << 40)).unwrap();
+        assert_eq!(c.cmdline, format!("{DEFAULT_CMDLINE} root=/dev/vda"));
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_bytes, 128 << 20);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let k = TempFile::new().unwrap();
+        let mut a = args(k.as_path());
+        a.memory = "0".into();
+        assert_eq!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::MemoryTooSmall(0))
+        );
+        a.memory = "8G".into();
+        assert!(matches!(
+            VmConfig::from_run_args(&a, Some(4 << 30)),
+            Err(ConfigError::MemoryTooLarge { .. })
+        ));
+        a.memory = "128M".into();
+        a.cpus = 0;
+        assert_eq!(VmConfig::from_run_args(&a, None), Err(ConfigError::Vcpus(0)));
+        a.cpus = 255;
+        assert_eq!(VmConfig::from_run_args(&a, None), Err(ConfigError::Vcpus(255)));
+        a.cpus = 1;
+        a.kernel = "/nonexistent/vmlinux".into();
+        assert!(matches!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::KernelMissing(..))
+        ));
+        a.kernel = "/".into();
+        assert!(matches!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::KernelMissing(..))
+        ));
+        a.kernel = k.as_path().to_path_buf();
+        a.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::InitrdMissing(..))
+        ));
+    }
+}

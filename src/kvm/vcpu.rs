@@ -1,0 +1,202 @@
+//! vCPU threads: one per vCPU, named `vcpu<N>`, running `KVM_RUN` and
+//! dispatching port and MMIO exits to the buses. A vCPU stops when the VM's
+//! [`ExitSignal`] is raised (by itself, another vCPU or the VMM) and it is
+//! kicked out of `KVM_RUN` with a signal.
+
+use std::io;
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::bus::Bus;
+use crate::vmm::exit::{ExitSignal, VmExit};
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process: its only job is to
+/// make `KVM_RUN` return `EINTR` instead of the process dying.
+fn install_kick_handler() -> io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), noop_handler)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+/// Everything a vCPU thread needs; moved into the thread.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub mem: GuestMemoryMmap,
+    pub exit: Arc<ExitSignal>,
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    thread: JoinHandle<()>,
+}
+
+impl Vcpu {
+    pub fn spawn(self) -> io::Result<VcpuHandle> {
+        install_kick_handler()?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || self.run())?;
+        Ok(VcpuHandle { thread })
+    }
+
+    fn run(mut self) {
+        while !self.exit.is_raised() {
+            if let Some(reason) = self.run_once() {
+                self.exit.raise(reason);
+            }
+        }
+        log::debug!("vcpu{} stopped", self.index);
+    }
+
+    /// One `KVM_RUN`; returns why the VM must stop, if it must.
+    fn run_once(&mut self) -> Option<VmExit> {
+        let cpu = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.pio.read(u64::from(port), data) {
+                    log::debug!("vcpu{cpu}: read of unclaimed port {port:#x}");
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !self.pio.write(u64::from(port), data) {
+                    log::debug!("vcpu{cpu}: write {data:x?} to unclaimed port {port:#x}");
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.mmio.read(addr, data) {
+                    log::debug!("vcpu{cpu}: read of unclaimed MMIO {addr:#x}");
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !self.mmio.write(addr, data) {
+                    log::debug!("vcpu{cpu}: write to unclaimed MMIO {addr:#x}");
+                }
+                None
+            }
+            Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault { cpu }),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
+                KVM_SYSTEM_EVENT_CRASH => Some(VmExit::GuestCrash {
+                    cpu,
+                    detail: "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into(),
+                }),
+                other => Some(VmExit::GuestCrash {
+                    cpu,
+                    detail: format!("unknown system event {other}"),
+                }),
+            },
+            Ok(VcpuExit::FailEntry(reason, _)) => Some(VmExit::FailEntry { cpu, reason }),
+            Ok(VcpuExit::InternalError) => Some(self.internal_error()),
+            Ok(VcpuExit::Hlt) => Some(VmExit::PowerOff),
+            Ok(other) => Some(VmExit::GuestCrash {
+                cpu,
+                detail: format!("unexpected KVM exit {other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(VmExit::VcpuError {
+                cpu,
+                detail: format!("KVM_RUN failed: {e}"),
+            }),
+        }
+    }
+
+    /// Describes a `KVM_EXIT_INTERNAL_ERROR`: suberror, KVM's data words, the
+    /// guest RIP and the instruction bytes there.
+    fn internal_error(&mut self) -> VmExit {
+        let cpu = self.index;
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled the
+        // `internal` member of the union (and, for emulation failures with
+        // the instruction-bytes flag, the `emulation_failure` view of it).
+        let (suberror, data, insn) = unsafe {
+            let run = self.fd.get_kvm_run();
+            let internal = run.__bindgen_anon_1.internal;
+            let n = (internal.ndata as usize).min(internal.data.len());
+            let emu = run.__bindgen_anon_1.emulation_failure;
+            let insn = (internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+                && emu.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                    != 0)
+                .then(|| {
+                    let b = emu.__bindgen_anon_1.__bindgen_anon_1;
+                    b.insn_bytes[..(b.insn_size as usize).min(15)].to_vec()
+                });
+            (internal.suberror, internal.data[..n].to_vec(), insn)
+        };
+        let rip = self.fd.get_regs().map(|r| r.rip).ok();
+        let insn = insn.or_else(|| rip.and_then(|rip| self.bytes_at(rip)));
+        let mut detail = format!("KVM_EXIT_INTERNAL_ERROR suberror {suberror}");
+        if suberror == KVM_INTERNAL_ERROR_EMULATION {
+            detail.push_str(" (instruction emulation failed)");
+        }
+        if let Some(rip) = rip {
+            detail.push_str(&format!(", rip {rip:#x}"));
+        }
+        if let Some(insn) = insn {
+            detail.push_str(&format!(", instruction bytes {insn:02x?}"));
+        }
+        if !data.is_empty() {
+            detail.push_str(&format!(", data {data:#x?}"));
+        }
+        VmExit::InternalError { cpu, detail }
+    }
+
+    /// Reads up to 15 bytes at guest virtual address `rip`, if mapped.
+    fn bytes_at(&self, rip: u64) -> Option<Vec<u8>> {
+        let t = self.fd.translate_gva(rip).ok()?;
+        if t.valid == 0 {
+            return None;
+        }
+        let mut buf = [0u8; 15];
+        self.mem
+            .read_slice(&mut buf, GuestAddress(t.physical_address))
+            .ok()?;
+        Some(buf.to_vec())
+    }
+}
+
+impl VcpuHandle {
+    /// Kicks the thread out of `KVM_RUN` until it notices the raised exit
+    /// signal, then joins it. The exit signal must already be raised.
+    pub fn stop(self) {
+        while !self.thread.is_finished() {
+            // A kick that lands just before the thread enters KVM_RUN is lost,
+            // so keep kicking until it is gone.
+            let _ = self.thread.kill(kick_signal());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if self.thread.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `kvmini`: parse the command line, validate it into a config, run the VM,
+//! and turn the outcome into an exit code and a one-line message.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvmini::cli::{Cli, Command};
+use kvmini::config::{self, VmConfig};
+use kvmini::{logger, vmm};
+
+/// Exit codes, documented in `kvmini --help` and docs/cli.md.
+mod code {
+    /// The guest powered off or rebooted.
+    pub const OK: u8 = 0;
+    /// kvmini could not start the VM (bad input, KVM unusable, ...).
+    pub const ERROR: u8 = 1;
+    /// The guest crashed: triple fault, failed emulation, failed entry.
+    pub const GUEST_CRASH: u8 = 3;
+    /// Killed from the console with Ctrl-A x.
+    pub const USER_QUIT: u8 = 130;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logger::init(cli.log_level.as_deref()) {
+        eprintln!("kvmini: {e}");
+        return ExitCode::from(code::ERROR);
+    }
+    match cli.command {
+        Command::Run(args) => {
+            let config = match VmConfig::from_run_args(&args, config::host_memory_bytes()) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match vmm::run(&config) {
+                Ok(exit) if exit.is_clean() => {
+                    log::info!("{exit}");
+                    ExitCode::from(code::OK)
+                }
+                Ok(exit) => {
+                    eprintln!("kvmini: {exit}");
+                    ExitCode::from(match exit {
+                        vmm::exit::VmExit::UserQuit => code::USER_QUIT,
+                        vmm::exit::VmExit::HostSignal(s) => (128 + s) as u8,
+                        _ => code::GUEST_CRASH,
+                    })
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("kvmini: error: {e}");
+    ExitCode::from(code::ERROR)
+}

@@ -1,0 +1,148 @@
+//! The boot recipe, as a short list of calls: memory, VM, kernel, boot
+//! tables, devices, vCPUs. Each step's failure says which step it was.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::Kvm;
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::exit::{ExitSignal, VmExit};
+use super::Error;
+use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
+use crate::config::VmConfig;
+use crate::devices::bus::Bus;
+use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{SerialDevice, COM1_PORT, COM1_PORT_LEN};
+use crate::kvm::vcpu::Vcpu;
+use crate::kvm::vm::Vm;
+use vm_superio::Trigger;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Allocates guest RAM: below the 32-bit MMIO gap, the rest above 4 GiB.
+pub fn guest_memory(config: &VmConfig) -> Result<GuestMemoryMmap, Error> {
+    GuestMemoryMmap::from_ranges(&layout::ram_regions(config.memory_bytes))
+        .map_err(|e| Error::GuestMemory(e.to_string()))
+}
+
+/// Builds the kernel command line: the config's, plus what devices add.
+pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
+    Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
+        .map_err(|e| Error::Cmdline(e.to_string()))
+}
+
+/// Loads kernel, initrd and command line, and writes the zero page and MP
+/// table. Returns the 64-bit entry point.
+pub fn load_guest(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    cmdline: &Cmdline,
+) -> Result<GuestAddress, Error> {
+    let open = |p: &std::path::Path| {
+        File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e))
+    };
+    let kernel = boot::load_kernel(mem, &mut open(&config.kernel)?)
+        .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(
+            boot::load_initrd(mem, &mut open(path)?)
+                .map_err(|e| Error::Initrd(path.clone(), e))?,
+        ),
+        None => None,
+    };
+    boot::load_cmdline(mem, cmdline).map_err(Error::Boot)?;
+    let cmdline_size = cmdline
+        .as_cstring()
+        .map_err(|e| Error::Cmdline(e.to_string()))?
+        .as_bytes_with_nul()
+        .len();
+    boot::configure_system(mem, cmdline_size, initrd, kernel.setup_header)
+        .map_err(Error::Boot)?;
+    mptable::setup_mptable(mem, config.vcpus).map_err(Error::Mptable)?;
+    Ok(kernel.entry)
+}
+
+/// The i8042's reset line: the guest's `reboot=k` stops the VM.
+struct ResetTrigger(Arc<ExitSignal>);
+
+impl Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.raise(VmExit::Reset);
+        Ok(())
+    }
+}
+
+/// The legacy port-I/O devices: COM1 (IRQ 4) and the i8042 reset.
+pub struct LegacyDevices {
+    pub pio: Bus,
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// Readable when the guest drained the UART's receive FIFO.
+    pub serial_wake: EventFd,
+}
+
+pub fn legacy_devices(
+    vm: &Vm,
+    console: Box<dyn std::io::Write + Send>,
+    exit: &Arc<ExitSignal>,
+) -> Result<LegacyDevices, Error> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&irq, layout::SERIAL_IRQ)
+        .map_err(Error::Vm)?;
+    let (serial, serial_wake) = SerialDevice::new(irq, console).map_err(Error::EventFd)?;
+    let serial = Arc::new(Mutex::new(serial));
+    let i8042 = Arc::new(Mutex::new(I8042::new(ResetTrigger(exit.clone()))));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)
+        .map_err(Error::Bus)?;
+    pio.insert(i8042, I8042_PORT, I8042_PORT_LEN)
+        .map_err(Error::Bus)?;
+    Ok(LegacyDevices {
+        pio,
+        serial,
+        serial_wake,
+    })
+}
+
+/// Creates and configures every vCPU (not yet running).
+#[allow(clippy::too_many_arguments)]
+pub fn create_vcpus(
+    kvm: &Kvm,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    entry: GuestAddress,
+    count: u8,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: &Arc<ExitSignal>,
+) -> Result<Vec<Vcpu>, Error> {
+    let max = kvm.get_max_vcpus();
+    if usize::from(count) > max {
+        return Err(Error::TooManyVcpus(count, max));
+    }
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::Cpuid)?;
+    (0..count)
+        .map(|index| {
+            let fd = vm
+                .fd()
+                .create_vcpu(u64::from(index))
+                .map_err(|e| Error::CreateVcpu(index, e))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter_cpuid(&mut cpuid, index, count);
+            arch::configure_vcpu(mem, &fd, &cpuid, entry, index == 0)
+                .map_err(|e| Error::ConfigureVcpu(index, e))?;
+            Ok(Vcpu {
+                index,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                exit: exit.clone(),
+            })
+        })
+        .collect()
+}

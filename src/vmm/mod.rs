@@ -1,0 +1,176 @@
+//! The VMM: builds the VM from a [`VmConfig`], runs the event loop until
+//! the guest stops, then stops the vCPUs and reports why it stopped.
+
+pub mod builder;
+pub mod console;
+pub mod exit;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+
+use crate::arch::x86_64 as arch;
+use crate::config::VmConfig;
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::serial::ConsoleInput;
+use crate::kvm::{self, vm::Vm, KvmError};
+use exit::{ExitSignal, VmExit};
+
+#[derive(Debug)]
+pub enum Error {
+    Kvm(KvmError),
+    GuestMemory(String),
+    Vm(kvm::vm::VmError),
+    OpenFile(PathBuf, std::io::Error),
+    Kernel(PathBuf, arch::boot::BootError),
+    Initrd(PathBuf, arch::boot::BootError),
+    Boot(arch::boot::BootError),
+    Cmdline(String),
+    Mptable(arch::mptable::MptableError),
+    EventFd(std::io::Error),
+    Console(std::io::Error),
+    Bus(BusError),
+    TooManyVcpus(u8, usize),
+    Cpuid(kvm_ioctls::Error),
+    CreateVcpu(u8, kvm_ioctls::Error),
+    ConfigureVcpu(u8, arch::Error),
+    SpawnVcpu(u8, std::io::Error),
+    EventLoop(event_manager::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Kvm(e) => write!(f, "{e}"),
+            Self::GuestMemory(e) => write!(f, "cannot allocate guest memory: {e}"),
+            Self::Vm(e) => write!(f, "{e}"),
+            Self::OpenFile(p, e) => write!(f, "cannot open '{}': {e}", p.display()),
+            Self::Kernel(p, e) => write!(f, "cannot load kernel '{}': {e}", p.display()),
+            Self::Initrd(p, e) => write!(f, "cannot load initrd '{}': {e}", p.display()),
+            Self::Boot(e) => write!(f, "cannot write the boot parameters: {e}"),
+            Self::Cmdline(e) => write!(
+                f,
+                "invalid kernel command line: {e} (at most {} bytes of printable ASCII)",
+                arch::layout::CMDLINE_MAX_SIZE - 1
+            ),
+            Self::Mptable(e) => write!(f, "cannot write the MP table: {e}"),
+            Self::EventFd(e) => write!(f, "cannot create an eventfd: {e}"),
+            Self::Console(e) => write!(f, "console: {e}"),
+            Self::Bus(e) => write!(f, "cannot place a device: {e}"),
+            Self::TooManyVcpus(n, max) => {
+                write!(f, "--cpus {n} is more than KVM allows on this host ({max})")
+            }
+            Self::Cpuid(e) => write!(f, "cannot read the CPUID KVM supports: {e}"),
+            Self::CreateVcpu(i, e) => write!(f, "cannot create vcpu{i}: {e}"),
+            Self::ConfigureVcpu(i, e) => write!(f, "cannot configure vcpu{i}: {e}"),
+            Self::SpawnVcpu(i, e) => write!(f, "cannot start the vcpu{i} thread: {e}"),
+            Self::EventLoop(e) => write!(f, "event loop failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Wakes the event loop when the VM must stop.
+struct ExitWatcher(Arc<ExitSignal>);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.0.eventfd().read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.eventfd(), EventSet::IN)) {
+            log::error!("cannot watch for VM exit: {e}");
+        }
+    }
+}
+
+type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
+/// Boots the VM described by `config` and runs it until it stops.
+/// Returns why the guest stopped; `Err` means it could not be started.
+pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
+    let kvm = kvm::open().map_err(Error::Kvm)?;
+    if !arch::cpuid::host_has_hw_virt() {
+        log::warn!(
+            "this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo): \
+             KVM will emulate guest kernel code slowly and may fail to run a Linux kernel"
+        );
+    }
+    let mem = builder::guest_memory(config)?;
+    let vm = Vm::new(&kvm, &mem).map_err(Error::Vm)?;
+    let cmdline = builder::cmdline(config)?;
+    let entry = builder::load_guest(&mem, config, &cmdline)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
+    let out = console::output(&config.console).map_err(Error::Console)?;
+    let legacy = builder::legacy_devices(&vm, out, &exit)?;
+    let vcpus = builder::create_vcpus(
+        &kvm,
+        &vm,
+        &mem,
+        entry,
+        config.vcpus,
+        Arc::new(legacy.pio),
+        Arc::new(Bus::new()),
+        &exit,
+    )?;
+
+    let mut events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
+    events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    events.add_subscriber(Box::new(
+        console::HostSignals::install(exit.clone()).map_err(Error::EventFd)?,
+    ));
+    let interactive = console::interactive(&config.console);
+    if let Some(input) = console::input() {
+        let quit = exit.clone();
+        events.add_subscriber(Box::new(ConsoleInput::new(
+            input,
+            legacy.serial.clone(),
+            legacy.serial_wake,
+            interactive,
+            Box::new(move || quit.raise(VmExit::UserQuit)),
+        )));
+    }
+    let _raw = if interactive {
+        console::RawTerminal::enter()
+            .map_err(|e| log::warn!("cannot put the terminal in raw mode: {e}"))
+            .ok()
+    } else {
+        None
+    };
+
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let index = vcpu.index;
+        match vcpu.spawn() {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                exit.raise(VmExit::VcpuError {
+                    cpu: index,
+                    detail: e.to_string(),
+                });
+                handles.into_iter().for_each(|h| h.stop());
+                return Err(Error::SpawnVcpu(index, e));
+            }
+        }
+    }
+    let mut loop_error = None;
+    while !exit.is_raised() {
+        if let Err(e) = events.run() {
+            loop_error = Some(e);
+            exit.raise(VmExit::VcpuError {
+                cpu: 0,
+                detail: "event loop failed".into(),
+            });
+        }
+    }
+    handles.into_iter().for_each(|h| h.stop());
+    if let Some(e) = loop_error {
+        return Err(Error::EventLoop(e));
+    }
+    Ok(exit.reason().unwrap_or(VmExit::PowerOff))
+}
