@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Run scenario scripts against a real, hardware-style /dev/kvm, even on hosts
+# without VT-x/AMD-V: boot an L1 Linux under QEMU TCG with an emulated CPU that
+# has SVM (-cpu max), load kvm-amd there, and run the scenarios inside L1.
+#
+#   run.sh --kvmini PATH --scenarios DIR [--timeout SECS] [--smp N] [--host]
+#
+# --kvmini     statically linked kvmini binary (it runs inside L1)
+# --scenarios  directory of *.sh scenario scripts (POSIX sh / busybox)
+# --timeout    per-scenario timeout in seconds (default 300)
+# --smp        L1 vCPUs (default 2)
+# --host       run the scenarios directly on this host instead (needs
+#              vmx/svm); same output format, no L1
+#
+# Guest artefacts are built (or taken from the cache) by resources/kernel and
+# resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD are set.
+# stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
+# Never hangs: QEMU runs under an overall timeout.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+RIG="$RESOURCES_DIR/rig"
+
+kvmini="" scenarios="" per_timeout=300 smp=2 host=0
+while (($#)); do
+    case $1 in
+    --kvmini) kvmini=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    --timeout) per_timeout=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
+    --host) host=1; shift ;;
+    *) die "unknown argument $1 (see the header of $0)" ;;
+    esac
+done
+[[ -n $kvmini && -x $kvmini ]] || die "--kvmini must name an executable kvmini binary (got '$kvmini')"
+[[ -n $scenarios && -d $scenarios ]] || die "--scenarios must name a directory of *.sh scripts"
+shopt -s nullglob
+scripts=("$scenarios"/*.sh)
+((${#scripts[@]})) || die "no *.sh scenarios in $scenarios"
+
+if [[ -z ${GUEST_VMLINUX:-} || -z ${GUEST_BZIMAGE:-} || -z ${GUEST_INITRD:-} ]]; then
+    kdir=$("$RESOURCES_DIR/kernel/build.sh")
+    GUEST_VMLINUX=$kdir/vmlinux GUEST_BZIMAGE=$kdir/bzImage
+    GUEST_INITRD=$("$RESOURCES_DIR/rootfs/build-initramfs.sh")
+fi
+
+if ((host)); then
+    grep -qw -e vmx -e svm /proc/cpuinfo ||
+        log "warning: no vmx/svm in /proc/cpuinfo; /dev/kvm here may not boot Linux"
+    export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD
+    KVMINI=$(realpath "$kvmini")
+    exec sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
+fi
+
+apt_install qemu-system-x86 busybox-static cpio
+l1=$("$RIG/l1-kernel.sh")
+vmlinuz=$(echo "$l1"/boot/vmlinuz-*)
+moddir=$(echo "$l1"/lib/modules/*/kernel)
+[[ -f $vmlinuz && -d $moddir ]] || die "unexpected layout of L1 kernel package in $l1"
+
+# L1 initramfs: rebuilt every run (kvmini and scenarios change every time;
+# it takes a second). Uncompressed: L1 unpacks it under emulation.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-rig.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+root=$tmp/root
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,lib/modules,opt/kvmini,opt/guest,opt/rig,opt/scenarios}
+cp /bin/busybox "$root/bin/"
+while read -r applet; do
+    [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
+done < <(/bin/busybox --list-full)
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
+    drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge; do
+    cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
+done
+install -m 0755 "$RIG/l1-init" "$root/init"
+cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
+cp "$kvmini" "$root/opt/kvmini/kvmini"
+cp "$GUEST_VMLINUX" "$root/opt/guest/vmlinux"
+cp "$GUEST_BZIMAGE" "$root/opt/guest/bzImage"
+cp "$GUEST_INITRD" "$root/opt/guest/initramfs.cpio.gz"
+cp "${scripts[@]}" "$root/opt/scenarios/"
+(cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
+
+# Overall budget: L1 boot + every scenario at its full timeout + slack.
+overall=$((120 + per_timeout * ${#scripts[@]}))
+log "booting L1 ($(basename "$vmlinuz"), -smp $smp, ${#scripts[@]} scenarios, timeout ${overall}s)"
+start=$SECONDS
+rc=0
+# -cpu max: TCG emulates AMD SVM with nested paging, so kvm-amd loads in L1.
+# -nic none: L1 needs no network, and nothing inside it may reach beyond it.
+# rig_timeout=... reaches L1's /init as an environment variable.
+timeout --kill-after=10 "$overall" qemu-system-x86_64 \
+    -accel tcg -cpu max -m 2048 -smp "$smp" \
+    -nographic -no-reboot -nic none \
+    -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
+    -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
+    </dev/null || rc=$?
+log "L1 finished after $((SECONDS - start))s (qemu rc=$rc)"
+((rc != 124 && rc != 137)) || die "rig timed out after ${overall}s"
+exit "$rc"

@@ -1,0 +1,33 @@
+#!/bin/sh
+# scenario-runner.sh TIMEOUT SCENARIO.sh...
+# Runs each scenario script with `sh`, each under its own timeout, and frames
+# its output with machine-parseable markers (parsed by tests/e2e.rs):
+#   @@KVMINI-SCENARIO-BEGIN <name>
+#   ...scenario output (stdout+stderr)...
+#   [@@KVMINI-SCENARIO-TIMEOUT <name> after <n>s]
+#   @@KVMINI-SCENARIO-END <name> rc=<n> secs=<n>
+# POSIX sh: runs under busybox sh inside the rig's L1 and under the host's sh
+# when hardware KVM is available. Scenarios get KVMINI, GUEST_VMLINUX,
+# GUEST_BZIMAGE, GUEST_INITRD from the environment.
+timeout=$1
+shift
+
+for s in "$@"; do
+    name=$(basename "$s" .sh)
+    echo "@@KVMINI-SCENARIO-BEGIN $name"
+    start=$(date +%s)
+    # Own session/process group, so a timeout kills the scenario AND the
+    # kvmini it started (`timeout` would only kill the direct child).
+    setsid sh "$s" </dev/null 2>&1 &
+    pid=$!
+    (
+        sleep "$timeout"
+        echo "@@KVMINI-SCENARIO-TIMEOUT $name after ${timeout}s"
+        kill -s KILL -"$pid" 2>/dev/null
+    ) &
+    watchdog=$!
+    wait "$pid"
+    rc=$?
+    kill "$watchdog" 2>/dev/null
+    echo "@@KVMINI-SCENARIO-END $name rc=$rc secs=$(($(date +%s) - start))"
+done
