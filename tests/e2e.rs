@@ -1,0 +1,368 @@
+//! End-to-end tests: real Linux guests booted by `kvmini`.
+//!
+//! Each scenario is a shell script in `tests/scenarios/` (POSIX sh; it runs
+//! under busybox inside the rig). All scenarios run in ONE batch, shared by
+//! the tests through a `OnceLock`:
+//! - on hosts whose CPU has `vmx`/`svm`, directly on this host;
+//! - otherwise inside the nested rig (`resources/rig/run.sh`): an L1 Linux
+//!   under QEMU TCG with emulated SVM, where kvm-amd gives a real `/dev/kvm`.
+//!   Booting L1 is the fixed cost, so it happens once.
+//!
+//! The guest kernel, initramfs and a statically linked kvmini are built
+//! first (the build scripts cache by content hash, so this is cheap after the
+//! first run). Anything that prevents a scenario from running FAILS its test.
+//!
+//! Environment knobs:
+//! - `KVMINI_E2E_MODE=rig|host`: force where scenarios run.
+//! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 300).
+//! - `KVMINI_E2E_KVMINI=PATH`: use this static kvmini instead of building one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+const TAIL_LINES: usize = 40;
+
+/// Output of one scenario, as framed by `resources/rig/scenario-runner.sh`.
+#[derive(Debug, Default)]
+struct Scenario {
+    lines: Vec<String>,
+    rc: Option<i32>,
+    timed_out: bool,
+}
+
+/// Result of the one batch run of all scenarios.
+struct Batch {
+    scenarios: HashMap<String, Scenario>,
+    console: Vec<String>,
+    log_path: PathBuf,
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run a build script; its stdout is the artefact path (contract of every
+/// script under resources/). Progress goes straight to our stderr.
+fn build_artefact(script: &str) -> Result<String, String> {
+    let path = repo_root().join(script);
+    let out = Command::new(&path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed with {}", path.display(), out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if text.is_empty() || !Path::new(&text).exists() {
+        return Err(format!(
+            "{} printed no existing path: {text:?}",
+            path.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Build kvmini statically (it runs inside the rig's minimal L1). A separate
+/// target dir keeps this from waiting on the `cargo test` build lock.
+fn build_static_kvmini() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("KVMINI_E2E_KVMINI") {
+        return Ok(PathBuf::from(p));
+    }
+    let target = "x86_64-unknown-linux-gnu";
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("e2e: building static kvmini in {}", target_dir.display());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "kvmini", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(repo_root())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("static build of kvmini failed: {status}"));
+    }
+    Ok(target_dir.join(target).join("release").join("kvmini"))
+}
+
+fn host_has_hw_virt() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
+/// Split the console into scenarios by the `@@KVMINI-SCENARIO-*` markers.
+/// Markers are searched anywhere in a line: a kernel message may precede them.
+fn parse_console(console: &[String]) -> HashMap<String, Scenario> {
+    let mut map: HashMap<String, Scenario> = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in console {
+        if let Some(i) = line.find("@@KVMINI-SCENARIO-BEGIN ") {
+            let name = line[i + 24..].trim().to_string();
+            map.insert(name.clone(), Scenario::default());
+            current = Some(name);
+        } else if let Some(i) = line.find("@@KVMINI-SCENARIO-END ") {
+            let mut words = line[i + 22..].split_whitespace();
+            let name = words.next().unwrap_or_default().to_string();
+            let rc = words
+                .find_map(|w| w.strip_prefix("rc="))
+                .and_then(|v| v.parse().ok());
+            if let Some(s) = map.get_mut(&name) {
+                s.rc = rc;
+            }
+            current = None;
+        } else if let Some(name) = &current {
+            let s = map.get_mut(name).expect("current scenario exists");
+            if line.contains("@@KVMINI-SCENARIO-TIMEOUT ") {
+                s.timed_out = true;
+            }
+            s.lines.push(line.clone());
+        }
+    }
+    map
+}
+
+fn run_batch() -> Result<Batch, String> {
+    let kernel_dir = build_artefact("resources/kernel/build.sh")?;
+    let initrd = build_artefact("resources/rootfs/build-initramfs.sh")?;
+    let kvmini = build_static_kvmini()?;
+    let host = match std::env::var("KVMINI_E2E_MODE").as_deref() {
+        Ok("host") => true,
+        Ok("rig") => false,
+        Ok(other) => {
+            return Err(format!(
+                "KVMINI_E2E_MODE must be rig or host, not {other:?}"
+            ))
+        }
+        Err(_) => host_has_hw_virt(),
+    };
+    let timeout = std::env::var("KVMINI_E2E_TIMEOUT").unwrap_or_else(|_| "300".into());
+    eprintln!(
+        "e2e: running scenarios {}",
+        if host {
+            "on this host (hardware KVM)"
+        } else {
+            "in the nested rig (no vmx/svm here)"
+        }
+    );
+    let mut cmd = Command::new(repo_root().join("resources/rig/run.sh"));
+    cmd.arg("--kvmini")
+        .arg(&kvmini)
+        .arg("--scenarios")
+        .arg(repo_root().join("tests/scenarios"))
+        .args(["--timeout", &timeout])
+        .env("GUEST_VMLINUX", Path::new(&kernel_dir).join("vmlinux"))
+        .env("GUEST_BZIMAGE", Path::new(&kernel_dir).join("bzImage"))
+        .env("GUEST_INITRD", &initrd)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if host {
+        cmd.arg("--host");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run resources/rig/run.sh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Serial consoles end lines with \r\n.
+    let console: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    let log_path =
+        std::env::temp_dir().join(format!("kvmini-e2e-console-{}.log", std::process::id()));
+    let _ = std::fs::write(&log_path, console.join("\n"));
+    eprintln!("e2e: full console log in {}", log_path.display());
+    if !out.status.success() {
+        return Err(format!(
+            "rig run failed ({}); last console lines:\n{}",
+            out.status,
+            tail(&console, TAIL_LINES)
+        ));
+    }
+    Ok(Batch {
+        scenarios: parse_console(&console),
+        console,
+        log_path,
+    })
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Result<Batch, String>> = OnceLock::new();
+    match BATCH.get_or_init(run_batch) {
+        Ok(b) => b,
+        Err(e) => panic!("e2e: could not run the scenarios: {e}"),
+    }
+}
+
+/// A scenario's result plus assertion helpers that show the console on failure.
+struct Check<'a> {
+    name: &'a str,
+    s: &'a Scenario,
+    log: &'a Path,
+}
+
+impl Check<'_> {
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "scenario {}: {what}\n---- last {TAIL_LINES} lines of its output (full log: {}) ----\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.s.lines, TAIL_LINES)
+        );
+    }
+
+    fn rc(&self, want: i32) -> &Self {
+        if self.s.timed_out {
+            self.fail("timed out");
+        }
+        match self.s.rc {
+            Some(rc) if rc == want => self,
+            Some(rc) => self.fail(&format!("exit code {rc}, expected {want}")),
+            None => self.fail("never finished (no END marker)"),
+        }
+    }
+
+    /// Some output line contains `text`.
+    fn shows(&self, text: &str) -> &Self {
+        if !self.s.lines.iter().any(|l| l.contains(text)) {
+            self.fail(&format!("output lacks {text:?}"));
+        }
+        self
+    }
+
+    /// The rest of the first output line that starts with `prefix` (lines
+    /// that merely contain it, like the echoed command line, do not count).
+    fn after(&self, prefix: &str) -> String {
+        self.s
+            .lines
+            .iter()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix(prefix)
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| self.fail(&format!("no output line starts with {prefix:?}")))
+    }
+}
+
+fn scenario(name: &'static str) -> Check<'static> {
+    let b = batch();
+    match b.scenarios.get(name) {
+        Some(s) => Check { name, s, log: &b.log_path },
+        None => panic!(
+            "scenario {name} did not run (tests/scenarios/{name}.sh missing?); last console lines:\n{}",
+            tail(&b.console, TAIL_LINES)
+        ),
+    }
+}
+
+fn assert_booted(name: &'static str, cpus: &str) {
+    let c = scenario(name);
+    c.rc(0)
+        .shows("kvmini-guest: init reached")
+        .shows("kvmini.test=hello")
+        .shows("kvmini-guest: exit status 0");
+    let got = c.after("kvmini-cpus=");
+    if got != cpus {
+        c.fail(&format!("guest saw {got} CPUs, expected {cpus}"));
+    }
+}
+
+#[test]
+fn boot_vmlinux_1cpu() {
+    assert_booted("boot_vmlinux_1cpu", "1");
+}
+
+#[test]
+fn boot_vmlinux_2cpu() {
+    assert_booted("boot_vmlinux_2cpu", "2");
+}
+
+#[test]
+fn boot_bzimage_2cpu() {
+    assert_booted("boot_bzimage_2cpu", "2");
+}
+
+#[test]
+fn guest_exit_status() {
+    scenario("guest_exit_status")
+        .rc(0)
+        .shows("about-to-fail")
+        .shows("kvmini-guest: exit status 7");
+}
+
+#[test]
+fn cmdline_quoting() {
+    scenario("cmdline_quoting")
+        .rc(0)
+        .shows("one")
+        .shows("TWO")
+        .shows("alt-ok")
+        .shows("and-ok")
+        .shows("kvmini-guest: exit status 0");
+}
+
+#[test]
+fn memory_size() {
+    let c = scenario("memory_size");
+    c.rc(0);
+    let line = c.after("MemTotal:");
+    let kib: u64 = line
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| c.fail(&format!("cannot parse MemTotal {line:?}")));
+    // 512 MiB minus what the kernel keeps for itself; well above 256 MiB.
+    if !(400 * 1024..=512 * 1024).contains(&kib) {
+        c.fail(&format!("MemTotal {kib} kB, expected about 512 MiB"));
+    }
+}
+
+#[test]
+fn bad_kernel_path() {
+    let c = scenario("bad_kernel_path");
+    c.rc(0).shows("nonexistent/vmlinux");
+    if c.after("kvmini-rc=") == "0" {
+        c.fail("kvmini exited 0 for a missing kernel");
+    }
+}
+
+#[test]
+fn rig_parser_splits_scenarios() {
+    let console: Vec<String> = [
+        "noise",
+        "@@KVMINI-SCENARIO-BEGIN a",
+        "hello",
+        "[ 1.0] kernel msg @@KVMINI-SCENARIO-END a rc=3 secs=1",
+        "@@KVMINI-SCENARIO-BEGIN b",
+        "@@KVMINI-SCENARIO-TIMEOUT b after 5s",
+        "@@KVMINI-SCENARIO-END b rc=137 secs=5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let m = parse_console(&console);
+    assert_eq!(m["a"].rc, Some(3));
+    assert_eq!(m["a"].lines, vec!["hello".to_string()]);
+    assert!(m["b"].timed_out);
+    assert_eq!(m["b"].rc, Some(137));
+}
