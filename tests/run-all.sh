@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, on a fresh Debian 12 machine; CI runs
+# it through .ci/run. Non-zero exit on any failure.
+#
+# Steps: host packages -> cargo fmt -> clippy -> test artefacts (guest kernel,
+# rootfs, rig L1 kernel; cached, see docs/testing.md) -> cargo test (unit,
+# KVM smoke and end-to-end tiers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source resources/lib.sh
+
+declare -a timings=()
+step() {
+    step_name=$1
+    step_start=$SECONDS
+    echo "==> $step_name" >&2
+}
+step_done() {
+    timings+=("$(printf '%6ss  %s' $((SECONDS - step_start)) "$step_name")")
+}
+trap 'echo "==> FAILED during: ${step_name:-setup}" >&2' ERR
+
+step "host packages"
+# Kernel build dependencies are installed by resources/kernel/build.sh itself.
+apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs
+command -v cargo >/dev/null ||
+    die "cargo not found: install Rust (https://rustup.rs) with the rustfmt and clippy components"
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+step_done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step_done
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+step_done
+
+# Build the artefacts here, with their progress, rather than silently inside
+# `cargo test` (which would look hung for the ~10 minutes of a kernel build).
+step "guest kernel"
+resources/kernel/build.sh
+step_done
+step "guest root filesystems"
+resources/rootfs/build-initramfs.sh
+resources/rootfs/build-ext4.sh
+step_done
+if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
+    step "rig L1 kernel (no vmx/svm here: end-to-end tests run nested)"
+    resources/rig/l1-kernel.sh
+    step_done
+fi
+
+step "cargo test"
+cargo test --all-targets
+step_done
+
+trap - ERR
+echo "==> all tests passed; step timings:" >&2
+printf '%s\n' "${timings[@]}" >&2
