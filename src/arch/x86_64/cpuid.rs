@@ -1,0 +1,305 @@
+//! CPUID filtering: turns what KVM supports into what one vCPU of this VM should see
+//! (APIC ids, topology, hypervisor bit, no PMU).
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+/// Leaf 0x1: version and feature information.
+const LEAF_FEATURES: u32 = 0x1;
+/// Leaf 0x4: deterministic cache parameters.
+const LEAF_CACHE_PARAMS: u32 = 0x4;
+/// Leaf 0x6: thermal and power management.
+const LEAF_POWER: u32 = 0x6;
+/// Leaf 0xA: architectural performance monitoring.
+const LEAF_PERFMON: u32 = 0xa;
+/// Leaf 0xB: extended topology enumeration.
+const LEAF_TOPOLOGY: u32 = 0xb;
+/// Leaf 0x1F: V2 extended topology enumeration.
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+
+/// Leaf 0x1 ECX: running under a hypervisor.
+const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 0x1 EDX: multi-threading (more than one logical processor per package).
+const EDX_HTT: u32 = 1 << 28;
+/// CLFLUSH line size, in 8-byte units (64 bytes).
+const CLFLUSH_SIZE: u32 = 8;
+/// Leaf 0x6 EAX: always running APIC timer, the one power feature KVM virtualizes.
+const EAX_ARAT: u32 = 1 << 2;
+
+/// Topology level types (leaf 0xB/0x1F ECX[15:8]).
+const LEVEL_TYPE_SMT: u32 = 1;
+const LEVEL_TYPE_CORE: u32 = 2;
+
+/// Smallest `n` with `2^n >= count`: the APIC id bits needed for `count` CPUs.
+fn apic_id_shift(count: u8) -> u32 {
+    if count <= 1 {
+        0
+    } else {
+        u32::BITS - u32::from(count - 1).leading_zeros()
+    }
+}
+
+fn filter_features(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
+    // EBX[7:0] brand index is kept; CLFLUSH size, logical processor count and APIC id are ours.
+    e.ebx = (e.ebx & 0xff)
+        | (CLFLUSH_SIZE << 8)
+        | (u32::from(cpu_count) << 16)
+        | (u32::from(cpu_index) << 24);
+    e.ecx |= ECX_HYPERVISOR;
+    if cpu_count > 1 {
+        e.edx |= EDX_HTT;
+    } else {
+        e.edx &= !EDX_HTT;
+    }
+}
+
+fn filter_cache_params(e: &mut kvm_cpuid_entry2, cpu_count: u8) {
+    let level = (e.eax >> 5) & 0x7;
+    let others = u32::from(cpu_count.saturating_sub(1));
+    let cores_minus_one = others.min(63);
+    // One thread per core: L1/L2 are private, L3 is shared by the whole package.
+    let sharing_minus_one = if level >= 3 { others & 0xfff } else { 0 };
+    e.eax &= !(0xfc00_0000 | 0x03ff_c000);
+    e.eax |= (cores_minus_one << 26) | (sharing_minus_one << 14);
+}
+
+fn filter_topology(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
+    match e.index {
+        0 => {
+            // SMT level: one thread per core.
+            e.eax = 0;
+            e.ebx = 1;
+            e.ecx = LEVEL_TYPE_SMT << 8;
+        }
+        1 => {
+            // Core level: every vCPU is a core of the one package.
+            e.eax = apic_id_shift(cpu_count);
+            e.ebx = u32::from(cpu_count);
+            e.ecx = (LEVEL_TYPE_CORE << 8) | 1;
+        }
+        index => {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = index & 0xff;
+        }
+    }
+    e.edx = u32::from(cpu_index);
+}
+
+/// Adjusts `cpuid` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_index` of
+/// `cpu_count`. KVM's hypervisor leaves (0x4000_0000.., "KVMKVMKVM", kvm-clock) are kept.
+pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            LEAF_FEATURES => filter_features(e, cpu_index, cpu_count),
+            LEAF_CACHE_PARAMS => filter_cache_params(e, cpu_count),
+            LEAF_POWER => {
+                e.eax &= EAX_ARAT;
+                e.ecx = 0;
+            }
+            LEAF_PERFMON => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => filter_topology(e, cpu_index, cpu_count),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a `/proc/cpuinfo` text lists the `vmx` (Intel VT-x) or `svm` (AMD-V) flag.
+pub fn cpuinfo_has_hw_virt(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(key, _)| key.trim() == "flags")
+        .any(|(_, flags)| flags.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Whether the host CPU advertises hardware virtualization (false if /proc/cpuinfo is unreadable).
+pub fn host_has_hw_virt() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| cpuinfo_has_hw_virt(&s))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: 0,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            padding: [0; 3],
+        }
+    }
+
+    fn find(cpuid: &CpuId, function: u32, index: u32) -> &kvm_cpuid_entry2 {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    fn sample() -> CpuId {
+        CpuId::from_entries(&[
+            entry(0x0, 0, [0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
+            entry(0x1, 0, [0x906ea, 0xff00_0802, 0x0100_0001, EDX_HTT | 1]),
+            // L1d, L2, L3 cache descriptors with host topology bits set.
+            entry(0x4, 0, [(0x3f << 26) | (0x1 << 14) | (1 << 5) | 1, 0, 0, 0]),
+            entry(0x4, 1, [(0x3f << 26) | (0x1 << 14) | (2 << 5) | 3, 0, 0, 0]),
+            entry(0x4, 2, [(0x3f << 26) | (0xf << 14) | (3 << 5) | 3, 0, 0, 0]),
+            entry(0x6, 0, [0xffff_ffff, 0, 0xffff_ffff, 0]),
+            entry(0xa, 0, [0x0730_0404, 0xff, 0, 0x603]),
+            entry(0xb, 0, [1, 2, 0x100, 7]),
+            entry(0xb, 1, [4, 16, 0x201, 7]),
+            entry(0xb, 2, [0, 0, 2, 7]),
+            entry(0x1f, 0, [1, 2, 0x100, 7]),
+            entry(0x1f, 1, [4, 16, 0x201, 7]),
+            entry(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn leaf1_apic_id_count_clflush_hypervisor() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 3, 4);
+        let e = find(&c, 1, 0);
+        assert_eq!(e.ebx >> 24, 3);
+        assert_eq!((e.ebx >> 16) & 0xff, 4);
+        assert_eq!((e.ebx >> 8) & 0xff, 8);
+        assert_eq!(e.ebx & 0xff, 0x02); // brand index kept
+        assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(e.ecx & (1 << 24), 0); // TSC deadline as KVM said
+        assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn leaf1_single_cpu_clears_htt() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 1);
+        let e = find(&c, 1, 0);
+        assert_eq!(e.edx & EDX_HTT, 0);
+        assert_eq!(e.edx & 1, 1);
+        assert_eq!(e.ebx >> 16, 1);
+    }
+
+    #[test]
+    fn leaf4_cores_and_cache_sharing() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 6);
+        for sub in 0..3 {
+            let e = find(&c, 4, sub);
+            assert_eq!(e.eax >> 26, 5, "subleaf {sub}");
+            let sharing = (e.eax >> 14) & 0xfff;
+            assert_eq!(sharing, if sub == 2 { 5 } else { 0 }, "subleaf {sub}");
+            assert_eq!(e.eax & 0x3fff, [0x21, 0x43, 0x63][sub as usize]);
+        }
+    }
+
+    #[test]
+    fn leaf4_cores_capped_at_64() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 200);
+        assert_eq!(find(&c, 4, 0).eax >> 26, 63);
+        assert_eq!((find(&c, 4, 2).eax >> 14) & 0xfff, 199);
+    }
+
+    #[test]
+    fn topology_leaves() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 2, 5);
+        for leaf in [0xb, 0x1f] {
+            let smt = find(&c, leaf, 0);
+            assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
+            let core = find(&c, leaf, 1);
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (3, 5, 0x201, 2));
+        }
+        let other = find(&c, 0xb, 2);
+        assert_eq!((other.eax, other.ebx, other.ecx, other.edx), (0, 0, 2, 2));
+    }
+
+    #[test]
+    fn apic_id_shift_is_ceil_log2() {
+        let cases = [
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 3),
+            (8, 3),
+            (9, 4),
+            (255, 8),
+        ];
+        for (n, shift) in cases {
+            assert_eq!(apic_id_shift(n), shift, "{n}");
+        }
+        assert_eq!(apic_id_shift(0), 0);
+    }
+
+    #[test]
+    fn power_and_perfmon_cleared() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 1);
+        let pm = find(&c, 6, 0);
+        assert_eq!((pm.eax, pm.ecx), (EAX_ARAT, 0));
+        let perf = find(&c, 0xa, 0);
+        assert_eq!((perf.eax, perf.ebx, perf.ecx, perf.edx), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn other_leaves_untouched() {
+        let before = sample();
+        let mut c = sample();
+        filter_cpuid(&mut c, 1, 2);
+        for leaf in [0x0, 0x4000_0000] {
+            let (a, b) = (find(&before, leaf, 0), find(&c, leaf, 0));
+            assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (b.eax, b.ebx, b.ecx, b.edx));
+        }
+        assert_eq!(c.as_slice().len(), before.as_slice().len());
+    }
+
+    #[test]
+    fn filter_real_kvm_cpuid() {
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let mut c = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
+        filter_cpuid(&mut c, 1, 2);
+        let e = find(&c, 1, 0);
+        assert_eq!(e.ebx >> 24, 1);
+        assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
+        // KVM's signature leaf is still there.
+        let sig = find(&c, 0x4000_0000, 0);
+        let mut name = Vec::new();
+        for r in [sig.ebx, sig.ecx, sig.edx] {
+            name.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(&name[..9], b"KVMKVMKVM");
+    }
+
+    #[test]
+    fn cpuinfo_flags() {
+        let intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme vmx sse\n";
+        let amd = "processor\t: 0\nflags\t\t: fpu svm\n";
+        let none = "processor\t: 0\nflags\t\t: fpu vme sse hypervisor\nvmx flags\t: ept\n";
+        assert!(cpuinfo_has_hw_virt(intel));
+        assert!(cpuinfo_has_hw_virt(amd));
+        assert!(!cpuinfo_has_hw_virt(none));
+        assert!(!cpuinfo_has_hw_virt(""));
+        assert!(!cpuinfo_has_hw_virt("flags: vmxx svmm"));
+    }
+}
