@@ -1,7 +1,7 @@
 //! CPUID filtering: turns what KVM supports into what one vCPU of this VM should see
 //! (APIC ids, topology, hypervisor bit, no PMU).
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf 0x1: version and feature information.
 const LEAF_FEATURES: u32 = 0x1;
@@ -15,6 +15,15 @@ const LEAF_PERFMON: u32 = 0xa;
 const LEAF_TOPOLOGY: u32 = 0xb;
 /// Leaf 0x1F: V2 extended topology enumeration.
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+
+/// AMD leaf 0x8000_0008: address sizes and core count.
+const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+/// AMD leaf 0x8000_001D: cache topology.
+const LEAF_AMD_CACHE: u32 = 0x8000_001d;
+/// AMD leaf 0x8000_001E: extended APIC id, core and node ids.
+const LEAF_AMD_IDS: u32 = 0x8000_001e;
+/// Subleaves of a topology leaf we describe: SMT, core, and the terminating invalid level.
+const TOPOLOGY_SUBLEAVES: u32 = 3;
 
 /// Leaf 0x1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -53,13 +62,8 @@ fn filter_features(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
 }
 
 fn filter_cache_params(e: &mut kvm_cpuid_entry2, cpu_count: u8) {
-    let level = (e.eax >> 5) & 0x7;
-    let others = u32::from(cpu_count.saturating_sub(1));
-    let cores_minus_one = others.min(63);
-    // One thread per core: L1/L2 are private, L3 is shared by the whole package.
-    let sharing_minus_one = if level >= 3 { others & 0xfff } else { 0 };
-    e.eax &= !(0xfc00_0000 | 0x03ff_c000);
-    e.eax |= (cores_minus_one << 26) | (sharing_minus_one << 14);
+    let cores_minus_one = u32::from(cpu_count.saturating_sub(1)).min(63);
+    e.eax = (cache_sharing(e.eax, cpu_count) & !0xfc00_0000) | (cores_minus_one << 26);
 }
 
 fn filter_topology(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
@@ -85,9 +89,64 @@ fn filter_topology(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
     e.edx = u32::from(cpu_index);
 }
 
+/// Threads sharing a cache (EAX[25:14] of leaves 0x4 and 0x8000_001D, minus one): L1/L2
+/// are private to a core, L3 is shared by the whole package.
+fn cache_sharing(eax: u32, cpu_count: u8) -> u32 {
+    let level = (eax >> 5) & 0x7;
+    let sharing_minus_one = if level >= 3 {
+        u32::from(cpu_count.saturating_sub(1)) & 0xfff
+    } else {
+        0
+    };
+    (eax & !0x03ff_c000) | (sharing_minus_one << 14)
+}
+
+fn filter_amd_sizes(e: &mut kvm_cpuid_entry2, cpu_count: u8) {
+    // ECX[15:12] APIC id size, ECX[7:0] number of threads in the package minus one.
+    e.ecx &= !0xf0ff;
+    e.ecx |= (apic_id_shift(cpu_count) << 12) | u32::from(cpu_count.saturating_sub(1));
+}
+
+fn filter_amd_ids(e: &mut kvm_cpuid_entry2, cpu_index: u8) {
+    // Extended APIC id, one thread per core with core id = APIC id, a single node.
+    e.eax = u32::from(cpu_index);
+    e.ebx = u32::from(cpu_index);
+    e.ecx = 0;
+}
+
+/// Makes sure a present topology leaf lists the SMT and core levels and the terminating
+/// level: KVM may report only subleaf 0, which would make every vCPU its own package.
+fn complete_topology_leaf(cpuid: &mut CpuId, leaf: u32) {
+    if !cpuid.as_slice().iter().any(|e| e.function == leaf) {
+        return;
+    }
+    for index in 0..TOPOLOGY_SUBLEAVES {
+        let present = cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == leaf && e.index == index);
+        if present {
+            continue;
+        }
+        let entry = kvm_cpuid_entry2 {
+            function: leaf,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        };
+        if cpuid.push(entry).is_err() {
+            log::warn!("no room to add CPUID leaf {leaf:#x} subleaf {index}");
+            return;
+        }
+    }
+}
+
 /// Adjusts `cpuid` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_index` of
-/// `cpu_count`. KVM's hypervisor leaves (0x4000_0000.., "KVMKVMKVM", kvm-clock) are kept.
+/// `cpu_count`: one package of `cpu_count` single-threaded cores. KVM's hypervisor leaves
+/// (0x4000_0000.., "KVMKVMKVM", kvm-clock) are kept.
 pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
+    complete_topology_leaf(cpuid, LEAF_TOPOLOGY);
+    complete_topology_leaf(cpuid, LEAF_TOPOLOGY_V2);
     for e in cpuid.as_mut_slice() {
         match e.function {
             LEAF_FEATURES => filter_features(e, cpu_index, cpu_count),
@@ -103,6 +162,9 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
                 e.edx = 0;
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => filter_topology(e, cpu_index, cpu_count),
+            LEAF_AMD_SIZES => filter_amd_sizes(e, cpu_count),
+            LEAF_AMD_CACHE => e.eax = cache_sharing(e.eax, cpu_count),
+            LEAF_AMD_IDS => filter_amd_ids(e, cpu_index),
             _ => {}
         }
     }
@@ -233,6 +295,39 @@ mod tests {
     }
 
     #[test]
+    fn missing_topology_subleaves_are_added() {
+        // What KVM reports on an AMD host: leaf 0xB with subleaf 0 only, all zero.
+        let mut c = CpuId::from_entries(&[entry(0x1, 0, [0; 4]), entry(0xb, 0, [0; 4])]).unwrap();
+        filter_cpuid(&mut c, 1, 4);
+        assert_eq!(c.as_slice().len(), 4);
+        let core = find(&c, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 1));
+        assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        let end = find(&c, 0xb, 2);
+        assert_eq!((end.eax, end.ebx, end.ecx, end.edx), (0, 0, 2, 1));
+        // No leaf 0x1F is invented.
+        assert!(!c.as_slice().iter().any(|e| e.function == 0x1f));
+    }
+
+    #[test]
+    fn amd_topology_leaves() {
+        let mut c = CpuId::from_entries(&[
+            entry(0x8000_0008, 0, [0x3030, 0x110a_d205, 0x7001, 0]),
+            entry(0x8000_001d, 0, [0x121, 0x01c0_003f, 0x3f, 0]),
+            entry(0x8000_001d, 3, [0x4163, 0x03c0_003f, 0x7fff, 1]),
+            entry(0x8000_001e, 0, [0, 0x100, 0x101, 0]),
+        ])
+        .unwrap();
+        filter_cpuid(&mut c, 5, 6);
+        assert_eq!(find(&c, 0x8000_0008, 0).ecx, (3 << 12) | 5);
+        assert_eq!(find(&c, 0x8000_0008, 0).eax, 0x3030);
+        assert_eq!((find(&c, 0x8000_001d, 0).eax >> 14) & 0xfff, 0);
+        assert_eq!(find(&c, 0x8000_001d, 3).eax, 0x163 | (5 << 14));
+        let ids = find(&c, 0x8000_001e, 0);
+        assert_eq!((ids.eax, ids.ebx, ids.ecx), (5, 5, 0));
+    }
+
+    #[test]
     fn apic_id_shift_is_ceil_log2() {
         let cases = [
             (1, 0),
@@ -269,7 +364,9 @@ mod tests {
             let (a, b) = (find(&before, leaf, 0), find(&c, leaf, 0));
             assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (b.eax, b.ebx, b.ecx, b.edx));
         }
-        assert_eq!(c.as_slice().len(), before.as_slice().len());
+        // Only the terminating subleaf 2 of leaf 0x1F was added.
+        assert_eq!(c.as_slice().len(), before.as_slice().len() + 1);
+        assert_eq!(find(&c, 0x1f, 2).ecx, 2);
     }
 
     #[test]
