@@ -145,8 +145,7 @@ impl Vcpu {
             let n = (internal.ndata as usize).min(internal.data.len());
             let emu = run.__bindgen_anon_1.emulation_failure;
             let insn = (internal.suberror == KVM_INTERNAL_ERROR_EMULATION
-                && emu.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
-                    != 0)
+                && emu.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0)
                 .then(|| {
                     let b = emu.__bindgen_anon_1.__bindgen_anon_1;
                     b.insn_bytes[..(b.insn_size as usize).min(15)].to_vec()
@@ -166,7 +165,7 @@ impl Vcpu {
             detail.push_str(&format!(", instruction bytes {insn:02x?}"));
         }
         if !data.is_empty() {
-            detail.push_str(&format!(", data {data:#x?}"));
+            detail.push_str(&format!(", data {data:x?}"));
         }
         VmExit::InternalError { cpu, detail }
     }
