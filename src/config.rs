@@ -69,10 +69,7 @@ impl fmt::Display for ConfigError {
                 host >> 20
             ),
             Self::Vcpus(n) => write!(f, "--cpus {n} is out of range: use 1 to {MAX_VCPUS}"),
-            Self::Console(s) => write!(
-                f,
-                "invalid --console '{s}': use stdout, none or file=PATH"
-            ),
+            Self::Console(s) => write!(f, "invalid --console '{s}': use stdout, none or file=PATH"),
             Self::KernelMissing(p, e) => {
                 write!(f, "cannot read kernel '{}': {e}", p.display())
             }
@@ -141,7 +138,9 @@ fn check_readable(path: &PathBuf) -> Result<(), String> {
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    std::fs::File::open(path).map(|_| ()).map_err(|e| e.to_string())
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl VmConfig {
@@ -168,7 +167,12 @@ impl VmConfig {
             check_readable(initrd).map_err(|e| ConfigError::InitrdMissing(initrd.clone(), e))?;
         }
         let mut cmdline = DEFAULT_CMDLINE.to_string();
-        if let Some(extra) = args.cmdline.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(extra) = args
+            .cmdline
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
@@ -207,7 +211,15 @@ mod tests {
         assert_eq!(parse_size("131072K").unwrap(), 128 << 20);
         assert_eq!(parse_size("256").unwrap(), 256 << 20);
         assert_eq!(parse_size("4096B").unwrap(), 4096);
-        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999999999999G", "1 G"] {
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-1G",
+            "1.5G",
+            "99999999999999999999G",
+            "1 G",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -258,9 +270,15 @@ mod tests {
         ));
         a.memory = "128M".into();
         a.cpus = 0;
-        assert_eq!(VmConfig::from_run_args(&a, None), Err(ConfigError::Vcpus(0)));
+        assert_eq!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::Vcpus(0))
+        );
         a.cpus = 255;
-        assert_eq!(VmConfig::from_run_args(&a, None), Err(ConfigError::Vcpus(255)));
+        assert_eq!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::Vcpus(255))
+        );
         a.cpus = 1;
         a.kernel = "/nonexistent/vmlinux".into();
         assert!(matches!(

@@ -145,11 +145,17 @@ mod tests {
         bus.insert(dev.clone(), 0x100, 0x10).unwrap();
         assert_eq!(
             bus.insert(dev.clone(), 0x10f, 1),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(dev.clone(), 0xf8, 0x10),
-            Err(BusError::Overlap { base: 0xf8, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
         );
         assert!(bus.insert(dev.clone(), 0x110, 1).is_ok());
         assert!(bus.insert(dev.clone(), 0xf0, 0x10).is_ok());

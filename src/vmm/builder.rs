@@ -39,15 +39,12 @@ pub fn load_guest(
     config: &VmConfig,
     cmdline: &Cmdline,
 ) -> Result<GuestAddress, Error> {
-    let open = |p: &std::path::Path| {
-        File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e))
-    };
+    let open = |p: &std::path::Path| File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e));
     let kernel = boot::load_kernel(mem, &mut open(&config.kernel)?)
         .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
     let initrd = match &config.initrd {
         Some(path) => Some(
-            boot::load_initrd(mem, &mut open(path)?)
-                .map_err(|e| Error::Initrd(path.clone(), e))?,
+            boot::load_initrd(mem, &mut open(path)?).map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
         None => None,
     };
@@ -57,8 +54,7 @@ pub fn load_guest(
         .map_err(|e| Error::Cmdline(e.to_string()))?
         .as_bytes_with_nul()
         .len();
-    boot::configure_system(mem, cmdline_size, initrd, kernel.setup_header)
-        .map_err(Error::Boot)?;
+    boot::configure_system(mem, cmdline_size, initrd, kernel.setup_header).map_err(Error::Boot)?;
     mptable::setup_mptable(mem, config.vcpus).map_err(Error::Mptable)?;
     Ok(kernel.entry)
 }

@@ -22,7 +22,10 @@ pub fn output(console: &ConsoleConfig) -> io::Result<Box<dyn Write + Send>> {
     Ok(match console {
         ConsoleConfig::Stdout => Box::new(File::from(io::stdout().as_fd().try_clone_to_owned()?)),
         ConsoleConfig::File(path) => Box::new(File::create(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create console file '{}': {e}", path.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot create console file '{}': {e}", path.display()),
+            )
         })?),
         ConsoleConfig::None => Box::new(io::sink()),
     })
@@ -30,7 +33,11 @@ pub fn output(console: &ConsoleConfig) -> io::Result<Box<dyn Write + Send>> {
 
 /// Standard input as an unbuffered file, or `None` if it is closed.
 pub fn input() -> Option<File> {
-    io::stdin().as_fd().try_clone_to_owned().ok().map(File::from)
+    io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from)
 }
 
 /// Whether the console is a person at a terminal: then input is raw and

@@ -177,7 +177,10 @@ impl<R: Read + AsRawFd> ConsoleInput<R> {
         };
         let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
         if filtered.bytes.len() > room {
-            log::warn!("console: guest is not reading input; dropped {} bytes", filtered.bytes.len() - room);
+            log::warn!(
+                "console: guest is not reading input; dropped {} bytes",
+                filtered.bytes.len() - room
+            );
         }
         self.pending.extend(filtered.bytes.iter().take(room));
         if filtered.quit {
