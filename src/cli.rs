@@ -30,9 +30,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Guest kernel: an uncompressed vmlinux (ELF) or a bzImage.
+    /// Guest kernel: an uncompressed vmlinux (ELF) or a bzImage. Without it,
+    /// kvmini boots its default guest (a small Linux 6.12 and a busybox
+    /// initramfs, built from Debian packages on first use and cached).
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs cpio archive, optionally compressed).
     #[arg(long, value_name = "PATH")]

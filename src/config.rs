@@ -45,6 +45,7 @@ pub enum ConfigError {
     MemoryTooLarge { requested: u64, host: u64 },
     Vcpus(u32),
     Console(String),
+    NoKernel,
     KernelMissing(PathBuf, String),
     InitrdMissing(PathBuf, String),
 }
@@ -70,6 +71,7 @@ impl fmt::Display for ConfigError {
             ),
             Self::Vcpus(n) => write!(f, "--cpus {n} is out of range: use 1 to {MAX_VCPUS}"),
             Self::Console(s) => write!(f, "invalid --console '{s}': use stdout, none or file=PATH"),
+            Self::NoKernel => write!(f, "no kernel: pass --kernel PATH"),
             Self::KernelMissing(p, e) => {
                 write!(f, "cannot read kernel '{}': {e}", p.display())
             }
@@ -161,8 +163,8 @@ impl VmConfig {
             return Err(ConfigError::Vcpus(args.cpus));
         }
         let console = parse_console(&args.console)?;
-        check_readable(&args.kernel)
-            .map_err(|e| ConfigError::KernelMissing(args.kernel.clone(), e))?;
+        let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
+        check_readable(&kernel).map_err(|e| ConfigError::KernelMissing(kernel.clone(), e))?;
         if let Some(initrd) = &args.initrd {
             check_readable(initrd).map_err(|e| ConfigError::InitrdMissing(initrd.clone(), e))?;
         }
@@ -177,7 +179,7 @@ impl VmConfig {
             cmdline.push_str(extra);
         }
         Ok(VmConfig {
-            kernel: args.kernel.clone(),
+            kernel,
             initrd: args.initrd.clone(),
             memory_bytes,
             vcpus: args.cpus as u8,
@@ -194,7 +196,7 @@ mod tests {
 
     fn args(kernel: &std::path::Path) -> RunArgs {
         RunArgs {
-            kernel: kernel.to_path_buf(),
+            kernel: Some(kernel.to_path_buf()),
             initrd: None,
             memory: "128M".into(),
             cpus: 1,
@@ -280,17 +282,22 @@ mod tests {
             Err(ConfigError::Vcpus(255))
         );
         a.cpus = 1;
-        a.kernel = "/nonexistent/vmlinux".into();
+        a.kernel = None;
+        assert_eq!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::NoKernel)
+        );
+        a.kernel = Some("/nonexistent/vmlinux".into());
         assert!(matches!(
             VmConfig::from_run_args(&a, None),
             Err(ConfigError::KernelMissing(..))
         ));
-        a.kernel = "/".into();
+        a.kernel = Some("/".into());
         assert!(matches!(
             VmConfig::from_run_args(&a, None),
             Err(ConfigError::KernelMissing(..))
         ));
-        a.kernel = k.as_path().to_path_buf();
+        a.kernel = Some(k.as_path().to_path_buf());
         a.initrd = Some("/nonexistent/initrd".into());
         assert!(matches!(
             VmConfig::from_run_args(&a, None),

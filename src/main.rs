@@ -27,7 +27,16 @@ fn main() -> ExitCode {
         return ExitCode::from(code::ERROR);
     }
     match cli.command {
-        Command::Run(args) => {
+        Command::Run(mut args) => {
+            if args.kernel.is_none() {
+                match kvmini::guest::default_guest() {
+                    Ok((kernel, initrd)) => {
+                        args.kernel = Some(kernel);
+                        args.initrd.get_or_insert(initrd);
+                    }
+                    Err(e) => return fail(&e),
+                }
+            }
             let config = match VmConfig::from_run_args(&args, config::host_memory_bytes()) {
                 Ok(c) => c,
                 Err(e) => return fail(&e),

@@ -1,0 +1,83 @@
+//! The project's default guest: kernel and initramfs built from Debian
+//! packages by the scripts in `resources/` on first use, then cached (see
+//! docs/testing.md). Used when `kvmini run` is given no `--kernel`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Where the build scripts live: `$KVMINI_RESOURCES`, else the source tree
+/// kvmini was built from.
+pub fn resources_dir() -> PathBuf {
+    std::env::var_os("KVMINI_RESOURCES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("resources"))
+}
+
+#[derive(Debug)]
+pub enum GuestError {
+    MissingScript(PathBuf),
+    Spawn(PathBuf, std::io::Error),
+    Failed(PathBuf, Option<i32>),
+    NoOutput(PathBuf),
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingScript(p) => write!(
+                f,
+                "no --kernel given and the default guest's build script '{}' is missing; \
+                 pass --kernel, or set KVMINI_RESOURCES to kvmini's resources/ directory",
+                p.display()
+            ),
+            Self::Spawn(p, e) => write!(f, "cannot run '{}': {e}", p.display()),
+            Self::Failed(p, code) => write!(
+                f,
+                "building the default guest failed ('{}' exited {}); see its messages above",
+                p.display(),
+                code.map_or("on a signal".into(), |c| c.to_string())
+            ),
+            Self::NoOutput(p) => write!(f, "'{}' printed no artefact path", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+/// Runs a build script (progress on our stderr) and returns the path it
+/// prints last on stdout.
+fn build(script: &Path) -> Result<PathBuf, GuestError> {
+    if !script.is_file() {
+        return Err(GuestError::MissingScript(script.to_path_buf()));
+    }
+    let out = Command::new("bash")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| GuestError::Spawn(script.to_path_buf(), e))?;
+    if !out.status.success() {
+        return Err(GuestError::Failed(script.to_path_buf(), out.status.code()));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| GuestError::NoOutput(script.to_path_buf()))
+}
+
+/// The default guest kernel (vmlinux: no decompression, the fastest boot)
+/// and initramfs, built or taken from the cache.
+pub fn default_guest() -> Result<(PathBuf, PathBuf), GuestError> {
+    let res = resources_dir();
+    log::info!(
+        "no --kernel given: using the default guest from {}",
+        res.display()
+    );
+    let kernel_dir = build(&res.join("kernel/build.sh"))?;
+    let initrd = build(&res.join("rootfs/build-initramfs.sh"))?;
+    Ok((kernel_dir.join("vmlinux"), initrd))
+}
