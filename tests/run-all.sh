@@ -53,7 +53,7 @@ if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
 fi
 
 step "cargo test"
-cargo test --all-targets
+cargo test
 step_done
 
 trap - ERR

@@ -89,7 +89,7 @@ rc=0
 # -nic none: L1 needs no network, and nothing inside it may reach beyond it.
 # rig_timeout=... reaches L1's /init as an environment variable.
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \
-    -accel tcg -cpu max -m 2048 -smp "$smp" \
+    -accel "tcg,thread=${KVMINI_RIG_TCG_THREAD:-multi}" -cpu max -m 2048 -smp "$smp" \
     -nographic -no-reboot -nic none \
     -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
