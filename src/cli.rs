@@ -53,6 +53,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
+    /// How to run the guest. `kvm`: /dev/kvm with hardware virtualization
+    /// (refused when the CPU has no vmx/svm). `emulated`: inside an emulated
+    /// machine (QEMU TCG with nested KVM), much slower, for hosts without
+    /// hardware virtualization. `auto`: `kvm` where possible, else
+    /// `emulated`, and says which. `kvm-any`: /dev/kvm even without
+    /// hardware virtualization (software KVM runs only simple guests).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub accel: String,
+
     /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
     #[arg(long, value_name = "DEST", default_value = "stdout")]
     pub console: String,

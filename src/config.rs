@@ -26,6 +26,38 @@ pub enum ConsoleConfig {
     None,
 }
 
+/// How the guest runs: see `kvmini run --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    KvmAny,
+    Emulated,
+}
+
+impl Accel {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "kvm-any" => Ok(Self::KvmAny),
+            "emulated" => Ok(Self::Emulated),
+            _ => Err(ConfigError::Accel(s.to_string())),
+        }
+    }
+
+    /// Whether to run on this host's /dev/kvm (`true`) or emulated
+    /// (`false`), given whether the CPU has vmx/svm.
+    pub fn resolve(self, hw_virt: bool) -> Result<bool, ConfigError> {
+        match (self, hw_virt) {
+            (Self::Kvm, false) => Err(ConfigError::NoHardwareVirt),
+            (Self::Auto, hw) => Ok(hw),
+            (Self::Kvm | Self::KvmAny, _) => Ok(true),
+            (Self::Emulated, _) => Ok(false),
+        }
+    }
+}
+
 /// A fully validated VM description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -36,10 +68,13 @@ pub struct VmConfig {
     /// The whole kernel command line: defaults, then the user's extras.
     pub cmdline: String,
     pub console: ConsoleConfig,
+    pub accel: Accel,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConfigError {
+    Accel(String),
+    NoHardwareVirt,
     MemorySize(String),
     MemoryTooSmall(u64),
     MemoryTooLarge { requested: u64, host: u64 },
@@ -53,6 +88,16 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Accel(s) => write!(
+                f,
+                "invalid --accel '{s}': use auto, kvm, emulated or kvm-any"
+            ),
+            Self::NoHardwareVirt => write!(
+                f,
+                "--accel kvm: this host has no hardware virtualization (no vmx/svm in \
+                 /proc/cpuinfo), so /dev/kvm cannot run a Linux guest; use --accel auto \
+                 or emulated to run it inside an emulated machine"
+            ),
             Self::MemorySize(s) => write!(
                 f,
                 "invalid --memory '{s}': expected a size such as 512M, 2G or 131072K"
@@ -163,6 +208,7 @@ impl VmConfig {
             return Err(ConfigError::Vcpus(args.cpus));
         }
         let console = parse_console(&args.console)?;
+        let accel = Accel::parse(&args.accel)?;
         let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
         check_readable(&kernel).map_err(|e| ConfigError::KernelMissing(kernel.clone(), e))?;
         if let Some(initrd) = &args.initrd {
@@ -185,6 +231,7 @@ impl VmConfig {
             vcpus: args.cpus as u8,
             cmdline,
             console,
+            accel,
         })
     }
 }
@@ -202,6 +249,7 @@ mod tests {
             cpus: 1,
             cmdline: None,
             console: "stdout".into(),
+            accel: "auto".into(),
         }
     }
 
@@ -236,6 +284,20 @@ mod tests {
         );
         assert!(parse_console("file=").is_err());
         assert!(parse_console("stderr").is_err());
+    }
+
+    #[test]
+    fn accel_modes() {
+        use Accel::*;
+        assert_eq!(Accel::parse("auto"), Ok(Auto));
+        assert_eq!(Accel::parse("kvm-any"), Ok(KvmAny));
+        assert!(Accel::parse("tcg").is_err());
+        assert_eq!(Auto.resolve(true), Ok(true));
+        assert_eq!(Auto.resolve(false), Ok(false));
+        assert_eq!(Kvm.resolve(true), Ok(true));
+        assert_eq!(Kvm.resolve(false), Err(ConfigError::NoHardwareVirt));
+        assert_eq!(KvmAny.resolve(false), Ok(true));
+        assert_eq!(Emulated.resolve(true), Ok(false));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod emulated;
 pub mod guest;
 pub mod kvm;
 pub mod logger;

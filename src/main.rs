@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use kvmini::arch::x86_64::cpuid::host_has_hw_virt;
 use kvmini::cli::{Cli, Command};
-use kvmini::config::{self, VmConfig};
+use kvmini::config::{self, Accel, VmConfig};
 use kvmini::{logger, vmm};
 
 /// Exit codes, documented in `kvmini --help` and docs/cli.md.
@@ -41,6 +42,23 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
+            match config.accel.resolve(host_has_hw_virt()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if config.accel == Accel::Auto {
+                        eprintln!(
+                            "kvmini: this host has no hardware virtualization (no vmx/svm in \
+                             /proc/cpuinfo);\n        running the VM inside an emulated machine \
+                             (much slower). --accel=kvm refuses this."
+                        );
+                    }
+                    return match kvmini::emulated::run(&config) {
+                        Ok(code) => ExitCode::from(code),
+                        Err(e) => fail(&e),
+                    };
+                }
+                Err(e) => return fail(&e),
+            }
             match vmm::run(&config) {
                 Ok(exit) if exit.is_clean() => {
                     log::info!("{exit}");

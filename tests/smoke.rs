@@ -78,8 +78,14 @@ fn write_kernel(bytes: &[u8]) -> TempFile {
 }
 
 fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
+    run_kernel_accel(kernel, "kvm-any", extra)
+}
+
+/// `accel`: kvm-any, because these guests run on any /dev/kvm, hardware or
+/// software, unless a test is about `--accel` itself.
+fn run_kernel_accel(kernel: &Path, accel: &str, extra: &[&str]) -> Output {
     let out = kvmini()
-        .args(["run", "--memory", "32M", "--kernel"])
+        .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
         .arg(kernel)
         .args(extra)
         .stdin(std::process::Stdio::null())
@@ -175,7 +181,7 @@ fn emulation_failure_is_a_clear_error() {
 
 fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
     let mut cmd = kvmini();
-    cmd.arg("run").args(args);
+    cmd.args(["run", "--accel", "kvm-any"]).args(args);
     if let Some(k) = kernel {
         cmd.arg("--kernel").arg(k);
     }
@@ -184,6 +190,25 @@ fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn accel_kvm_refuses_without_hardware_virtualization() {
+    require_kvm();
+    let k = write_kernel(&hello_guest());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let hw = kvmini::arch::x86_64::cpuid::cpuinfo_has_hw_virt(&cpuinfo);
+    let out = run_kernel_accel(k.as_path(), "kvm", &[]);
+    if hw {
+        assert_eq!(out.status.code(), Some(0));
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--accel kvm: this host has no hardware virtualization"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -223,6 +248,13 @@ fn bad_input_is_rejected_cleanly() {
         Some(good.as_path()),
         "invalid --console",
     );
+    let tcg = kvmini()
+        .args(["run", "--accel", "tcg", "--kernel"])
+        .arg(good.as_path())
+        .output()
+        .unwrap();
+    assert_eq!(tcg.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&tcg.stderr).contains("invalid --accel 'tcg'"));
     let long = "x".repeat(4000);
     expect_error(
         &["--cmdline", &long],
