@@ -1,0 +1,403 @@
+//! The virtio-blk device: feature and config-space description for the
+//! transport, and the queue worker that the event loop drives through
+//! [`BlockHandler`] whenever the driver notifies the request queue.
+
+use std::fmt;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::backend::{self, DiskFile, SECTOR_SHIFT};
+use super::request::{self, Limits, Op, RangeLimits, VIRTIO_BLK_S_OK};
+use crate::devices::bus::lock;
+use crate::devices::virtio::{
+    feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+};
+
+// Feature bits (virtio 1.2, 5.2.3).
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+/// The one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data descriptors per request: a chain never exceeds the queue size, and
+/// two descriptors are the header and status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data descriptor accepted.
+pub const SIZE_MAX: u32 = 1 << 20;
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+pub const MAX_DISCARD_SEG: u32 = 16;
+/// Smaller than discard: without ZERO_RANGE the zeros are written out, and
+/// the event loop should not stall for long.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 16;
+pub const MAX_WRITE_ZEROES_SEG: u32 = 16;
+/// A hint (4 KiB): ranges of any alignment are accepted.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
+
+/// Bytes of `struct virtio_blk_config` up to `write_zeroes_may_unmap`'s padding.
+pub const CONFIG_LEN: usize = 60;
+
+/// A disk as configured by the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    Disk(backend::Error),
+    EventFd(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Disk(e) => e.fmt(f),
+            Self::EventFd(e) => write!(f, "cannot create the disk queue eventfd: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Disk(e) => e.source(),
+            Self::EventFd(e) => Some(e),
+        }
+    }
+}
+
+pub struct Block {
+    disk: Arc<DiskFile>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_evts: [EventFd; 1],
+    /// The data path, present while the device is active. Shared with the
+    /// [`BlockHandler`]; locked by the event loop per batch of requests and
+    /// by the transport on activate/reset only.
+    worker: Arc<Mutex<Option<Worker>>>,
+}
+
+impl Block {
+    pub fn new(config: &BlockConfig) -> Result<Self, Error> {
+        let disk = DiskFile::open(&config.path, config.readonly).map_err(Error::Disk)?;
+        let mut features = feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_F_RING_EVENT_IDX)
+            | feature(VIRTIO_F_RING_INDIRECT_DESC)
+            | feature(VIRTIO_BLK_F_SIZE_MAX)
+            | feature(VIRTIO_BLK_F_SEG_MAX)
+            | feature(VIRTIO_BLK_F_FLUSH);
+        if disk.readonly() {
+            features |= feature(VIRTIO_BLK_F_RO);
+        } else {
+            features |= feature(VIRTIO_BLK_F_WRITE_ZEROES);
+            if disk.supports_discard() {
+                features |= feature(VIRTIO_BLK_F_DISCARD);
+            }
+        }
+        let config = config_space(disk.sectors(), disk.supports_discard());
+        Ok(Self {
+            disk: Arc::new(disk),
+            features,
+            config,
+            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            worker: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The event-loop subscriber that processes the request queue; add it to
+    /// the event manager once, before the guest runs.
+    pub fn event_handler(&self) -> io::Result<BlockHandler> {
+        Ok(BlockHandler {
+            queue_evt: self.queue_evts[0].try_clone()?,
+            worker: self.worker.clone(),
+        })
+    }
+
+    pub fn disk(&self) -> &DiskFile {
+        &self.disk
+    }
+}
+
+fn config_space(sectors: u64, discard: bool) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &sectors.to_le_bytes());
+    put(8, &SIZE_MAX.to_le_bytes());
+    put(12, &SEG_MAX.to_le_bytes());
+    put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+    put(40, &MAX_DISCARD_SEG.to_le_bytes());
+    put(44, &DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    put(48, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+    put(52, &MAX_WRITE_ZEROES_SEG.to_le_bytes());
+    put(56, &[u8::from(discard)]);
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(CONFIG_LEN);
+        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
+        data[..end - start].copy_from_slice(&self.config[start..end]);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        acked_features: u64,
+        mut queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        let mut worker = lock(&self.worker);
+        if worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let acked = |bit| acked_features & feature(bit) != 0;
+        let limits = Limits {
+            capacity: self.disk.sectors(),
+            readonly: self.disk.readonly(),
+            max_segments: SEG_MAX as usize,
+            max_segment_size: SIZE_MAX,
+            discard: acked(VIRTIO_BLK_F_DISCARD).then_some(RangeLimits {
+                max_sectors: MAX_DISCARD_SECTORS,
+                max_segments: MAX_DISCARD_SEG as usize,
+            }),
+            write_zeroes: acked(VIRTIO_BLK_F_WRITE_ZEROES).then_some(RangeLimits {
+                max_sectors: MAX_WRITE_ZEROES_SECTORS,
+                max_segments: MAX_WRITE_ZEROES_SEG as usize,
+            }),
+        };
+        *worker = Some(Worker {
+            mem,
+            queue: queues.remove(0),
+            disk: self.disk.clone(),
+            interrupt,
+            limits,
+            broken: false,
+        });
+        drop(worker);
+        // Requests the driver queued before DRIVER_OK are served right away.
+        self.queue_evts[0].write(1).map_err(ActivateError::Io)
+    }
+
+    fn reset(&mut self) {
+        lock(&self.worker).take();
+        if let Err(e) = self.disk.flush() {
+            log::error!("{}: flush on reset failed: {e}", self.disk.path().display());
+        }
+    }
+}
+
+/// The active data path: one queue, the disk, the guest memory.
+pub struct Worker {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    disk: Arc<DiskFile>,
+    interrupt: Arc<Interrupt>,
+    limits: Limits,
+    /// The queue itself is corrupt; nothing more is done until a reset.
+    broken: bool,
+}
+
+impl Worker {
+    /// Serves every available request, following virtio-queue's loop:
+    /// notifications off, drain, notifications on and re-check, then
+    /// interrupt the guest only if it asked for it.
+    pub fn process_queue(&mut self) {
+        if self.broken {
+            return;
+        }
+        let mut used = false;
+        loop {
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                return self.fail(e);
+            }
+            loop {
+                let chain = match self.queue.iter(&self.mem) {
+                    Ok(mut it) => it.next(),
+                    Err(e) => return self.fail(e),
+                };
+                let Some(chain) = chain else { break };
+                let head = chain.head_index();
+                let len = self.handle(chain);
+                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
+                    return self.fail(e);
+                }
+                used = true;
+            }
+            match self.queue.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => return self.fail(e),
+            }
+        }
+        if !used {
+            return;
+        }
+        match self.queue.needs_notification(&self.mem) {
+            Ok(true) => {
+                if let Err(e) = self.interrupt.signal_used_queue() {
+                    log::error!("virtio-blk: cannot interrupt the guest: {e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: virtio_queue::Error) {
+        log::error!(
+            "virtio-blk {}: request queue is corrupt ({e}); device needs reset",
+            self.disk.path().display()
+        );
+        self.broken = true;
+        self.interrupt.set_needs_reset();
+    }
+
+    /// Serves one request; returns the bytes written into the chain.
+    fn handle(&self, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        let parsed = request::parse(chain, &self.limits);
+        let Some(status_addr) = parsed.status else {
+            log::debug!("virtio-blk: request without status descriptor skipped");
+            return 0;
+        };
+        let (status, written) = match parsed.request {
+            Ok(op) => match self.execute(&op) {
+                Ok(()) => (VIRTIO_BLK_S_OK, op.data_bytes_written()),
+                Err(e) => {
+                    log::debug!("virtio-blk: {op:?} failed: {e}");
+                    (request::VIRTIO_BLK_S_IOERR, 0)
+                }
+            },
+            Err(e) => {
+                log::debug!("virtio-blk: bad request: {e}");
+                (e.status(), 0)
+            }
+        };
+        match self.mem.write_obj(status, status_addr) {
+            Ok(()) => written.saturating_add(1),
+            Err(e) => {
+                // Checked during parsing, so the guest would have to shrink
+                // its memory under us.
+                log::debug!("virtio-blk: cannot write the status: {e}");
+                0
+            }
+        }
+    }
+
+    fn execute(&self, op: &Op) -> io::Result<()> {
+        let (disk, mem) = (&self.disk, &self.mem);
+        match op {
+            Op::In { sector, data } => {
+                let mut offset = sector << SECTOR_SHIFT;
+                for s in data {
+                    disk.read_to(mem, s.addr, s.len as usize, offset)?;
+                    offset += u64::from(s.len);
+                }
+                Ok(())
+            }
+            Op::Out { sector, data } => {
+                let mut offset = sector << SECTOR_SHIFT;
+                for s in data {
+                    disk.write_from(mem, s.addr, s.len as usize, offset)?;
+                    offset += u64::from(s.len);
+                }
+                Ok(())
+            }
+            Op::Flush => disk.flush(),
+            Op::GetId { data } => {
+                let mut id: &[u8] = disk.id();
+                for s in data {
+                    let n = id.len().min(s.len as usize);
+                    mem.write_slice(&id[..n], s.addr)
+                        .map_err(io::Error::other)?;
+                    id = &id[n..];
+                }
+                Ok(())
+            }
+            Op::Discard(ranges) => ranges.iter().try_for_each(|r| {
+                disk.discard(
+                    r.sector << SECTOR_SHIFT,
+                    u64::from(r.sectors) << SECTOR_SHIFT,
+                )
+            }),
+            Op::WriteZeroes(ranges) => ranges.iter().try_for_each(|r| {
+                disk.write_zeroes(
+                    r.sector << SECTOR_SHIFT,
+                    u64::from(r.sectors) << SECTOR_SHIFT,
+                    r.unmap,
+                )
+            }),
+        }
+    }
+}
+
+/// Event-loop subscriber for one disk: waits on the queue's notify eventfd
+/// (signalled by KVM through the ioeventfd, or by the transport) and runs
+/// the worker if the device is active.
+pub struct BlockHandler {
+    queue_evt: EventFd,
+    worker: Arc<Mutex<Option<Worker>>>,
+}
+
+impl BlockHandler {
+    /// One pass over the queue, as on a notification.
+    pub fn process(&self) {
+        if let Some(w) = lock(&self.worker).as_mut() {
+            w.process_queue();
+        }
+    }
+}
+
+impl MutEventSubscriber for BlockHandler {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() != self.queue_evt.as_raw_fd() {
+            return;
+        }
+        // Nonblocking; a failed read just means a spurious wakeup.
+        let _ = self.queue_evt.read();
+        BlockHandler::process(self);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.queue_evt, EventSet::IN)) {
+            log::error!("virtio-blk: cannot watch the request queue: {e}");
+        }
+    }
+}
