@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{self, DiskFile, SECTOR_SHIFT};
@@ -164,6 +164,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
             .min(CONFIG_LEN);
@@ -188,7 +189,8 @@ impl VirtioDevice for Block {
         if worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let acked = |bit| acked_features & feature(bit) != 0;
+        // The transport refuses unoffered features; be safe without it too.
+        let acked = |bit| acked_features & self.features & feature(bit) != 0;
         let limits = Limits {
             capacity: self.disk.sectors(),
             readonly: self.disk.readonly(),
@@ -271,6 +273,7 @@ impl Worker {
             return;
         }
         match self.queue.needs_notification(&self.mem) {
+            Ok(true) if self.interrupts_suppressed() => {}
             Ok(true) => {
                 if let Err(e) = self.interrupt.signal_used_queue() {
                     log::error!("virtio-blk: cannot interrupt the guest: {e}");
@@ -279,6 +282,17 @@ impl Worker {
             Ok(false) => {}
             Err(e) => self.fail(e),
         }
+    }
+
+    /// Without EVENT_IDX the driver may set VRING_AVAIL_F_NO_INTERRUPT,
+    /// which virtio-queue does not look at.
+    fn interrupts_suppressed(&self) -> bool {
+        const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+        !self.queue.event_idx_enabled()
+            && self
+                .mem
+                .read_obj::<u16>(GuestAddress(self.queue.avail_ring()))
+                .is_ok_and(|flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT != 0)
     }
 
     fn fail(&mut self, e: virtio_queue::Error) {

@@ -7,3 +7,6 @@ pub mod device;
 pub mod request;
 
 pub use device::{Block, BlockConfig, BlockHandler, Error};
+
+#[cfg(test)]
+mod tests;
