@@ -347,6 +347,14 @@ fn bad_kernel_path() {
 }
 
 #[test]
+fn interactive_shell() {
+    scenario("interactive_shell")
+        .rc(0)
+        .shows("kvmini-guest: init reached")
+        .shows("typed-ok");
+}
+
+#[test]
 fn rig_parser_splits_scenarios() {
     let console: Vec<String> = [
         "noise",

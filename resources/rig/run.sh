@@ -46,9 +46,13 @@ fi
 if ((host)); then
     grep -qw -e vmx -e svm /proc/cpuinfo ||
         log "warning: no vmx/svm in /proc/cpuinfo; /dev/kvm here may not boot Linux"
+    apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD
     KVMINI=$(realpath "$kvmini")
-    exec sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
+    # busybox sh, as in L1: same shell for the scenarios, and dash's `kill`
+    # cannot signal a process group (-PID), which the timeout watchdog needs.
+    # Debian's busybox runs its own applets first (sh, setsid, kill, ...).
+    exec /bin/busybox sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
 fi
 
 apt_install qemu-system-x86 busybox-static cpio
