@@ -333,3 +333,201 @@ fn ranges<M: GuestMemory + ?Sized>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestMemoryMmap};
+
+    use super::*;
+    use crate::devices::virtio::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+    const HDR: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x3_0000;
+
+    fn limits() -> Limits {
+        Limits {
+            capacity: 100,
+            readonly: false,
+            max_segments: 2,
+            max_segment_size: 4096,
+            discard: None,
+            write_zeroes: Some(RangeLimits {
+                max_sectors: 8,
+                max_segments: 1,
+            }),
+        }
+    }
+
+    fn parse_descs(descs: &[(u64, u32, bool)], kind: u32, sector: u64) -> Parsed {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .map(|&(a, l, w)| {
+                let flags = if w { VRING_DESC_F_WRITE } else { 0 };
+                RawDescriptor::from(SplitDescriptor::new(a, l, flags, 0))
+            })
+            .collect();
+        let chain = vq.build_desc_chain(&raw).unwrap();
+        parse(chain, &limits())
+    }
+
+    fn req(data: &[(u64, u32, bool)], kind: u32, sector: u64) -> Result<Op, Error> {
+        let mut d = vec![(HDR, 16, false)];
+        d.extend_from_slice(data);
+        d.push((STATUS, 1, true));
+        let p = parse_descs(&d, kind, sector);
+        assert_eq!(p.status, Some(GuestAddress(STATUS)));
+        p.request
+    }
+
+    #[test]
+    fn well_formed_requests() {
+        assert_eq!(
+            req(
+                &[(DATA, 512, true), (DATA + 4096, 1024, true)],
+                VIRTIO_BLK_T_IN,
+                97
+            ),
+            Ok(Op::In {
+                sector: 97,
+                data: vec![
+                    Segment {
+                        addr: GuestAddress(DATA),
+                        len: 512
+                    },
+                    Segment {
+                        addr: GuestAddress(DATA + 4096),
+                        len: 1024
+                    }
+                ]
+            })
+        );
+        assert_eq!(req(&[], VIRTIO_BLK_T_FLUSH, 0), Ok(Op::Flush));
+        let op = req(&[(DATA, 20, true)], VIRTIO_BLK_T_GET_ID, 0).unwrap();
+        assert_eq!(op.data_bytes_written(), 20);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let three = [
+            (DATA, 512, true),
+            (DATA + 512, 512, true),
+            (DATA + 1024, 512, true),
+        ];
+        assert_eq!(
+            req(&three, VIRTIO_BLK_T_IN, 0),
+            Err(Error::TooManySegments(3))
+        );
+        assert_eq!(
+            req(&[(DATA, 8192, true)], VIRTIO_BLK_T_IN, 0),
+            Err(Error::SegmentTooLarge(8192))
+        );
+        assert_eq!(
+            req(&[(DATA, 1024, true)], VIRTIO_BLK_T_IN, 99),
+            Err(Error::OutOfRange {
+                sector: 99,
+                sectors: 2
+            })
+        );
+        assert!(matches!(
+            req(&[(DATA, 512, false)], VIRTIO_BLK_T_OUT, u64::MAX),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert_eq!(
+            req(&[(DATA, 16, false)], VIRTIO_BLK_T_DISCARD, 0),
+            Err(Error::Unsupported(VIRTIO_BLK_T_DISCARD))
+        );
+        // One write-zeroes segment of at most 8 sectors.
+        assert_eq!(
+            req(&[(DATA, 32, false)], VIRTIO_BLK_T_WRITE_ZEROES, 0),
+            Err(Error::TooManySegments(2))
+        );
+        // Guest memory is zeroed: one segment of sector 0, 0 sectors.
+        assert_eq!(
+            req(&[(DATA, 16, false)], VIRTIO_BLK_T_WRITE_ZEROES, 0),
+            Ok(Op::WriteZeroes(vec![Range {
+                sector: 0,
+                sectors: 0,
+                unmap: false
+            }]))
+        );
+        assert_eq!(Error::Unsupported(3).status(), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(Error::BadFlags(2).status(), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(Error::NoData.status(), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn read_only_limits_refuse_out() {
+        let mut l = limits();
+        l.readonly = true;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let raw: Vec<RawDescriptor> = [
+            (HDR, 16, 0),
+            (DATA, 512, 0),
+            (STATUS, 1, VRING_DESC_F_WRITE),
+        ]
+        .iter()
+        .map(|&(a, len, f)| RawDescriptor::from(SplitDescriptor::new(a, len, f, 0)))
+        .collect();
+        let p = parse(vq.build_desc_chain(&raw).unwrap(), &l);
+        assert_eq!(p.request, Err(Error::ReadOnly));
+        assert_eq!(p.request.unwrap_err().status(), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn missing_or_bad_status_has_no_status_address() {
+        for descs in [
+            vec![(HDR, 16, false), (DATA, 512, false)],
+            vec![(HDR, 16, false), (STATUS, 0, true)],
+            vec![(HDR, 16, false), (0x20_0000, 1, true)],
+        ] {
+            let p = parse_descs(&descs, VIRTIO_BLK_T_OUT, 0);
+            assert_eq!(p.status, None);
+            assert_eq!(p.request, Err(Error::NoStatus));
+        }
+    }
+
+    #[test]
+    fn indirect_chains_are_followed() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+        // An indirect table at 0x8000 with header, data and status.
+        let table = GuestAddress(0x8000);
+        let entries = [
+            (HDR, 16, VRING_DESC_F_NEXT, 1),
+            (DATA, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+            (STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        for (i, &(a, l, f, n)) in entries.iter().enumerate() {
+            let d = RawDescriptor::from(SplitDescriptor::new(a, l, f, n));
+            mem.write_obj(d, table.unchecked_add(16 * i as u64))
+                .unwrap();
+        }
+        let vq = MockSplitQueue::new(&mem, 16);
+        const VRING_DESC_F_INDIRECT: u16 = 4;
+        let head = RawDescriptor::from(SplitDescriptor::new(
+            table.0,
+            16 * entries.len() as u32,
+            VRING_DESC_F_INDIRECT,
+            0,
+        ));
+        let chain = vq.build_desc_chain(&[head]).unwrap();
+        let p = parse(chain, &limits());
+        assert_eq!(p.status, Some(GuestAddress(STATUS)));
+        assert!(matches!(p.request, Ok(Op::In { sector: 0, .. })));
+    }
+}
