@@ -5,6 +5,7 @@
 # tests/run-all.sh, the rig) read stdout to find the artefacts.
 
 # Directory of the repository's resources/ (this file lives there).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 RESOURCES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # Root of the artefact cache. Everything built here is keyed by a content hash,

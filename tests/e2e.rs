@@ -140,6 +140,7 @@ fn parse_console(console: &[String]) -> HashMap<String, Scenario> {
 fn run_batch() -> Result<Batch, String> {
     let kernel_dir = build_artefact("resources/kernel/build.sh")?;
     let initrd = build_artefact("resources/rootfs/build-initramfs.sh")?;
+    let ext4 = build_artefact("resources/rootfs/build-ext4.sh")?;
     let kvmini = build_static_kvmini()?;
     let host = match std::env::var("KVMINI_E2E_MODE").as_deref() {
         Ok("host") => true,
@@ -169,6 +170,7 @@ fn run_batch() -> Result<Batch, String> {
         .env("GUEST_VMLINUX", Path::new(&kernel_dir).join("vmlinux"))
         .env("GUEST_BZIMAGE", Path::new(&kernel_dir).join("bzImage"))
         .env("GUEST_INITRD", &initrd)
+        .env("GUEST_EXT4", &ext4)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
     if host {

@@ -13,7 +13,8 @@
 #              vmx/svm); same output format, no L1
 #
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
-# resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD are set.
+# resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
+# GUEST_EXT4) are set.
 # stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
 # Never hangs: QEMU runs under an overall timeout.
 set -euo pipefail
@@ -42,12 +43,15 @@ if [[ -z ${GUEST_VMLINUX:-} || -z ${GUEST_BZIMAGE:-} || -z ${GUEST_INITRD:-} ]];
     GUEST_VMLINUX=$kdir/vmlinux GUEST_BZIMAGE=$kdir/bzImage
     GUEST_INITRD=$("$RESOURCES_DIR/rootfs/build-initramfs.sh")
 fi
+if [[ -z ${GUEST_EXT4:-} ]]; then
+    GUEST_EXT4=$("$RESOURCES_DIR/rootfs/build-ext4.sh")
+fi
 
 if ((host)); then
     grep -qw -e vmx -e svm /proc/cpuinfo ||
         log "warning: no vmx/svm in /proc/cpuinfo; /dev/kvm here may not boot Linux"
     apt_install busybox-static
-    export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD
+    export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
     KVMINI=$(realpath "$kvmini")
     # busybox sh, as in L1: same shell for the scenarios, and dash's `kill`
     # cannot signal a process group (-PID), which the timeout watchdog needs.
@@ -81,6 +85,7 @@ cp "$kvmini" "$root/opt/kvmini/kvmini"
 cp "$GUEST_VMLINUX" "$root/opt/guest/vmlinux"
 cp "$GUEST_BZIMAGE" "$root/opt/guest/bzImage"
 cp "$GUEST_INITRD" "$root/opt/guest/initramfs.cpio.gz"
+cp "$GUEST_EXT4" "$root/opt/guest/rootfs.ext4"
 cp "${scripts[@]}" "$root/opt/scenarios/"
 (cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
 

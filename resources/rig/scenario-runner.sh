@@ -8,7 +8,8 @@
 #   @@KVMINI-SCENARIO-END <name> rc=<n> secs=<n>
 # POSIX sh: runs under busybox sh inside the rig's L1 and under the host's sh
 # when hardware KVM is available. Scenarios get KVMINI, GUEST_VMLINUX,
-# GUEST_BZIMAGE, GUEST_INITRD from the environment.
+# GUEST_BZIMAGE, GUEST_INITRD, GUEST_EXT4 (ext4 image with the same busybox
+# tree as the initramfs) from the environment.
 timeout=$1
 shift
 

@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/rootfs/tree.sh"
 
-SIZE=${KVMINI_EXT4_SIZE:-64M}
+SIZE=${KVMINI_EXT4_SIZE:-32M}
 apt_install busybox-static e2fsprogs
 cache=$(kvmini_cache_root)/ext4
 hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" \
