@@ -1,32 +1,586 @@
 //! The emulated fallback (`--accel emulated`, or `auto` on hosts without
 //! vmx/svm): kvmini runs itself inside an emulated machine (QEMU TCG with an
 //! SVM-capable CPU and nested KVM) and boots the guest there.
+//!
+//! The emulated machine ("L1") is a Debian cloud kernel with a busybox
+//! initramfs that `resources/rig/emulated.sh` builds per run in a temporary
+//! directory: it holds this very kvmini binary (with its shared libraries),
+//! the guest kernel and initrd, and the inner command line. L1's /init
+//! (`resources/rig/emulated-init`) loads kvm-amd and runs
+//! `kvmini run --accel kvm ...` with the guest console on L1's first serial
+//! port, which QEMU connects to our stdout (or the console file). The second
+//! serial port carries everything else, out of band, into a file we follow:
+//! the inner kvmini's stderr (forwarded to ours as it comes), L1's kernel
+//! console (panics only), and `@@KVMINI-EMU` lines with progress and the
+//! inner kvmini's exit status, which becomes ours.
+//!
+//! On a terminal, QEMU's console multiplexer owns the keyboard: Ctrl-A x
+//! quits the emulated machine (and with it the VM), Ctrl-A Ctrl-A sends a
+//! literal Ctrl-A.
 
 use std::fmt;
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
-use crate::config::VmConfig;
+use vmm_sys_util::tempdir::TempDir;
+
+use crate::arch::x86_64::boot::{detect_kernel, BootError};
+use crate::config::{ConsoleConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::guest::resources_dir;
+
+/// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
+/// the inner kvmini. The initramfs comes on top, twice (archive + unpacked).
+const L1_OVERHEAD_MIB: u64 = 256;
+
+/// Prefix of the report lines L1's /init writes on the second serial port.
+const MARKER: &str = "@@KVMINI-EMU ";
+
+/// How many of the inner kvmini's / L1's last diagnostic lines an error shows.
+const TAIL_LINES: usize = 20;
+
+/// Exit code for Ctrl-A x, as with hardware KVM.
+const USER_QUIT: u8 = 130;
 
 #[derive(Debug)]
 pub enum EmulatedError {
-    NotAvailable,
+    /// The guest kernel is not something kvmini can boot.
+    BadKernel(PathBuf, BootError),
+    CurrentExe(io::Error),
+    Signals(io::Error),
+    TempDir(io::Error),
+    WriteArgs(PathBuf, io::Error),
+    MissingScript(PathBuf),
+    Script(PathBuf, ExitStatus),
+    SpawnScript(PathBuf, io::Error),
+    ScriptOutput(PathBuf),
+    SpawnQemu(io::Error),
+    /// L1's /init could not run kvmini; its reason.
+    L1Setup(String),
+    /// L1 ended without reporting kvmini's exit status.
+    L1Died {
+        last_step: Option<String>,
+        qemu: ExitStatus,
+        tail: Vec<String>,
+    },
 }
 
 impl fmt::Display for EmulatedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotAvailable => write!(
+            Self::BadKernel(p, e) => write!(
                 f,
-                "the emulated fallback is not available in this build; \
-                 use --accel kvm-any to try this host's /dev/kvm anyway"
+                "kernel '{}' cannot be booted: {e}; pass an x86_64 vmlinux (ELF) or bzImage",
+                p.display()
             ),
+            Self::CurrentExe(e) => write!(
+                f,
+                "emulated machine: cannot find kvmini's own executable to run inside it: {e}"
+            ),
+            Self::Signals(e) => write!(f, "emulated machine: cannot install signal handlers: {e}"),
+            Self::TempDir(e) => write!(
+                f,
+                "emulated machine: cannot create a temporary directory (check TMPDIR): {e}"
+            ),
+            Self::WriteArgs(p, e) => write!(
+                f,
+                "emulated machine: cannot write '{}' (check TMPDIR): {e}",
+                p.display()
+            ),
+            Self::MissingScript(p) => write!(
+                f,
+                "emulated machine: its build script '{}' is missing; set KVMINI_RESOURCES \
+                 to kvmini's resources/ directory",
+                p.display()
+            ),
+            Self::SpawnScript(p, e) => write!(f, "cannot run '{}': {e}", p.display()),
+            Self::Script(p, s) => write!(
+                f,
+                "preparing the emulated machine failed ('{}' {}); see its messages above",
+                p.display(),
+                describe(*s)
+            ),
+            Self::ScriptOutput(p) => write!(
+                f,
+                "'{}' did not print the L1 kernel and initramfs paths",
+                p.display()
+            ),
+            Self::SpawnQemu(e) => write!(
+                f,
+                "cannot start qemu-system-x86_64 for the emulated machine: {e}; install \
+                 Debian's qemu-system-x86"
+            ),
+            Self::L1Setup(why) => write!(f, "the emulated machine could not run the VM: {why}"),
+            Self::L1Died {
+                last_step,
+                qemu,
+                tail,
+            } => {
+                write!(
+                    f,
+                    "the emulated machine stopped without reporting the VM's exit status \
+                     (qemu-system-x86_64 {}; last step: {})",
+                    describe(*qemu),
+                    last_step.as_deref().unwrap_or("booting its kernel")
+                )?;
+                if !tail.is_empty() {
+                    write!(f, "; its last messages:")?;
+                    for l in tail {
+                        write!(f, "\n    {l}")?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl std::error::Error for EmulatedError {}
 
+fn describe(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited {c}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => s.to_string(),
+    }
+}
+
+/// A signal we were sent (SIGINT, SIGTERM, SIGHUP); 0 if none.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// QEMU's pid while it runs, else 0.
+static QEMU_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(num: libc::c_int) {
+    SIGNAL.store(num, Ordering::SeqCst);
+    let pid = QEMU_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; `pid` is our QEMU child,
+        // which is not reaped (so the pid is not reused) until QEMU_PID has
+        // been reset to 0.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// Turns SIGINT/SIGTERM/SIGHUP into a clean stop: QEMU is told to quit,
+/// and we then clean up and exit 128+signal.
+fn install_signal_handlers() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        act.sa_flags = libc::SA_RESTART;
+        // SAFETY: `act` is fully initialised and `on_signal` only does
+        // async-signal-safe work; the old action is not needed.
+        if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn signalled() -> Option<u8> {
+    match SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(128u8.saturating_add(s as u8)),
+    }
+}
+
+/// Saves the terminal settings of stdin and puts them back on drop, in case
+/// QEMU dies without restoring them itself.
+struct SavedTerminal(Option<libc::termios>);
+
+impl SavedTerminal {
+    fn save() -> Self {
+        if !io::stdin().is_terminal() {
+            return Self(None);
+        }
+        // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 is open (it is a terminal) and `t` is a valid termios.
+        let ok = unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } == 0;
+        Self(ok.then_some(t))
+    }
+}
+
+impl Drop for SavedTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: `t` came from tcgetattr on the same fd 0.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// What L1 reported on its second serial port.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Report {
+    status: Option<u8>,
+    error: Option<String>,
+    last_step: Option<String>,
+    tail: Vec<String>,
+}
+
+impl Report {
+    /// Handles one line; returns it back if it is for the user's stderr.
+    fn line<'a>(&mut self, line: &'a str) -> Option<&'a str> {
+        let line = line.trim_end_matches('\r');
+        let Some(m) = line.strip_prefix(MARKER) else {
+            if self.tail.len() == TAIL_LINES {
+                self.tail.remove(0);
+            }
+            self.tail.push(line.to_string());
+            return Some(line);
+        };
+        let (kind, rest) = m.split_once(' ').unwrap_or((m, ""));
+        match kind {
+            "stage" => self.last_step = Some(rest.to_string()),
+            "error" => self.error = Some(rest.to_string()),
+            "status" => self.status = rest.trim().parse().ok(),
+            _ => {}
+        }
+        None
+    }
+
+    fn l1_panicked(&self) -> bool {
+        self.tail.iter().any(|l| l.contains("Kernel panic"))
+    }
+}
+
+/// Follows the report file while QEMU runs: forwards diagnostic lines to
+/// stderr as they come, and collects the markers. Ends at EOF after `done`.
+fn follow(mut file: File, done: Arc<AtomicBool>) -> Report {
+    let mut report = Report::default();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        match file.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                if finished {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=pos).collect();
+                    let text = String::from_utf8_lossy(&line[..pos]);
+                    if let Some(l) = report.line(&text) {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        if let Some(l) = report.line(&String::from_utf8_lossy(&pending)) {
+            eprintln!("{l}");
+        }
+    }
+    report
+}
+
+/// The inner kvmini's arguments: the same VM, on L1's /dev/kvm, console on
+/// its stdout (L1's first serial port; QEMU routes that where the user
+/// asked), the command line without the defaults the inner kvmini adds.
+fn inner_args(config: &VmConfig) -> Vec<String> {
+    inner_args_of(
+        config.initrd.is_some(),
+        config.memory_bytes,
+        config.vcpus,
+        &config.cmdline,
+    )
+}
+
+fn inner_args_of(initrd: bool, memory_bytes: u64, vcpus: u8, cmdline: &str) -> Vec<String> {
+    let mut a: Vec<String> = ["run", "--accel", "kvm", "--kernel", "/guest/kernel"]
+        .map(String::from)
+        .into();
+    if initrd {
+        a.extend(["--initrd".into(), "/guest/initrd".into()]);
+    }
+    a.extend([
+        "--memory".into(),
+        format!("{}K", memory_bytes >> 10),
+        "--cpus".into(),
+        vcpus.to_string(),
+    ]);
+    let extra = cmdline
+        .strip_prefix(DEFAULT_CMDLINE)
+        .unwrap_or(cmdline)
+        .trim();
+    if !extra.is_empty() {
+        a.extend(["--cmdline".into(), extra.to_string()]);
+    }
+    a
+}
+
+/// QEMU's `-chardev` option value quoting: commas are doubled.
+fn qemu_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
 /// Runs the VM described by `config` inside the emulated machine; returns
 /// kvmini's exit code from inside it.
-pub fn run(_config: &VmConfig) -> Result<u8, EmulatedError> {
-    Err(EmulatedError::NotAvailable)
+pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
+    // Fail fast on what the host can check before anything is installed
+    // or booted.
+    File::open(&config.kernel)
+        .map_err(BootError::ReadKernel)
+        .and_then(|mut f| detect_kernel(&mut f))
+        .map_err(|e| EmulatedError::BadKernel(config.kernel.clone(), e))?;
+    install_signal_handlers().map_err(EmulatedError::Signals)?;
+    let exe = std::env::current_exe().map_err(EmulatedError::CurrentExe)?;
+
+    let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-emulated."))
+        .map_err(|e| EmulatedError::TempDir(io::Error::from_raw_os_error(e.errno())))?;
+    let dir = tmp.as_path();
+    let argv = dir.join("argv");
+    std::fs::create_dir(&argv).map_err(|e| EmulatedError::WriteArgs(argv.clone(), e))?;
+    for (i, a) in inner_args(config).iter().enumerate() {
+        let p = argv.join(format!("{i:03}"));
+        std::fs::write(&p, a).map_err(|e| EmulatedError::WriteArgs(p, e))?;
+    }
+    if let Ok(level) = std::env::var("RUST_LOG") {
+        let p = dir.join("rust_log");
+        std::fs::write(&p, level).map_err(|e| EmulatedError::WriteArgs(p, e))?;
+    }
+
+    let (vmlinuz, initramfs) = prepare(dir, &exe, config)?;
+    if let Some(code) = signalled() {
+        return Ok(code);
+    }
+    let l1_size = std::fs::metadata(&initramfs).map_or(0, |m| m.len());
+    let report_path = dir.join("l1-report");
+    File::create(&report_path).map_err(|e| EmulatedError::WriteArgs(report_path.clone(), e))?;
+    let report_file =
+        File::open(&report_path).map_err(|e| EmulatedError::WriteArgs(report_path.clone(), e))?;
+
+    let mut qemu = qemu_command(config, &vmlinuz, &initramfs, &report_path, l1_size);
+    let interactive = config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
+    log::info!("starting the emulated machine: {qemu:?}");
+    let terminal = SavedTerminal::save();
+    let mut child = qemu.spawn().map_err(EmulatedError::SpawnQemu)?;
+    QEMU_PID.store(child.id() as i32, Ordering::SeqCst);
+    if signalled().is_some() {
+        // The signal came while we were spawning; the handler missed QEMU.
+        // SAFETY: the child is not reaped yet, so the pid is still QEMU's.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let done = done.clone();
+        thread::spawn(move || follow(report_file, done))
+    };
+    let waited = child.wait();
+    QEMU_PID.store(0, Ordering::SeqCst);
+    drop(terminal);
+    done.store(true, Ordering::SeqCst);
+    let report = follower.join().unwrap_or_default();
+    let qemu_status = waited.map_err(EmulatedError::SpawnQemu)?;
+    drop(tmp);
+
+    if let Some(status) = report.status {
+        return Ok(status);
+    }
+    if let Some(code) = signalled() {
+        return Ok(code);
+    }
+    if let Some(why) = report.error {
+        return Err(EmulatedError::L1Setup(why));
+    }
+    // QEMU exits 0 both when L1 powers off and when the user quits with
+    // Ctrl-A x; only the latter leaves L1 with kvmini running and no panic.
+    if interactive && qemu_status.success() && report.last_step.is_some() && !report.l1_panicked() {
+        eprintln!("kvmini: the emulated machine was quit with Ctrl-A x");
+        return Ok(USER_QUIT);
+    }
+    Err(EmulatedError::L1Died {
+        last_step: report.last_step,
+        qemu: qemu_status,
+        tail: report.tail,
+    })
+}
+
+/// Runs emulated.sh: installs what is missing and writes the L1 initramfs.
+/// Returns the L1 kernel and initramfs paths.
+fn prepare(dir: &Path, exe: &Path, config: &VmConfig) -> Result<(PathBuf, PathBuf), EmulatedError> {
+    let script = resources_dir().join("rig/emulated.sh");
+    if !script.is_file() {
+        return Err(EmulatedError::MissingScript(script));
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .arg("--out")
+        .arg(dir)
+        .arg("--kvmini")
+        .arg(exe)
+        .arg("--kernel")
+        .arg(&config.kernel);
+    if let Some(initrd) = &config.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| EmulatedError::SpawnScript(script.clone(), e))?;
+    if !out.status.success() {
+        return Err(EmulatedError::Script(script, out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match (lines.next(), lines.next()) {
+        (Some(k), Some(i)) => Ok((PathBuf::from(k), PathBuf::from(i))),
+        _ => Err(EmulatedError::ScriptOutput(script)),
+    }
+}
+
+fn qemu_command(
+    config: &VmConfig,
+    vmlinuz: &Path,
+    initramfs: &Path,
+    report: &Path,
+    initramfs_bytes: u64,
+) -> Command {
+    let mib = (config.memory_bytes >> 20) + L1_OVERHEAD_MIB + 2 * (initramfs_bytes >> 20);
+    let mut q = Command::new("qemu-system-x86_64");
+    // -cpu max: TCG emulates AMD SVM with nested paging, so kvm-amd loads.
+    // -nodefaults/-nic none: only the devices below; L1 has no network.
+    q.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
+        .args(["-m", &format!("{mib}M")])
+        .args(["-smp", &l1_cpus(config.vcpus).to_string()])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ]);
+    let interactive = config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
+    match &config.console {
+        ConsoleConfig::Stdout if interactive => {
+            // The multiplexer gives Ctrl-A x (quit); signal=off: Ctrl-C
+            // goes to the guest, as with hardware KVM.
+            q.args(["-chardev", "stdio,id=con,mux=on,signal=off"])
+                .args([
+                    "-serial",
+                    "chardev:con",
+                    "-mon",
+                    "chardev=con,mode=readline",
+                ])
+                .stdin(Stdio::inherit());
+        }
+        ConsoleConfig::Stdout => {
+            q.args(["-chardev", "stdio,id=con,signal=off"])
+                .args(["-serial", "chardev:con"])
+                .stdin(Stdio::inherit());
+        }
+        ConsoleConfig::File(p) => {
+            q.arg("-chardev")
+                .arg(format!("file,id=con,path={}", qemu_path(p)))
+                .args(["-serial", "chardev:con"])
+                .stdin(Stdio::null());
+        }
+        ConsoleConfig::None => {
+            q.args(["-serial", "null"]).stdin(Stdio::null());
+        }
+    }
+    q.arg("-chardev")
+        .arg(format!("file,id=report,path={}", qemu_path(report)))
+        .args(["-serial", "chardev:report"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        // L1's own console is the report port, and silent but for panics:
+        // the guest console (ttyS0) carries only what the guest writes.
+        .args(["-append", "console=ttyS1 quiet loglevel=0 panic=-1"]);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe
+    // and touches no memory of the parent.
+    unsafe {
+        q.pre_exec(|| {
+            // QEMU dies with us, even if we are SIGKILLed: no orphans.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    q
+}
+
+/// L1's vCPUs: as many as the guest has, up to the host's CPUs (TCG runs one
+/// host thread per vCPU).
+fn l1_cpus(guest_vcpus: u8) -> usize {
+    let host = thread::available_parallelism().map_or(1, |n| n.get());
+    usize::from(guest_vcpus).clamp(1, host.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_args_drop_the_default_cmdline() {
+        let a = inner_args_of(
+            true,
+            256 << 20,
+            2,
+            &format!("{DEFAULT_CMDLINE} -- echo 'a b'"),
+        );
+        assert_eq!(
+            a,
+            [
+                "run",
+                "--accel",
+                "kvm",
+                "--kernel",
+                "/guest/kernel",
+                "--initrd",
+                "/guest/initrd",
+                "--memory",
+                "262144K",
+                "--cpus",
+                "2",
+                "--cmdline",
+                "-- echo 'a b'"
+            ]
+        );
+        let a = inner_args_of(false, 256 << 20, 1, DEFAULT_CMDLINE);
+        assert!(!a.contains(&"--cmdline".to_string()));
+    }
+
+    #[test]
+    fn report_lines() {
+        let mut r = Report::default();
+        assert_eq!(r.line("@@KVMINI-EMU stage loading kvm\r"), None);
+        assert_eq!(r.line("kvmini: error: boom\r"), Some("kvmini: error: boom"));
+        assert_eq!(r.line("@@KVMINI-EMU status 3"), None);
+        assert_eq!(r.status, Some(3));
+        assert_eq!(r.last_step.as_deref(), Some("loading kvm"));
+        assert_eq!(r.tail, ["kvmini: error: boom"]);
+        assert!(!r.l1_panicked());
+        r.line("@@KVMINI-EMU error insmod kvm.ko failed");
+        assert_eq!(r.error.as_deref(), Some("insmod kvm.ko failed"));
+        for i in 0..30 {
+            r.line(&format!("line {i}"));
+        }
+        assert_eq!(r.tail.len(), TAIL_LINES);
+        assert_eq!(r.tail.last().map(String::as_str), Some("line 29"));
+    }
+
+    #[test]
+    fn qemu_paths_escape_commas() {
+        assert_eq!(qemu_path(Path::new("/a,b/c")), "/a,,b/c");
+    }
 }
