@@ -62,6 +62,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub accel: String,
 
+    /// A virtio-blk disk backed by a raw image file:
+    /// `path=PATH[,readonly=on|off]`. Repeat for more disks; they appear in
+    /// the guest as /dev/vda, /dev/vdb, ... in order.
+    #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
+    pub disks: Vec<String>,
+
     /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
     #[arg(long, value_name = "DEST", default_value = "stdout")]
     pub console: String,

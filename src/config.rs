@@ -16,7 +16,10 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 
 /// The most vCPUs the MP table (one 20-byte entry each, below 640 KiB) and
 /// 8-bit APIC IDs allow.
-pub const MAX_VCPUS: u32 = 254;
+pub const MAX_VCPUS: u32 = 253;
+
+/// Every virtio-mmio device needs its own IRQ (5..=23).
+pub const MAX_DISKS: usize = crate::arch::x86_64::layout::VIRTIO_MAX_DEVICES as usize;
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,51 @@ impl Accel {
     }
 }
 
+/// One `--disk`: the block device's own config type.
+pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
+
+/// Splits `key=value,key=value`, rejecting unknown keys, repeated keys and
+/// items without `=`.
+pub fn parse_kv<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for item in s.split(',') {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not key=value"))?;
+        if !known.contains(&k) {
+            return Err(format!("unknown key '{k}' (known: {})", known.join(", ")));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("'{k}' given twice"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{key}={v}: use on or off")),
+    }
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
+    let err = |why: String| ConfigError::Disk(s.to_string(), why);
+    let mut path = None;
+    let mut readonly = false;
+    for (k, v) in parse_kv(s, &["path", "readonly"]).map_err(err)? {
+        match k {
+            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+            "path" => return Err(err("empty path".into())),
+            _ => readonly = parse_on_off(k, v).map_err(err)?,
+        }
+    }
+    let path = path.ok_or_else(|| err("path=PATH is required".into()))?;
+    Ok(DiskConfig { path, readonly })
+}
+
 /// A fully validated VM description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -69,12 +117,15 @@ pub struct VmConfig {
     pub cmdline: String,
     pub console: ConsoleConfig,
     pub accel: Accel,
+    pub disks: Vec<DiskConfig>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConfigError {
     Accel(String),
     NoHardwareVirt,
+    Disk(String, String),
+    TooManyDisks(usize),
     MemorySize(String),
     MemoryTooSmall(u64),
     MemoryTooLarge { requested: u64, host: u64 },
@@ -97,6 +148,11 @@ impl fmt::Display for ConfigError {
                 "--accel kvm: this host has no hardware virtualization (no vmx/svm in \
                  /proc/cpuinfo), so /dev/kvm cannot run a Linux guest; use --accel auto \
                  or emulated to run it inside an emulated machine"
+            ),
+            Self::Disk(s, why) => write!(f, "invalid --disk '{s}': {why}"),
+            Self::TooManyDisks(n) => write!(
+                f,
+                "{n} disks is too many: at most {MAX_DISKS} virtio devices fit"
             ),
             Self::MemorySize(s) => write!(
                 f,
@@ -209,6 +265,14 @@ impl VmConfig {
         }
         let console = parse_console(&args.console)?;
         let accel = Accel::parse(&args.accel)?;
+        let disks = args
+            .disks
+            .iter()
+            .map(|d| parse_disk(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks(disks.len()));
+        }
         let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
         check_readable(&kernel).map_err(|e| ConfigError::KernelMissing(kernel.clone(), e))?;
         if let Some(initrd) = &args.initrd {
@@ -232,6 +296,7 @@ impl VmConfig {
             cmdline,
             console,
             accel,
+            disks,
         })
     }
 }
@@ -250,6 +315,7 @@ mod tests {
             cmdline: None,
             console: "stdout".into(),
             accel: "auto".into(),
+            disks: vec![],
         }
     }
 
@@ -298,6 +364,35 @@ mod tests {
         assert_eq!(Kvm.resolve(false), Err(ConfigError::NoHardwareVirt));
         assert_eq!(KvmAny.resolve(false), Ok(true));
         assert_eq!(Emulated.resolve(true), Ok(false));
+    }
+
+    #[test]
+    fn disks() {
+        assert_eq!(
+            parse_disk("path=/a.img").unwrap(),
+            DiskConfig {
+                path: "/a.img".into(),
+                readonly: false
+            }
+        );
+        assert_eq!(
+            parse_disk("path=/a.img,readonly=on").unwrap(),
+            DiskConfig {
+                path: "/a.img".into(),
+                readonly: true
+            }
+        );
+        for bad in [
+            "",
+            "/a.img",
+            "path=",
+            "readonly=on",
+            "path=/a,ro=on",
+            "path=/a,readonly=maybe",
+            "path=/a,path=/b",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 
     #[test]

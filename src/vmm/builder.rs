@@ -11,7 +11,13 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::exit::{ExitSignal, VmExit};
 use super::Error;
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
-use crate::config::VmConfig;
+use crate::config::{DiskConfig, VmConfig};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{self, MmioTransport};
+use event_manager::{EventManager, SubscriberOps};
+use kvm_ioctls::IoEventAddress;
+
+use super::Subscriber;
 use crate::devices::bus::Bus;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_PORT, COM1_PORT_LEN};
@@ -100,6 +106,41 @@ pub fn legacy_devices(
         serial,
         serial_wake,
     })
+}
+
+/// Adds one virtio-blk device per `--disk` on the virtio-mmio transport:
+/// MMIO slot and IRQ from the layout, queue notifications through
+/// ioeventfds, interrupts through an irqfd, the queue handler on the event
+/// loop, and the device announced on the kernel command line.
+pub fn virtio_block_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    disks: &[DiskConfig],
+    cmdline: &mut Cmdline,
+    mmio: &mut Bus,
+    events: &mut EventManager<Subscriber>,
+) -> Result<(), Error> {
+    for (index, disk) in (0u32..).zip(disks) {
+        let (base, irq) = layout::virtio_mmio_slot(index)
+            .zip(layout::virtio_irq(index))
+            .ok_or(Error::TooManyDevices(index))?;
+        let block = Block::new(disk).map_err(|e| Error::Disk(disk.path.clone(), e))?;
+        events.add_subscriber(Box::new(block.event_handler().map_err(Error::EventFd)?));
+        let transport = MmioTransport::new(Box::new(block), mem.clone()).map_err(Error::EventFd)?;
+        vm.register_irqfd(transport.interrupt_evt(), irq)
+            .map_err(Error::Vm)?;
+        for (evt, addr, queue) in transport.ioeventfds(base) {
+            vm.fd()
+                .register_ioevent(evt, &IoEventAddress::Mmio(addr.0), queue)
+                .map_err(Error::IoEvent)?;
+        }
+        mmio.insert(Arc::new(Mutex::new(transport)), base.0, mmio::MMIO_SIZE)
+            .map_err(Error::Bus)?;
+        cmdline
+            .add_virtio_mmio_device(mmio::MMIO_SIZE, base, irq, None)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Creates and configures every vCPU (not yet running).

@@ -37,6 +37,9 @@ pub enum Error {
     CreateVcpu(u8, kvm_ioctls::Error),
     ConfigureVcpu(u8, arch::Error),
     SpawnVcpu(u8, std::io::Error),
+    TooManyDevices(u32),
+    Disk(PathBuf, crate::devices::virtio::block::Error),
+    IoEvent(kvm_ioctls::Error),
     EventLoop(event_manager::Error),
 }
 
@@ -67,6 +70,9 @@ impl fmt::Display for Error {
             Self::ConfigureVcpu(i, e) => write!(f, "cannot configure vcpu{i}: {e}"),
             Self::SpawnVcpu(i, e) => write!(f, "cannot start the vcpu{i} thread: {e}"),
             Self::EventLoop(e) => write!(f, "event loop failed: {e}"),
+            Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
+            Self::Disk(p, e) => write!(f, "disk '{}': {e}", p.display()),
+            Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
 }
@@ -88,7 +94,7 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
-type Subscriber = Box<dyn MutEventSubscriber + Send>;
+pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
 /// Boots the VM described by `config` and runs it until it stops.
 /// Returns why the guest stopped; `Err` means it could not be started.
@@ -102,7 +108,17 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     }
     let mem = builder::guest_memory(config)?;
     let vm = Vm::new(&kvm, &mem).map_err(Error::Vm)?;
-    let cmdline = builder::cmdline(config)?;
+    let mut events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
+    let mut mmio = Bus::new();
+    let mut cmdline = builder::cmdline(config)?;
+    builder::virtio_block_devices(
+        &vm,
+        &mem,
+        &config.disks,
+        &mut cmdline,
+        &mut mmio,
+        &mut events,
+    )?;
     let entry = builder::load_guest(&mem, config, &cmdline)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
@@ -115,11 +131,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
         entry,
         config.vcpus,
         Arc::new(legacy.pio),
-        Arc::new(Bus::new()),
+        Arc::new(mmio),
         &exit,
     )?;
 
-    let mut events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
     events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
     events.add_subscriber(Box::new(
         console::HostSignals::install(exit.clone()).map_err(Error::EventFd)?,
