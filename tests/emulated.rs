@@ -1,0 +1,179 @@
+//! End-to-end tests of the emulated fallback (`kvmini run --accel emulated`):
+//! the real binary boots the default guest inside QEMU TCG with nested KVM.
+//! They run on every host (hardware virtualization or not), need no root
+//! beyond what installing QEMU on first use needs, and take ~20 s each under
+//! TCG, so they run one at a time and there are few of them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One emulated machine at a time: several TCG machines on a small host
+/// would only slow each other down past any sensible timeout.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs kvmini; returns its output and how long it ran.
+fn kvmini_timed(args: &[&str]) -> (Output, Duration) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmini"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run kvmini");
+    eprintln!(
+        "---- kvmini {args:?}: {}\n---- stdout:\n{}\n---- stderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, start.elapsed())
+}
+
+fn kvmini(args: &[&str]) -> Output {
+    kvmini_timed(args).0
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace('\r', "")
+}
+
+/// A temporary file path unique to this process and test.
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "kvmini-emulated-test.{}.{name}",
+        std::process::id()
+    ))
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().map(str::trim).collect()
+}
+
+/// No report markers or L1 boot messages leak into the guest console.
+fn assert_pristine(console: &str) {
+    assert!(
+        !console.contains("@@KVMINI-EMU"),
+        "report marker on the console"
+    );
+    assert!(
+        !console.contains("cloud-amd64"),
+        "L1 kernel messages on the console"
+    );
+}
+
+#[test]
+fn boots_the_default_guest_with_two_cpus() {
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--cpus",
+        "2",
+        "--cmdline",
+        "-- uname -r; grep -c ^processor /proc/cpuinfo",
+    ]);
+    let stdout = text(&out.stdout);
+    let l = lines(&stdout);
+    assert!(
+        l.contains(&"kvmini-guest: init reached"),
+        "guest /init not reached"
+    );
+    assert!(
+        l.iter().any(|x| x.starts_with("6.12")),
+        "no 6.12 kernel release in the output"
+    );
+    assert!(l.contains(&"2"), "guest does not see 2 CPUs");
+    assert!(l.contains(&"kvmini-guest: exit status 0"));
+    assert_pristine(&stdout);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn console_file_holds_the_console() {
+    let path = temp_path("console");
+    let _ = std::fs::remove_file(&path);
+    let console = format!("file={}", path.display());
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--console",
+        &console,
+        "--memory",
+        "256M",
+        "--cmdline",
+        "-- echo hello-from-the-file-console",
+    ]);
+    let file = std::fs::read(&path).map(|b| text(&b));
+    let _ = std::fs::remove_file(&path);
+    let file = file.expect("console file not written");
+    assert_eq!(out.status.code(), Some(0));
+    let l = lines(&file);
+    assert!(l.contains(&"hello-from-the-file-console"), "{file}");
+    assert!(l.contains(&"kvmini-guest: exit status 0"));
+    assert_pristine(&file);
+    assert!(
+        !text(&out.stdout).contains("kvmini-guest"),
+        "console output on stdout despite --console file="
+    );
+}
+
+#[test]
+fn inner_errors_and_exit_status_come_out() {
+    // Passes the host's format check (bzImage magic) but cannot be loaded:
+    // the kvmini inside the emulated machine fails, and its message and
+    // exit status 1 must reach us.
+    let path = temp_path("truncated-bzimage");
+    let mut image = vec![0u8; 0x1000];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(&path, &image).unwrap();
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--kernel",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("kvmini: error:"),
+        "inner kvmini's error not forwarded"
+    );
+    assert!(!stderr.contains("@@KVMINI-EMU"), "report marker on stderr");
+    assert!(
+        !stderr.contains("stopped without reporting"),
+        "the inner exit status was lost"
+    );
+}
+
+#[test]
+fn bad_kernel_fails_before_starting_qemu() {
+    let path = temp_path("not-a-kernel");
+    std::fs::write(&path, b"this is not a kernel\n").unwrap();
+    let (out, took) = kvmini_timed(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--kernel",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot be booted") && stderr.contains(&*path.to_string_lossy()),
+        "unclear error: {stderr}"
+    );
+    assert!(
+        !stderr.contains("emulated.sh"),
+        "the emulated machine was prepared"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: QEMU was started"
+    );
+}
