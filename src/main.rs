@@ -17,6 +17,8 @@ mod code {
     pub const ERROR: u8 = 1;
     /// The guest crashed: triple fault, failed emulation, failed entry.
     pub const GUEST_CRASH: u8 = 3;
+    /// The guest kernel panicked.
+    pub const GUEST_PANIC: u8 = 4;
     /// Killed from the console with Ctrl-A x.
     pub const USER_QUIT: u8 = 130;
 }
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
                     eprintln!("kvmini: {exit}");
                     ExitCode::from(match exit {
                         vmm::exit::VmExit::UserQuit => code::USER_QUIT,
+                        vmm::exit::VmExit::GuestPanic(_) => code::GUEST_PANIC,
                         vmm::exit::VmExit::HostSignal(s) => (128 + s) as u8,
                         _ => code::GUEST_CRASH,
                     })

@@ -179,6 +179,22 @@ fn emulation_failure_is_a_clear_error() {
     );
 }
 
+#[test]
+fn guest_panic_is_not_a_clean_exit() {
+    require_kvm();
+    // What Linux prints before `panic=1` reboots it.
+    let mut code = print(b"Kernel panic - not syncing: smoke test\r\n");
+    code.extend_from_slice(&RESET);
+    let k = write_kernel(&elf(&code));
+    let out = run_kernel(k.as_path(), &[]);
+    assert_eq!(out.status.code(), Some(4), "a guest panic exits 4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the guest kernel panicked: Kernel panic - not syncing: smoke test"),
+        "{err}"
+    );
+}
+
 fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
     let mut cmd = kvmini();
     cmd.args(["run", "--accel", "kvm-any"]).args(args);

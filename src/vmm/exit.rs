@@ -15,6 +15,8 @@ pub enum VmExit {
     Reset,
     /// The guest powered off.
     PowerOff,
+    /// The guest kernel panicked (and then rebooted, with `panic=N`).
+    GuestPanic(String),
     /// The user typed the console escape (Ctrl-A x).
     UserQuit,
     /// The VMM got a terminating signal (SIGTERM, SIGINT, SIGHUP).
@@ -43,6 +45,7 @@ impl fmt::Display for VmExit {
         match self {
             Self::Reset => write!(f, "the guest rebooted"),
             Self::PowerOff => write!(f, "the guest powered off"),
+            Self::GuestPanic(line) => write!(f, "the guest kernel panicked: {line}"),
             Self::UserQuit => write!(f, "terminated from the console (Ctrl-A x)"),
             Self::HostSignal(s) => write!(f, "terminated by signal {s}"),
             Self::TripleFault { cpu } => write!(

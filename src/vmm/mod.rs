@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod console;
 pub mod exit;
+pub mod panic_watch;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -123,7 +124,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
     let out = console::output(&config.console).map_err(Error::Console)?;
-    let legacy = builder::legacy_devices(&vm, out, &exit)?;
+    let (out, panic_line) = panic_watch::PanicWatch::new(out);
+    let legacy = builder::legacy_devices(&vm, Box::new(out), &exit)?;
     let vcpus = builder::create_vcpus(
         &kvm,
         &vm,
@@ -187,5 +189,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     if let Some(e) = loop_error {
         return Err(Error::EventLoop(e));
     }
-    Ok(exit.reason().unwrap_or(VmExit::PowerOff))
+    let reason = exit.reason().unwrap_or(VmExit::PowerOff);
+    let panic = crate::devices::bus::lock(&panic_line).take();
+    Ok(match (reason, panic) {
+        (VmExit::Reset | VmExit::PowerOff, Some(line)) => VmExit::GuestPanic(line),
+        (reason, _) => reason,
+    })
 }
