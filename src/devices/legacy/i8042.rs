@@ -84,6 +84,7 @@ impl<T: Trigger + Send> BusDevice for I8042<T> {
             DATA => self.output.take().unwrap_or(0),
             COMMAND => {
                 SB_SYSTEM
+                    | SB_KEYLOCK_OFF
                     | if self.output.is_some() {
                         SB_OUT_FULL
                     } else {
@@ -138,7 +139,7 @@ mod tests {
     #[test]
     fn control_register_round_trip() {
         let (mut d, _) = dev();
-        assert_eq!(read(&mut d, COMMAND) & SB_OUT_FULL, 0);
+        assert_eq!(read(&mut d, COMMAND), SB_SYSTEM | SB_KEYLOCK_OFF);
         d.write(COMMAND, &[CMD_READ_CTR]);
         assert_eq!(read(&mut d, COMMAND) & SB_OUT_FULL, SB_OUT_FULL);
         assert_eq!(read(&mut d, DATA), DEFAULT_CTR);
