@@ -254,8 +254,18 @@ impl Report {
 
 /// Follows the report file while QEMU runs: forwards diagnostic lines to
 /// stderr as they come, and collects the markers. Ends at EOF after `done`.
-fn follow(mut file: File, done: Arc<AtomicBool>) -> Report {
+/// `rename` maps L1's paths back to the user's (`/guest/kernel` -> theirs),
+/// so the inner kvmini's messages name the files the user gave.
+fn follow(mut file: File, done: Arc<AtomicBool>, rename: Vec<(String, String)>) -> Report {
     let mut report = Report::default();
+    let emit = |report: &mut Report, bytes: &[u8]| {
+        if let Some(l) = report.line(&String::from_utf8_lossy(bytes)) {
+            let l = rename
+                .iter()
+                .fold(l.to_string(), |l, (from, to)| l.replace(from, to));
+            eprintln!("{l}");
+        }
+    };
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -271,18 +281,13 @@ fn follow(mut file: File, done: Arc<AtomicBool>) -> Report {
                 pending.extend_from_slice(&buf[..n]);
                 while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=pos).collect();
-                    let text = String::from_utf8_lossy(&line[..pos]);
-                    if let Some(l) = report.line(&text) {
-                        eprintln!("{l}");
-                    }
+                    emit(&mut report, &line[..pos]);
                 }
             }
         }
     }
     if !pending.is_empty() {
-        if let Some(l) = report.line(&String::from_utf8_lossy(&pending)) {
-            eprintln!("{l}");
-        }
+        emit(&mut report, &pending);
     }
     report
 }
@@ -378,7 +383,14 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
         let done = done.clone();
-        thread::spawn(move || follow(report_file, done))
+        let mut rename = vec![(
+            "'/guest/kernel'".to_string(),
+            format!("'{}'", config.kernel.display()),
+        )];
+        if let Some(i) = &config.initrd {
+            rename.push(("'/guest/initrd'".into(), format!("'{}'", i.display())));
+        }
+        thread::spawn(move || follow(report_file, done, rename))
     };
     let waited = child.wait();
     QEMU_PID.store(0, Ordering::SeqCst);
