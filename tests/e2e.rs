@@ -414,9 +414,12 @@ fn disk_ext4_root() {
 #[test]
 fn guest_panic() {
     let c = scenario("guest_panic");
-    c.rc(0).shows("the guest kernel panicked: Kernel panic - not syncing");
+    c.rc(0)
+        .shows("the guest kernel panicked: Kernel panic - not syncing");
     let rc = c.after("kvmini-rc=");
     if rc != "4" {
-        c.fail(&format!("kvmini exited {rc} after a guest panic, expected 4"));
+        c.fail(&format!(
+            "kvmini exited {rc} after a guest panic, expected 4"
+        ));
     }
 }
