@@ -14,7 +14,7 @@
 //!
 //! Environment knobs:
 //! - `KVMINI_E2E_MODE=rig|host`: force where scenarios run.
-//! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 300).
+//! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 90; the slowest scenario takes ~20 s in the rig).
 //! - `KVMINI_E2E_KVMINI=PATH`: use this static kvmini instead of building one.
 
 use std::collections::HashMap;
@@ -152,7 +152,7 @@ fn run_batch() -> Result<Batch, String> {
         }
         Err(_) => host_has_hw_virt(),
     };
-    let timeout = std::env::var("KVMINI_E2E_TIMEOUT").unwrap_or_else(|_| "300".into());
+    let timeout = std::env::var("KVMINI_E2E_TIMEOUT").unwrap_or_else(|_| "90".into());
     eprintln!(
         "e2e: running scenarios {}",
         if host {
