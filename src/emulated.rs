@@ -32,7 +32,8 @@ use std::time::Duration;
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
-use crate::config::{ConsoleConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{ConsoleConfig, DiskConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::guest::resources_dir;
 
 /// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
@@ -52,6 +53,7 @@ const USER_QUIT: u8 = 130;
 pub enum EmulatedError {
     /// The guest kernel is not something kvmini can boot.
     BadKernel(PathBuf, BootError),
+    Disk(PathBuf, backend::Error),
     CurrentExe(io::Error),
     Signals(io::Error),
     TempDir(io::Error),
@@ -74,6 +76,8 @@ pub enum EmulatedError {
 impl fmt::Display for EmulatedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // The disk errors name the image themselves.
+            Self::Disk(_, e) => write!(f, "{e}"),
             Self::BadKernel(p, e) => write!(
                 f,
                 "kernel '{}' cannot be booted: {e}; pass an x86_64 vmlinux (ELF) or bzImage",
@@ -296,12 +300,29 @@ fn follow(mut file: File, done: Arc<AtomicBool>, rename: Vec<(String, String)>) 
 /// its stdout (L1's first serial port; QEMU routes that where the user
 /// asked), the command line without the defaults the inner kvmini adds.
 fn inner_args(config: &VmConfig) -> Vec<String> {
-    inner_args_of(
+    let mut a = inner_args_of(
         config.initrd.is_some(),
         config.memory_bytes,
         config.vcpus,
         &config.cmdline,
-    )
+    );
+    a.extend(inner_disk_args(&config.disks));
+    a
+}
+
+/// L1 sees the user's disks as virtio disks /dev/vda, /dev/vdb, ... in
+/// order (QEMU's `-drive`s below), and hands them to the inner kvmini.
+fn inner_disk_args(disks: &[DiskConfig]) -> Vec<String> {
+    (b'a'..=b'z')
+        .zip(disks)
+        .flat_map(|(letter, d)| {
+            let ro = if d.readonly { ",readonly=on" } else { "" };
+            [
+                "--disk".to_string(),
+                format!("path=/dev/vd{}{ro}", letter as char),
+            ]
+        })
+        .collect()
 }
 
 fn inner_args_of(initrd: bool, memory_bytes: u64, vcpus: u8, cmdline: &str) -> Vec<String> {
@@ -341,6 +362,14 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
         .map_err(BootError::ReadKernel)
         .and_then(|mut f| detect_kernel(&mut f))
         .map_err(|e| EmulatedError::BadKernel(config.kernel.clone(), e))?;
+    // Disks are checked here as kvmini on hardware KVM checks them (missing,
+    // unreadable, not a multiple of 512, locked by another kvmini).
+    for d in &config.disks {
+        drop(
+            DiskFile::open(&d.path, d.readonly)
+                .map_err(|e| EmulatedError::Disk(d.path.clone(), e))?,
+        );
+    }
     install_signal_handlers().map_err(EmulatedError::Signals)?;
     let exe = std::env::current_exe().map_err(EmulatedError::CurrentExe)?;
 
@@ -506,6 +535,16 @@ fn qemu_command(
         ConsoleConfig::None => {
             q.args(["-serial", "null"]).stdin(Stdio::null());
         }
+    }
+    for (i, d) in config.disks.iter().enumerate() {
+        // Raw, unbuffered by QEMU (cache=none would need O_DIRECT-aligned
+        // images): what the guest flushes reaches the host file.
+        q.arg("-drive").arg(format!(
+            "file={},if=none,id=disk{i},format=raw,cache=writeback{}",
+            qemu_path(&d.path),
+            if d.readonly { ",readonly=on" } else { "" }
+        ));
+        q.args(["-device", &format!("virtio-blk-pci,drive=disk{i}")]);
     }
     q.arg("-chardev")
         .arg(format!("file,id=report,path={}", qemu_path(report)))

@@ -177,3 +177,45 @@ fn bad_kernel_fails_before_starting_qemu() {
         "took {took:?}: QEMU was started"
     );
 }
+
+#[test]
+fn disks_pass_through_and_keep_guest_writes() {
+    let rw = temp_path("rw.img");
+    let ro = temp_path("ro.img");
+    let mut image = vec![0u8; 1 << 20];
+    image[512..521].copy_from_slice(b"from-host");
+    std::fs::write(&rw, &image).unwrap();
+    std::fs::write(&ro, vec![0u8; 1 << 20]).unwrap();
+    let rw_arg = format!("path={}", rw.display());
+    let ro_arg = format!("path={},readonly=on", ro.display());
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--disk",
+        &rw_arg,
+        "--disk",
+        &ro_arg,
+        "--cmdline",
+        "-- echo guest-read=$(dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 9); \
+         echo emu-guest-wrote | dd of=/dev/vda bs=512 seek=4 conv=sync,fsync; \
+         echo x | dd of=/dev/vdb conv=sync,fsync; echo vdb-rc=$?",
+    ]);
+    let written = std::fs::read(&rw).unwrap();
+    let untouched = std::fs::read(&ro).unwrap().iter().all(|&b| b == 0);
+    let _ = (std::fs::remove_file(&rw), std::fs::remove_file(&ro));
+    let stdout = text(&out.stdout);
+    let l = lines(&stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        l.contains(&"guest-read=from-host"),
+        "guest read the host's bytes"
+    );
+    assert_eq!(
+        &written[2048..2063],
+        b"emu-guest-wrote",
+        "host sees the guest's write"
+    );
+    assert!(l.contains(&"vdb-rc=1"), "read-only disk refused the write");
+    assert!(untouched, "read-only image unchanged");
+}

@@ -44,7 +44,11 @@ cp /bin/busybox "$root/bin/"
 while read -r applet; do
     [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done < <(/bin/busybox --list-full)
-for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+# KVM, and virtio-blk over PCI for the user's --disk images (QEMU passes
+# each one to L1 as a virtio disk, /dev/vda, /dev/vdb, ... in order).
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
+    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
+    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
 install -m 0755 "$RIG/emulated-init" "$root/init"

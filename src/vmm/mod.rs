@@ -72,7 +72,8 @@ impl fmt::Display for Error {
             Self::SpawnVcpu(i, e) => write!(f, "cannot start the vcpu{i} thread: {e}"),
             Self::EventLoop(e) => write!(f, "event loop failed: {e}"),
             Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
-            Self::Disk(p, e) => write!(f, "disk '{}': {e}", p.display()),
+            // The disk errors name the image themselves.
+            Self::Disk(_, e) => write!(f, "{e}"),
             Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
