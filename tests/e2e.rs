@@ -423,3 +423,24 @@ fn guest_panic() {
         ));
     }
 }
+
+fn assert_kvmini_rc(c: &Check, want: &str) {
+    let rc = c.after("kvmini-rc=");
+    if rc != want {
+        c.fail(&format!("kvmini exited {rc}, expected {want}"));
+    }
+}
+
+#[test]
+fn poweroff_shell() {
+    let c = scenario("poweroff_shell");
+    c.rc(0).shows("kvmini-guest: init reached");
+    assert_kvmini_rc(&c, "0");
+}
+
+#[test]
+fn poweroff_force() {
+    let c = scenario("poweroff_force");
+    c.rc(0).shows("reboot: Power off not available");
+    assert_kvmini_rc(&c, "0");
+}

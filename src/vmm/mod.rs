@@ -3,8 +3,8 @@
 
 pub mod builder;
 pub mod console;
+pub mod console_watch;
 pub mod exit;
-pub mod panic_watch;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -125,7 +125,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
     let out = console::output(&config.console).map_err(Error::Console)?;
-    let (out, panic_line) = panic_watch::PanicWatch::new(out);
+    let power_off = exit.clone();
+    let (out, panic_line) =
+        console_watch::ConsoleWatch::new(out, Box::new(move || power_off.raise(VmExit::PowerOff)));
     let legacy = builder::legacy_devices(&vm, Box::new(out), &exit)?;
     let vcpus = builder::create_vcpus(
         &kvm,
