@@ -97,12 +97,41 @@ rc=0
 # -cpu max: TCG emulates AMD SVM with nested paging, so kvm-amd loads in L1.
 # -nic none: L1 needs no network, and nothing inside it may reach beyond it.
 # rig_timeout=... reaches L1's /init as an environment variable.
+# The console goes through a watch loop: L1's own kernel has been seen to
+# livelock under TCG (nested KVM: "watchdog: BUG: soft lockup" on every
+# CPU), which no timeout inside L1 can break. Such an L1 is stopped at
+# once (soft lockup), or after $stall s without any output, and run.sh
+# exits 75 (EX_TEMPFAIL): the rig failed, not necessarily kvmini.
+stall=${KVMINI_RIG_STALL:-$((per_timeout + 60))}
+fifo=$tmp/console
+mkfifo "$fifo"
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -accel "tcg,thread=${KVMINI_RIG_TCG_THREAD:-multi}" -cpu max -m 2048 -smp "$smp" \
     -nographic -no-reboot -nic none \
     -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
-    </dev/null || rc=$?
+    </dev/null >"$fifo" &
+qemu=$!
+broken=""
+while :; do
+    if IFS= read -r -t "$stall" line; then
+        printf '%s\n' "$line"
+        if [[ $line == *"watchdog: BUG: soft lockup"* ]]; then
+            broken="L1's kernel reported a soft lockup (nested KVM under TCG)"
+            break
+        fi
+    else
+        (($? > 128)) && broken="no console output for ${stall}s"
+        [[ -z $line ]] || printf '%s\n' "$line"
+        break
+    fi
+done <"$fifo"
+[[ -z $broken ]] || kill "$qemu" 2>/dev/null || true
+wait "$qemu" || rc=$?
 log "L1 finished after $((SECONDS - start))s (qemu rc=$rc)"
+if [[ -n $broken ]]; then
+    log "ERROR: the rig broke: $broken; stopped L1"
+    exit 75
+fi
 ((rc != 124 && rc != 137)) || die "rig timed out after ${overall}s"
 exit "$rc"
