@@ -18,6 +18,7 @@
 //! - `KVMINI_E2E_KVMINI=PATH`: use this static kvmini instead of building one.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -186,8 +187,16 @@ fn run_batch() -> Result<Batch, String> {
         .output()
         .map_err(|e| format!("cannot run resources/rig/run.sh: {e}"))?;
     if out.status.code() == Some(RIG_BROKE) {
-        eprintln!(
-            "e2e: WARNING: the nested rig broke (not a kvmini result); running the batch again"
+        let broken =
+            std::env::temp_dir().join(format!("kvmini-e2e-broken-rig-{}.log", std::process::id()));
+        let _ = std::fs::write(&broken, &out.stdout);
+        // Straight to stderr, past the test harness's output capture: a
+        // broken rig must be seen even when the rerun passes.
+        let _ = writeln!(
+            std::io::stderr(),
+            "e2e: WARNING: the nested rig broke (not a kvmini result; console in {}); \
+             running the batch again",
+            broken.display()
         );
         out = cmd
             .output()
