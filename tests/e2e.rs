@@ -401,26 +401,6 @@ fn rig_parser_splits_scenarios() {
 }
 
 #[test]
-fn disk_raw_rw() {
-    let c = scenario("disk_raw_rw");
-    c.rc(0).shows("kvmini-guest: exit status 0");
-    let expect = |key: &str, want: &str| {
-        let got = c.after(key);
-        if got != want {
-            c.fail(&format!("{key}{got}, expected {want}"));
-        }
-    };
-    expect("guest-read=", "host-wrote-this");
-    expect("host-read=", "guest-wrote-this");
-    expect("vda-sectors=", "8192");
-    expect("vdb-ro=", "1");
-    expect("ro-image-nonzero-bytes=", "0");
-    if c.after("vdb-write-rc=") == "0" {
-        c.fail("the guest wrote to a read-only disk");
-    }
-}
-
-#[test]
 fn disk_ext4_root() {
     let c = scenario("disk_ext4_root");
     c.rc(0)

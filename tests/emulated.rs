@@ -219,3 +219,65 @@ fn disks_pass_through_and_keep_guest_writes() {
     assert!(l.contains(&"vdb-rc=1"), "read-only disk refused the write");
     assert!(untouched, "read-only image unchanged");
 }
+
+/// Runs a resources/ build script (cached) and returns the path it prints.
+fn artefact(script: &str) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run the build script");
+    assert!(out.status.success(), "{script} failed");
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+#[test]
+fn ext4_root_written_by_the_guest_is_clean_on_the_host() {
+    let kernel = artefact("resources/kernel/build.sh").join("vmlinux");
+    let image = temp_path("root.ext4");
+    std::fs::copy(artefact("resources/rootfs/build-ext4.sh"), &image).unwrap();
+    let disk = format!("path={}", image.display());
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        &disk,
+        "--cmdline",
+        "root=/dev/vda rw init=/init -- echo persisted-by-guest > /hello.txt; \
+         mount -o remount,ro /",
+    ]);
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /hello.txt"])
+        .arg(&image)
+        .output()
+        .expect("debugfs (e2fsprogs) is needed for this test");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&image)
+        .output()
+        .expect("e2fsck (e2fsprogs) is needed for this test");
+    let _ = std::fs::remove_file(&image);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("kvmini-guest: exit status 0"));
+    assert_eq!(
+        text(&cat.stdout),
+        "persisted-by-guest\n",
+        "the host reads the guest's file"
+    );
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}\n{}",
+        text(&fsck.stdout),
+        text(&fsck.stderr)
+    );
+}
