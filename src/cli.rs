@@ -49,8 +49,8 @@ pub struct RunArgs {
     pub cpus: u32,
 
     /// Extra kernel command line, appended to kvmini's defaults
-    /// ("console=ttyS0 reboot=k panic=1" and i8042 options that skip probes
-    /// for hardware a VM lacks). Words after `--` go to the guest's init.
+    /// ("console=ttyS0 reboot=k panic=1"). Words after `--` go to the
+    /// guest's init.
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 

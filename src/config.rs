@@ -7,12 +7,8 @@ use std::path::PathBuf;
 use crate::cli::RunArgs;
 
 /// Kernel command-line parameters every guest gets; the user's `--cmdline`
-/// is appended after them, so the user can override any of them. The
-/// i8042 options skip probes for a mouse, a multiplexer, PnP and keyboard
-/// state that a VM does not have; each failed probe costs the guest
-/// hundreds of milliseconds of timeouts.
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// is appended after them, so the user can override any of them.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 /// The smallest guest we accept: below this a Linux kernel cannot even
 /// decompress itself, and a clear error beats an obscure guest panic.

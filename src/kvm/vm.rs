@@ -3,16 +3,10 @@
 
 use std::fmt;
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region, KVMIO, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::ioctl::ioctl_with_ref;
-
-// KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71); kvm-ioctls has no wrapper.
-vmm_sys_util::ioctl_io_nr!(KVM_REINJECT_CONTROL, KVMIO, 0x71);
 
 /// Where KVM puts the three pages of its real-mode TSS (Intel only); just
 /// below the IOAPIC/LAPIC window at the top of the 32-bit MMIO gap.
@@ -24,7 +18,6 @@ pub enum VmError {
     SetTssAddress(kvm_ioctls::Error),
     CreateIrqChip(kvm_ioctls::Error),
     CreatePit(kvm_ioctls::Error),
-    PitReinject(std::io::Error),
     MemoryRegion(u32, kvm_ioctls::Error),
     HostAddress(vm_memory::GuestMemoryError),
     RegisterIrqfd(u32, kvm_ioctls::Error),
@@ -37,7 +30,6 @@ impl fmt::Display for VmError {
             Self::SetTssAddress(e) => write!(f, "cannot set the TSS address: {e}"),
             Self::CreateIrqChip(e) => write!(f, "cannot create the in-kernel irqchip: {e}"),
             Self::CreatePit(e) => write!(f, "cannot create the in-kernel PIT: {e}"),
-            Self::PitReinject(e) => write!(f, "cannot turn off PIT tick reinjection: {e}"),
             Self::MemoryRegion(s, e) => write!(f, "cannot register memory slot {s}: {e}"),
             Self::HostAddress(e) => write!(f, "cannot find guest memory in the VMM: {e}"),
             Self::RegisterIrqfd(g, e) => write!(f, "cannot register an irqfd for GSI {g}: {e}"),
@@ -64,7 +56,6 @@ impl Vm {
         };
         fd.create_pit2(pit).map_err(VmError::CreatePit)?;
         let vm = Vm { fd };
-        vm.disable_pit_reinjection()?;
         vm.map_memory(mem)?;
         Ok(vm)
     }
@@ -87,24 +78,6 @@ impl Vm {
             // unique and the guest ranges do not overlap (vm-memory checks).
             unsafe { self.fd.set_user_memory_region(desc) }
                 .map_err(|e| VmError::MemoryRegion(slot, e))?;
-        }
-        Ok(())
-    }
-
-    /// Makes the PIT drop ticks the guest missed instead of re-delivering
-    /// them (QEMU's `lost_tick_policy=discard`). Linux keeps time with
-    /// kvm-clock and uses the PIT only briefly at boot, so catch-up ticks
-    /// buy nothing; and when the guest runs slowly (nested, emulated, an
-    /// overloaded host) every tick is "missed", and the reinjection worker
-    /// (KVM's `kvm-pit` thread) and the vCPU were seen to livelock the host
-    /// kernel in our nested test rig.
-    fn disable_pit_reinjection(&self) -> Result<(), VmError> {
-        let ctl = kvm_reinject_control::default();
-        // SAFETY: KVM_REINJECT_CONTROL reads one kvm_reinject_control, which
-        // `ctl` is, alive for the call; the fd is a valid VM fd with a PIT.
-        let ret = unsafe { ioctl_with_ref(&self.fd, KVM_REINJECT_CONTROL(), &ctl) };
-        if ret < 0 {
-            return Err(VmError::PitReinject(std::io::Error::last_os_error()));
         }
         Ok(())
     }
