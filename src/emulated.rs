@@ -53,7 +53,7 @@ const USER_QUIT: u8 = 130;
 pub enum EmulatedError {
     /// The guest kernel is not something kvmini can boot.
     BadKernel(PathBuf, BootError),
-    Disk(PathBuf, backend::Error),
+    Disk(backend::Error),
     CurrentExe(io::Error),
     Signals(io::Error),
     TempDir(io::Error),
@@ -77,7 +77,7 @@ impl fmt::Display for EmulatedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // The disk errors name the image themselves.
-            Self::Disk(_, e) => write!(f, "{e}"),
+            Self::Disk(e) => write!(f, "{e}"),
             Self::BadKernel(p, e) => write!(
                 f,
                 "kernel '{}' cannot be booted: {e}; pass an x86_64 vmlinux (ELF) or bzImage",
@@ -365,10 +365,7 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     // Disks are checked here as kvmini on hardware KVM checks them (missing,
     // unreadable, not a multiple of 512, locked by another kvmini).
     for d in &config.disks {
-        drop(
-            DiskFile::open(&d.path, d.readonly)
-                .map_err(|e| EmulatedError::Disk(d.path.clone(), e))?,
-        );
+        drop(DiskFile::open(&d.path, d.readonly).map_err(EmulatedError::Disk)?);
     }
     install_signal_handlers().map_err(EmulatedError::Signals)?;
     let exe = std::env::current_exe().map_err(EmulatedError::CurrentExe)?;

@@ -38,15 +38,20 @@ impl fmt::Display for GuestError {
                 p.display(),
                 code.map_or("on a signal".into(), |c| c.to_string())
             ),
-            Self::NoOutput(p) => write!(f, "'{}' printed no artefact path", p.display()),
+            Self::NoOutput(p) => write!(f, "'{}' printed no existing artefact path", p.display()),
         }
     }
 }
 
 impl std::error::Error for GuestError {}
 
-/// Runs a build script (progress on our stderr) and returns the path it
-/// prints last on stdout.
+/// Runs `resources/<relative>` (a build script: progress on our stderr,
+/// cached artefact path last on stdout) and returns that path, which must
+/// exist. The tests build their artefacts through this too.
+pub fn build_artefact(relative: &str) -> Result<PathBuf, GuestError> {
+    build(&resources_dir().join(relative))
+}
+
 fn build(script: &Path) -> Result<PathBuf, GuestError> {
     if !script.is_file() {
         return Err(GuestError::MissingScript(script.to_path_buf()));
@@ -66,6 +71,7 @@ fn build(script: &Path) -> Result<PathBuf, GuestError> {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(PathBuf::from)
+        .filter(|p| p.exists())
         .ok_or_else(|| GuestError::NoOutput(script.to_path_buf()))
 }
 

@@ -46,24 +46,12 @@ fn repo_root() -> &'static Path {
 
 /// Run a build script; its stdout is the artefact path (contract of every
 /// script under resources/). Progress goes straight to our stderr.
+/// A cached test artefact, built on first use by its resources/ script.
 fn build_artefact(script: &str) -> Result<String, String> {
-    let path = repo_root().join(script);
-    let out = Command::new(&path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed with {}", path.display(), out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if text.is_empty() || !Path::new(&text).exists() {
-        return Err(format!(
-            "{} printed no existing path: {text:?}",
-            path.display()
-        ));
-    }
-    Ok(text)
+    let relative = script.strip_prefix("resources/").unwrap_or(script);
+    kvmini::guest::build_artefact(relative)
+        .map(|p| p.display().to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Build kvmini statically (it runs inside the rig's minimal L1). A separate

@@ -220,22 +220,10 @@ fn disks_pass_through_and_keep_guest_writes() {
     assert!(untouched, "read-only image unchanged");
 }
 
-/// Runs a resources/ build script (cached) and returns the path it prints.
+/// A cached test artefact, built on first use by its resources/ script.
 fn artefact(script: &str) -> PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run the build script");
-    assert!(out.status.success(), "{script} failed");
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
+    let relative = script.strip_prefix("resources/").unwrap_or(script);
+    kvmini::guest::build_artefact(relative).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

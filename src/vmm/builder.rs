@@ -124,7 +124,7 @@ pub fn virtio_block_devices(
         let (base, irq) = layout::virtio_mmio_slot(index)
             .zip(layout::virtio_irq(index))
             .ok_or(Error::TooManyDevices(index))?;
-        let block = Block::new(disk).map_err(|e| Error::Disk(disk.path.clone(), e))?;
+        let block = Block::new(disk).map_err(Error::Disk)?;
         events.add_subscriber(Box::new(block.event_handler().map_err(Error::EventFd)?));
         let transport = MmioTransport::new(Box::new(block), mem.clone()).map_err(Error::EventFd)?;
         vm.register_irqfd(transport.interrupt_evt(), irq)

@@ -39,7 +39,7 @@ pub enum Error {
     ConfigureVcpu(u8, arch::Error),
     SpawnVcpu(u8, std::io::Error),
     TooManyDevices(u32),
-    Disk(PathBuf, crate::devices::virtio::block::Error),
+    Disk(crate::devices::virtio::block::Error),
     IoEvent(kvm_ioctls::Error),
     EventLoop(event_manager::Error),
 }
@@ -73,7 +73,7 @@ impl fmt::Display for Error {
             Self::EventLoop(e) => write!(f, "event loop failed: {e}"),
             Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
             // The disk errors name the image themselves.
-            Self::Disk(_, e) => write!(f, "{e}"),
+            Self::Disk(e) => write!(f, "{e}"),
             Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
