@@ -14,6 +14,7 @@ use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
 use crate::config::{DiskConfig, VmConfig};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::VirtioDevice;
 use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 
@@ -108,39 +109,75 @@ pub fn legacy_devices(
     })
 }
 
-/// Adds one virtio-blk device per `--disk` on the virtio-mmio transport:
-/// MMIO slot and IRQ from the layout, queue notifications through
-/// ioeventfds, interrupts through an irqfd, the queue handler on the event
-/// loop, and the device announced on the kernel command line.
-pub fn virtio_block_devices(
-    vm: &Vm,
-    mem: &GuestMemoryMmap,
-    disks: &[DiskConfig],
-    cmdline: &mut Cmdline,
-    mmio: &mut Bus,
-    events: &mut EventManager<Subscriber>,
-) -> Result<(), Error> {
-    for (index, disk) in (0u32..).zip(disks) {
+/// Places virtio devices on the virtio-mmio transport, one slot after the
+/// other: MMIO window and IRQ from the layout, queue notifications through
+/// ioeventfds, interrupts through an irqfd, the device's queue handler on
+/// the event loop, and the device announced on the kernel command line.
+/// Every device type (block, net, console) goes through [`Self::add`].
+pub struct VirtioSlots<'a> {
+    pub vm: &'a Vm,
+    pub mem: &'a GuestMemoryMmap,
+    pub cmdline: &'a mut Cmdline,
+    pub mmio: &'a mut Bus,
+    pub events: &'a mut EventManager<Subscriber>,
+    next: u32,
+}
+
+impl<'a> VirtioSlots<'a> {
+    pub fn new(
+        vm: &'a Vm,
+        mem: &'a GuestMemoryMmap,
+        cmdline: &'a mut Cmdline,
+        mmio: &'a mut Bus,
+        events: &'a mut EventManager<Subscriber>,
+    ) -> Self {
+        Self {
+            vm,
+            mem,
+            cmdline,
+            mmio,
+            events,
+            next: 0,
+        }
+    }
+
+    /// Adds `device` in the next free slot, with `handler` (the subscriber
+    /// that runs its queues) on the event loop.
+    pub fn add(&mut self, device: Box<dyn VirtioDevice>, handler: Subscriber) -> Result<(), Error> {
+        let index = self.next;
         let (base, irq) = layout::virtio_mmio_slot(index)
             .zip(layout::virtio_irq(index))
             .ok_or(Error::TooManyDevices(index))?;
-        let block = Block::new(disk).map_err(Error::Disk)?;
-        events.add_subscriber(Box::new(block.event_handler().map_err(Error::EventFd)?));
-        let transport = MmioTransport::new(Box::new(block), mem.clone()).map_err(Error::EventFd)?;
-        vm.register_irqfd(transport.interrupt_evt(), irq)
+        self.events.add_subscriber(handler);
+        let transport = MmioTransport::new(device, self.mem.clone()).map_err(Error::EventFd)?;
+        self.vm
+            .register_irqfd(transport.interrupt_evt(), irq)
             .map_err(Error::Vm)?;
         for (evt, addr, queue) in transport.ioeventfds(base) {
-            vm.fd()
+            self.vm
+                .fd()
                 .register_ioevent(evt, &IoEventAddress::Mmio(addr.0), queue)
                 .map_err(Error::IoEvent)?;
         }
-        mmio.insert(Arc::new(Mutex::new(transport)), base.0, mmio::MMIO_SIZE)
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base.0, mmio::MMIO_SIZE)
             .map_err(Error::Bus)?;
-        cmdline
+        self.cmdline
             .add_virtio_mmio_device(mmio::MMIO_SIZE, base, irq, None)
             .map_err(|e| Error::Cmdline(e.to_string()))?;
+        self.next += 1;
+        Ok(())
     }
-    Ok(())
+
+    /// One virtio-blk device per `--disk`, in order (/dev/vda, /dev/vdb, ...).
+    pub fn add_disks(&mut self, disks: &[DiskConfig]) -> Result<(), Error> {
+        for disk in disks {
+            let block = Block::new(disk).map_err(Error::Disk)?;
+            let handler = Box::new(block.event_handler().map_err(Error::EventFd)?);
+            self.add(Box::new(block), handler)?;
+        }
+        Ok(())
+    }
 }
 
 /// Creates and configures every vCPU (not yet running).

@@ -113,14 +113,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     let mut events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
     let mut mmio = Bus::new();
     let mut cmdline = builder::cmdline(config)?;
-    builder::virtio_block_devices(
-        &vm,
-        &mem,
-        &config.disks,
-        &mut cmdline,
-        &mut mmio,
-        &mut events,
-    )?;
+    let mut virtio = builder::VirtioSlots::new(&vm, &mem, &mut cmdline, &mut mmio, &mut events);
+    virtio.add_disks(&config.disks)?;
     let entry = builder::load_guest(&mem, config, &cmdline)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
