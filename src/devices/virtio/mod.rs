@@ -13,6 +13,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod queue;
 
 use std::fmt;
 use std::io;

@@ -9,15 +9,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{self, DiskFile, SECTOR_SHIFT};
 use super::request::{self, Limits, Op, RangeLimits, VIRTIO_BLK_S_OK};
 use crate::devices::bus::lock;
 use crate::devices::virtio::{
-    feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
+    feature, queue, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
@@ -238,42 +238,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Serves every available request, following virtio-queue's loop:
-    /// notifications off, drain, notifications on and re-check, then
-    /// interrupt the guest only if it asked for it.
+    /// Serves every available request (see [`queue::drain`]) and interrupts
+    /// the guest if it asked for it.
     pub fn process_queue(&mut self) {
         if self.broken {
             return;
         }
-        let mut used = false;
-        loop {
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
-                return self.fail(e);
-            }
-            loop {
-                let chain = match self.queue.iter(&self.mem) {
-                    Ok(mut it) => it.next(),
-                    Err(e) => return self.fail(e),
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let len = self.handle(chain);
-                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
-                    return self.fail(e);
-                }
-                used = true;
-            }
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => return self.fail(e),
-            }
-        }
-        if !used {
-            return;
-        }
-        match self.queue.needs_notification(&self.mem) {
-            Ok(true) if self.interrupts_suppressed() => {}
+        let (queue, mem) = (&mut self.queue, &self.mem);
+        let (disk, limits) = (&self.disk, &self.limits);
+        match queue::drain(queue, mem, |chain| handle(mem, disk, limits, chain)) {
             Ok(true) => {
                 if let Err(e) = self.interrupt.signal_used_queue() {
                     log::error!("virtio-blk: cannot interrupt the guest: {e}");
@@ -284,17 +257,6 @@ impl Worker {
         }
     }
 
-    /// Without EVENT_IDX the driver may set VRING_AVAIL_F_NO_INTERRUPT,
-    /// which virtio-queue does not look at.
-    fn interrupts_suppressed(&self) -> bool {
-        const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
-        !self.queue.event_idx_enabled()
-            && self
-                .mem
-                .read_obj::<u16>(GuestAddress(self.queue.avail_ring()))
-                .is_ok_and(|flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT != 0)
-    }
-
     fn fail(&mut self, e: virtio_queue::Error) {
         log::error!(
             "virtio-blk {}: request queue is corrupt ({e}); device needs reset",
@@ -303,82 +265,86 @@ impl Worker {
         self.broken = true;
         self.interrupt.set_needs_reset();
     }
+}
 
-    /// Serves one request; returns the bytes written into the chain.
-    fn handle(&self, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        let parsed = request::parse(chain, &self.limits);
-        let Some(status_addr) = parsed.status else {
-            log::debug!("virtio-blk: request without status descriptor skipped");
-            return 0;
-        };
-        let (status, written) = match parsed.request {
-            Ok(op) => match self.execute(&op) {
-                Ok(()) => (VIRTIO_BLK_S_OK, op.data_bytes_written()),
-                Err(e) => {
-                    log::debug!("virtio-blk: {op:?} failed: {e}");
-                    (request::VIRTIO_BLK_S_IOERR, 0)
-                }
-            },
+/// Serves one request; returns the bytes written into the chain.
+fn handle(
+    mem: &GuestMemoryMmap,
+    disk: &DiskFile,
+    limits: &Limits,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> u32 {
+    let parsed = request::parse(chain, limits);
+    let Some(status_addr) = parsed.status else {
+        log::debug!("virtio-blk: request without status descriptor skipped");
+        return 0;
+    };
+    let (status, written) = match parsed.request {
+        Ok(op) => match execute(mem, disk, &op) {
+            Ok(()) => (VIRTIO_BLK_S_OK, op.data_bytes_written()),
             Err(e) => {
-                log::debug!("virtio-blk: bad request: {e}");
-                (e.status(), 0)
+                log::debug!("virtio-blk: {op:?} failed: {e}");
+                (request::VIRTIO_BLK_S_IOERR, 0)
             }
-        };
-        match self.mem.write_obj(status, status_addr) {
-            Ok(()) => written.saturating_add(1),
-            Err(e) => {
-                // Checked during parsing, so the guest would have to shrink
-                // its memory under us.
-                log::debug!("virtio-blk: cannot write the status: {e}");
-                0
-            }
+        },
+        Err(e) => {
+            log::debug!("virtio-blk: bad request: {e}");
+            (e.status(), 0)
+        }
+    };
+    match mem.write_obj(status, status_addr) {
+        Ok(()) => written.saturating_add(1),
+        Err(e) => {
+            // Checked during parsing, so the guest would have to shrink
+            // its memory under us.
+            log::debug!("virtio-blk: cannot write the status: {e}");
+            0
         }
     }
+}
 
-    fn execute(&self, op: &Op) -> io::Result<()> {
-        let (disk, mem) = (&self.disk, &self.mem);
-        match op {
-            Op::In { sector, data } => {
-                let mut offset = sector << SECTOR_SHIFT;
-                for s in data {
-                    disk.read_to(mem, s.addr, s.len as usize, offset)?;
-                    offset += u64::from(s.len);
-                }
-                Ok(())
+fn execute(mem: &GuestMemoryMmap, disk: &DiskFile, op: &Op) -> io::Result<()> {
+    match op {
+        Op::In { sector, data } => {
+            let mut offset = sector << SECTOR_SHIFT;
+            for s in data {
+                disk.read_to(mem, s.addr, s.len as usize, offset)?;
+                offset += u64::from(s.len);
             }
-            Op::Out { sector, data } => {
-                let mut offset = sector << SECTOR_SHIFT;
-                for s in data {
-                    disk.write_from(mem, s.addr, s.len as usize, offset)?;
-                    offset += u64::from(s.len);
-                }
-                Ok(())
-            }
-            Op::Flush => disk.flush(),
-            Op::GetId { data } => {
-                let mut id: &[u8] = disk.id();
-                for s in data {
-                    let n = id.len().min(s.len as usize);
-                    mem.write_slice(&id[..n], s.addr)
-                        .map_err(io::Error::other)?;
-                    id = &id[n..];
-                }
-                Ok(())
-            }
-            Op::Discard(ranges) => ranges.iter().try_for_each(|r| {
-                disk.discard(
-                    r.sector << SECTOR_SHIFT,
-                    u64::from(r.sectors) << SECTOR_SHIFT,
-                )
-            }),
-            Op::WriteZeroes(ranges) => ranges.iter().try_for_each(|r| {
-                disk.write_zeroes(
-                    r.sector << SECTOR_SHIFT,
-                    u64::from(r.sectors) << SECTOR_SHIFT,
-                    r.unmap,
-                )
-            }),
+            Ok(())
         }
+        Op::Out { sector, data } => {
+            let mut offset = sector << SECTOR_SHIFT;
+            for s in data {
+                disk.write_from(mem, s.addr, s.len as usize, offset)?;
+                offset += u64::from(s.len);
+            }
+            Ok(())
+        }
+        Op::Flush => disk.flush(),
+        Op::GetId { data } => {
+            let mut id: &[u8] = disk.id();
+            for s in data {
+                let n = id.len().min(s.len as usize);
+                mem.write_slice(&id[..n], s.addr)
+                    .map_err(io::Error::other)?;
+                id = &id[n..];
+            }
+            Ok(())
+        }
+        Op::Discard(ranges) => ranges.iter().try_for_each(|r| {
+            disk.discard(
+                r.sector << SECTOR_SHIFT,
+                u64::from(r.sectors) << SECTOR_SHIFT,
+            )
+        }),
+        Op::WriteZeroes(ranges) => ranges.iter().try_for_each(|r| {
+            disk.write_zeroes(
+                r.sector << SECTOR_SHIFT,
+                u64::from(r.sectors) << SECTOR_SHIFT,
+                r.unmap,
+            )
+        }),
     }
 }
 
