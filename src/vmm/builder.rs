@@ -13,6 +13,7 @@ use super::Error;
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
 use crate::config::{DiskConfig, VmConfig};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::VirtioDevice;
 use event_manager::{EventManager, SubscriberOps};
@@ -175,6 +176,19 @@ impl<'a> VirtioSlots<'a> {
             let block = Block::new(disk).map_err(Error::Disk)?;
             let handler = Box::new(block.event_handler().map_err(Error::EventFd)?);
             self.add(Box::new(block), handler)?;
+        }
+        Ok(())
+    }
+
+    /// One single-port virtio-console per writer (/dev/hvc0, ... in order).
+    pub fn add_consoles(
+        &mut self,
+        sinks: Vec<Box<dyn std::io::Write + Send>>,
+    ) -> Result<(), Error> {
+        for sink in sinks {
+            let console = Console::new(sink).map_err(Error::EventFd)?;
+            let handler = Box::new(console.event_handler().map_err(Error::EventFd)?);
+            self.add(Box::new(console), handler)?;
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ pub enum VmExit {
     UserQuit,
     /// The VMM got a terminating signal (SIGTERM, SIGINT, SIGHUP).
     HostSignal(i32),
+    /// The run's time limit passed (`kvmini exec --timeout`).
+    TimedOut(std::time::Duration),
     /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted.
     TripleFault { cpu: u8 },
     /// `KVM_EXIT_FAIL_ENTRY`: the CPU refused to enter the guest.
@@ -48,6 +50,7 @@ impl fmt::Display for VmExit {
             Self::GuestPanic(line) => write!(f, "the guest kernel panicked: {line}"),
             Self::UserQuit => write!(f, "terminated from the console (Ctrl-A x)"),
             Self::HostSignal(s) => write!(f, "terminated by signal {s}"),
+            Self::TimedOut(d) => write!(f, "timed out after {}s; the VM was killed", d.as_secs()),
             Self::TripleFault { cpu } => write!(
                 f,
                 "vcpu{cpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); \

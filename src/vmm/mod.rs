@@ -7,8 +7,12 @@ pub mod console_watch;
 pub mod exit;
 
 use std::fmt;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use vmm_sys_util::timerfd::TimerFd;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
@@ -98,9 +102,48 @@ impl MutEventSubscriber for ExitWatcher {
 
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
+/// Stops the VM when the run's time limit passes.
+struct Deadline {
+    timer: TimerFd,
+    limit: Duration,
+    exit: Arc<ExitSignal>,
+}
+
+impl MutEventSubscriber for Deadline {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.timer.wait();
+        self.exit.raise(VmExit::TimedOut(self.limit));
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("cannot watch the time limit: {e}");
+        }
+    }
+}
+
+/// What `kvmini exec` adds to a plain run; `Extras::default()` is `run`.
+#[derive(Default)]
+pub struct Extras {
+    /// One single-port virtio-console per writer, placed after the disks:
+    /// the guest sees them as /dev/hvc0, /dev/hvc1, ... in order.
+    pub consoles: Vec<Box<dyn Write + Send>>,
+    /// Where the serial console goes instead of `config.console`.
+    pub serial_out: Option<Box<dyn Write + Send>>,
+    /// Keep stdin away from the serial console (it belongs to the caller).
+    pub no_console_input: bool,
+    /// Stop the VM with [`VmExit::TimedOut`] after this long.
+    pub timeout: Option<Duration>,
+}
+
 /// Boots the VM described by `config` and runs it until it stops.
 /// Returns why the guest stopped; `Err` means it could not be started.
 pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
+    run_with(config, Extras::default())
+}
+
+/// [`run`], with `extras` added to the VM.
+pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     let kvm = kvm::open().map_err(Error::Kvm)?;
     if !arch::cpuid::host_has_hw_virt() {
         log::warn!(
@@ -115,10 +158,14 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     let mut cmdline = builder::cmdline(config)?;
     let mut virtio = builder::VirtioSlots::new(&vm, &mem, &mut cmdline, &mut mmio, &mut events);
     virtio.add_disks(&config.disks)?;
+    virtio.add_consoles(extras.consoles)?;
     let entry = builder::load_guest(&mem, config, &cmdline)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
-    let out = console::output(&config.console).map_err(Error::Console)?;
+    let out = match extras.serial_out {
+        Some(out) => out,
+        None => console::output(&config.console).map_err(Error::Console)?,
+    };
     let power_off = exit.clone();
     let (out, panic_line) =
         console_watch::ConsoleWatch::new(out, Box::new(move || power_off.raise(VmExit::PowerOff)));
@@ -138,8 +185,20 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     events.add_subscriber(Box::new(
         console::HostSignals::install(exit.clone()).map_err(Error::EventFd)?,
     ));
-    let interactive = console::interactive(&config.console);
-    if let Some(input) = console::input() {
+    if let Some(limit) = extras.timeout {
+        let errno = |e: vmm_sys_util::errno::Error| {
+            Error::EventFd(std::io::Error::from_raw_os_error(e.errno()))
+        };
+        let mut timer = TimerFd::new().map_err(errno)?;
+        timer.reset(limit, None).map_err(errno)?;
+        events.add_subscriber(Box::new(Deadline {
+            timer,
+            limit,
+            exit: exit.clone(),
+        }));
+    }
+    let interactive = !extras.no_console_input && console::interactive(&config.console);
+    if let Some(input) = console::input().filter(|_| !extras.no_console_input) {
         let quit = exit.clone();
         events.add_subscriber(Box::new(ConsoleInput::new(
             input,

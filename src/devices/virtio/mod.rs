@@ -11,6 +11,7 @@
 //! dependency, so it cannot be named here.
 
 pub mod block;
+pub mod console;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
