@@ -26,6 +26,104 @@ pub enum Command {
     /// forwarded to it. Press Ctrl-A x to kill the VM, Ctrl-A Ctrl-A to send
     /// a literal Ctrl-A. kvmini exits 0 when the guest powers off or reboots.
     Run(RunArgs),
+
+    /// Run one command in a throwaway VM and exit with its status.
+    ///
+    /// Boots the guest, runs COMMAND (argv, no shell: use `sh -c '...'` for
+    /// shell syntax) with stdin from /dev/null, streams its stdout and stderr
+    /// to ours (separately and byte for byte), powers off, and exits with the
+    /// command's exit status. The guest's kernel console is kept out of the
+    /// way: its last lines are shown if the VM fails, or all of it goes to
+    /// `--console file=PATH`.
+    ///
+    /// Exit status: the command's own (0-255); 123 the guest kernel
+    /// panicked or the VM crashed; 124 `--timeout` expired; 125 kvmini could
+    /// not run the command (bad arguments, missing kernel, the guest stopped
+    /// without reporting a status); 128+N kvmini was killed by signal N.
+    #[command(
+        after_help = "Examples:\n  kvmini exec -- uname -r\n  kvmini exec --cpus 2 --memory 1G --timeout 10m \\\n      --share ./build:/mnt/build -- /mnt/build/run-tests.sh"
+    )]
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Guest kernel (vmlinux or bzImage). Default: kvmini's own guest kernel
+    /// (Linux 6.12, built from Debian packages on first use and cached).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs with the guest's userland (needs a POSIX sh, mount, stty
+    /// and chroot, e.g. busybox). Default: kvmini's busybox initramfs.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Root filesystem image (ext4, raw) to run the command in. It is
+    /// attached read-only, so several runs can share it; the guest sees it
+    /// writable through a tmpfs overlay whose changes are discarded.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+
+    /// Guest RAM, with an optional K, M or G suffix (a bare number is MiB).
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// Number of vCPUs.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Kill the VM after this long and exit 124: a number of seconds, or
+    /// with an s, m or h suffix (`90s`, `10m`, `1h`). Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+
+    /// Make host directory HOST visible at GUEST (an absolute path) inside
+    /// the VM; `:ro` makes it read-only. Files the command creates or
+    /// changes under a writable share are copied back to HOST when it
+    /// finishes (deletions are not). Repeatable.
+    #[arg(long = "share", value_name = "HOST:GUEST[:ro]")]
+    pub shares: Vec<String>,
+
+    /// Set an environment variable for the command: `NAME=VALUE`, or `NAME`
+    /// to pass this process's value. Repeatable. The command starts with
+    /// PATH, HOME=/root and TERM=dumb and nothing else from the host.
+    #[arg(long = "env", short = 'e', value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// Working directory of the command inside the guest.
+    #[arg(long, short = 'w', value_name = "DIR", default_value = "/")]
+    pub workdir: String,
+
+    /// An extra virtio-blk disk: `path=PATH[,readonly=on]`, as for `run`.
+    /// Disks come first: /dev/vda, /dev/vdb, ... in order.
+    #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
+    pub disks: Vec<String>,
+
+    /// Extra kernel command line (appended to kvmini's defaults).
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// `auto`, `kvm`, `emulated` or `kvm-any`, as for `run`.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub accel: String,
+
+    /// Where the guest's kernel console goes: `none` (kept in memory; the
+    /// last lines are shown if the VM fails) or `file=PATH`.
+    #[arg(long, value_name = "DEST", default_value = "none")]
+    pub console: String,
+
+    /// Internal (the emulated fallback's inner kvmini): the initrd already
+    /// carries the command and the disks are in place.
+    #[arg(long, hide = true)]
+    pub prepared: bool,
+
+    /// Internal: write the command's exit status to this file.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub status_file: Option<PathBuf>,
+
+    /// The command to run in the guest, and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

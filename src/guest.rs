@@ -3,6 +3,7 @@
 //! docs/testing.md). Used when `kvmini run` is given no `--kernel`.
 
 use std::fmt;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -56,12 +57,30 @@ fn build(script: &Path) -> Result<PathBuf, GuestError> {
     if !script.is_file() {
         return Err(GuestError::MissingScript(script.to_path_buf()));
     }
-    let out = Command::new("bash")
+    let mut child = Command::new("bash")
         .arg(script)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| GuestError::Spawn(script.to_path_buf(), e))?;
+    // Progress goes to our stderr as it comes, except the "cached: PATH"
+    // line every run would print: only first-use builds are news.
+    let progress = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if !line.contains("] cached: ") {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| GuestError::Spawn(script.to_path_buf(), e))?;
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
     if !out.status.success() {
         return Err(GuestError::Failed(script.to_path_buf(), out.status.code()));
     }

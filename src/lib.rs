@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod emulated;
+pub mod exec;
 pub mod guest;
 pub mod kvm;
 pub mod logger;

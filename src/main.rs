@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code::ERROR);
     }
     match cli.command {
+        Command::Exec(args) => ExitCode::from(kvmini::exec::main(args)),
         Command::Run(mut args) => {
             if args.kernel.is_none() {
                 match kvmini::guest::default_guest() {
