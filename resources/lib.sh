@@ -89,3 +89,21 @@ run_logged() {
     fi
     log "$label: done in $((SECONDS - start))s"
 }
+
+# copy_with_libs ROOT FILE...: copies each executable FILE to the same path
+# under ROOT with the shared libraries and the loader it needs (from ldd),
+# so it runs in a minimal initramfs. Static binaries are copied alone.
+copy_with_libs() {
+    local root=$1 f libs lib
+    shift
+    for f in "$@"; do
+        mkdir -p "$root$(dirname "$f")"
+        cp -L "$f" "$root$f"
+        libs=$(ldd "$f" 2>/dev/null) || continue
+        while read -r lib; do
+            [[ -e $root$lib ]] && continue
+            mkdir -p "$root$(dirname "$lib")"
+            cp -L "$lib" "$root$lib"
+        done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs")
+    done
+}

@@ -21,6 +21,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -34,6 +35,7 @@ use vmm_sys_util::tempdir::TempDir;
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
 use crate::config::{ConsoleConfig, DiskConfig, VmConfig, DEFAULT_CMDLINE};
 use crate::devices::virtio::block::backend::{self, DiskFile};
+use crate::exec::Outcome;
 use crate::guest::resources_dir;
 
 /// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
@@ -48,6 +50,104 @@ const TAIL_LINES: usize = 20;
 
 /// Exit code for Ctrl-A x, as with hardware KVM.
 const USER_QUIT: u8 = 130;
+
+/// With `--timeout`, how long L1 may take on top of it (its own boot, the
+/// guest's) before the outer kvmini kills it; the inner kvmini enforces the
+/// timeout itself and normally reports first.
+const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
+
+/// The two streams of `kvmini exec`: Unix sockets QEMU connects to (its
+/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` in L1), copied to
+/// our stdout and stderr.
+struct ExecStreams {
+    out: UnixListener,
+    err: UnixListener,
+}
+
+impl ExecStreams {
+    fn listen(dir: &Path, qemu: &mut Command) -> Result<Self, EmulatedError> {
+        let bind = |name: &str| {
+            let p = dir.join(name);
+            UnixListener::bind(&p).map_err(|e| EmulatedError::WriteArgs(p, e))
+        };
+        let (out, err) = (bind("stdout.sock")?, bind("stderr.sock")?);
+        qemu.args(["-device", "virtio-serial-pci,id=kvmini-serial"]);
+        for name in ["stdout", "stderr"] {
+            qemu.arg("-chardev")
+                .arg(format!(
+                    "socket,id={name},path={}",
+                    qemu_path(&dir.join(format!("{name}.sock")))
+                ))
+                .args([
+                    "-device",
+                    &format!(
+                        "virtserialport,bus=kvmini-serial.0,chardev={name},name=kvmini.{name}"
+                    ),
+                ]);
+        }
+        Ok(Self { out, err })
+    }
+
+    /// One thread per stream: accept QEMU's connection, copy until it
+    /// closes (QEMU exits).
+    fn copy(self) -> Vec<thread::JoinHandle<()>> {
+        let pipe = |l: UnixListener, mut to: Box<dyn io::Write + Send>| {
+            thread::spawn(move || {
+                if let Ok((mut s, _)) = l.accept() {
+                    if let Err(e) = io::copy(&mut s, &mut to) {
+                        log::warn!("kvmini exec: output stream: {e}");
+                    }
+                    let _ = to.flush();
+                }
+            })
+        };
+        vec![
+            pipe(self.out, Box::new(io::stdout())),
+            pipe(self.err, Box::new(io::stderr())),
+        ]
+    }
+}
+
+/// Kills QEMU when the deadline passes.
+struct Watchdog {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(pid: i32, after: Duration) -> Self {
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (s, f) = (stop.clone(), fired.clone());
+        let thread = thread::spawn(move || {
+            let (lock, cv) = &*s;
+            let guard = crate::devices::bus::lock(lock);
+            let (stopped, _) = cv
+                .wait_timeout_while(guard, after, |stopped| !*stopped)
+                .unwrap_or_else(|e| e.into_inner());
+            if !*stopped {
+                f.store(true, Ordering::SeqCst);
+                // SAFETY: kill(2) on QEMU, our child, which the main thread
+                // does not reap before `stop` has joined this thread.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        });
+        Self {
+            stop,
+            fired,
+            thread,
+        }
+    }
+
+    /// Stops the watchdog; returns whether it fired.
+    fn stop(self) -> bool {
+        *crate::devices::bus::lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        let _ = self.thread.join();
+        self.fired.load(Ordering::SeqCst)
+    }
+}
 
 #[derive(Debug)]
 pub enum EmulatedError {
@@ -225,6 +325,8 @@ impl Drop for SavedTerminal {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Report {
     status: Option<u8>,
+    /// `kvmini exec`: the guest command's own status, when it finished.
+    command_status: Option<u8>,
     error: Option<String>,
     last_step: Option<String>,
     tail: Vec<String>,
@@ -246,6 +348,7 @@ impl Report {
             "stage" => self.last_step = Some(rest.to_string()),
             "error" => self.error = Some(rest.to_string()),
             "status" => self.status = rest.trim().parse().ok(),
+            "command-status" => self.command_status = rest.trim().parse().ok(),
             _ => {}
         }
         None
@@ -356,6 +459,55 @@ fn qemu_path(p: &Path) -> String {
 /// Runs the VM described by `config` inside the emulated machine; returns
 /// kvmini's exit code from inside it.
 pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
+    let args = inner_args(config);
+    run_inner(config, &args, None, None).map(|(code, _)| code)
+}
+
+/// `kvmini exec` inside the emulated machine: the inner kvmini runs the
+/// prepared VM (`exec --prepared`), the command's stdout and stderr come
+/// back on two virtio-serial ports of L1, separately and byte for byte.
+pub fn run_exec(
+    config: &VmConfig,
+    timeout: Option<Duration>,
+    console: &ConsoleConfig,
+) -> Result<Outcome, EmulatedError> {
+    let mut args = inner_args(config);
+    args[0] = "exec".into();
+    args.splice(
+        1..1,
+        [
+            "--prepared".into(),
+            "--status-file".into(),
+            "/tmp/kvmini-status".into(),
+        ],
+    );
+    if let Some(t) = timeout {
+        args.extend(["--timeout".into(), format!("{}s", t.as_secs())]);
+    }
+    if matches!(console, ConsoleConfig::File(_)) {
+        // L1's first serial port, which QEMU writes to the user's file.
+        args.extend(["--console".into(), "file=/dev/ttyS0".into()]);
+    }
+    let mut vm = config.clone();
+    vm.console = console.clone();
+    let (code, report) = run_inner(&vm, &args, Some(ExecIo), timeout)?;
+    Ok(match report.and_then(|r| r.command_status) {
+        Some(status) => Outcome::Finished(status),
+        None => Outcome::Failed(code),
+    })
+}
+
+/// Marks a run as `kvmini exec`: the streams go through virtio-serial.
+struct ExecIo;
+
+/// Boots L1 with `inner` as the inner kvmini's arguments; returns the exit
+/// code and, when L1 reported, its report.
+fn run_inner(
+    config: &VmConfig,
+    inner: &[String],
+    exec: Option<ExecIo>,
+    timeout: Option<Duration>,
+) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
     // or booted.
     File::open(&config.kernel)
@@ -375,7 +527,7 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     let dir = tmp.as_path();
     let argv = dir.join("argv");
     std::fs::create_dir(&argv).map_err(|e| EmulatedError::WriteArgs(argv.clone(), e))?;
-    for (i, a) in inner_args(config).iter().enumerate() {
+    for (i, a) in inner.iter().enumerate() {
         let p = argv.join(format!("{i:03}"));
         std::fs::write(&p, a).map_err(|e| EmulatedError::WriteArgs(p, e))?;
     }
@@ -386,7 +538,7 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
 
     let (vmlinuz, initramfs) = prepare(dir, &exe, config)?;
     if let Some(code) = signalled() {
-        return Ok(code);
+        return Ok((code, None));
     }
     let l1_size = std::fs::metadata(&initramfs).map_or(0, |m| m.len());
     let report_path = dir.join("l1-report");
@@ -395,7 +547,12 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
         File::open(&report_path).map_err(|e| EmulatedError::WriteArgs(report_path.clone(), e))?;
 
     let mut qemu = qemu_command(config, &vmlinuz, &initramfs, &report_path, l1_size);
-    let interactive = config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
+    let streams = match exec {
+        Some(ExecIo) => Some(ExecStreams::listen(dir, &mut qemu)?),
+        None => None,
+    };
+    let interactive =
+        streams.is_none() && config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
     log::info!("starting the emulated machine: {qemu:?}");
     let terminal = SavedTerminal::save();
     let mut child = qemu.spawn().map_err(EmulatedError::SpawnQemu)?;
@@ -418,8 +575,14 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
         }
         thread::spawn(move || follow(report_file, done, rename))
     };
+    let copiers = streams.map(ExecStreams::copy);
+    let watchdog = timeout.map(|t| Watchdog::start(child.id() as i32, t + L1_BOOT_ALLOWANCE));
     let waited = child.wait();
     QEMU_PID.store(0, Ordering::SeqCst);
+    let timed_out = watchdog.is_some_and(Watchdog::stop);
+    for c in copiers.into_iter().flatten() {
+        let _ = c.join();
+    }
     drop(terminal);
     done.store(true, Ordering::SeqCst);
     let report = follower.join().unwrap_or_default();
@@ -427,10 +590,18 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     drop(tmp);
 
     if let Some(status) = report.status {
-        return Ok(status);
+        return Ok((status, Some(report)));
     }
     if let Some(code) = signalled() {
-        return Ok(code);
+        return Ok((code, None));
+    }
+    if timed_out {
+        eprintln!(
+            "kvmini: the emulated machine did not finish within the --timeout (plus {}s \
+             for its own start); it was killed",
+            L1_BOOT_ALLOWANCE.as_secs()
+        );
+        return Ok((crate::exec::code::TIMEOUT, None));
     }
     if let Some(why) = report.error {
         return Err(EmulatedError::L1Setup(why));
@@ -439,7 +610,7 @@ pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     // Ctrl-A x; only the latter leaves L1 with kvmini running and no panic.
     if interactive && qemu_status.success() && report.last_step.is_some() && !report.l1_panicked() {
         eprintln!("kvmini: the emulated machine was quit with Ctrl-A x");
-        return Ok(USER_QUIT);
+        return Ok((USER_QUIT, None));
     }
     Err(EmulatedError::L1Died {
         last_step: report.last_step,

@@ -45,23 +45,20 @@ while read -r applet; do
     [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done < <(/bin/busybox --list-full)
 # KVM, and virtio-blk over PCI for the user's --disk images (QEMU passes
-# each one to L1 as a virtio disk, /dev/vda, /dev/vdb, ... in order).
+# each one to L1 as a virtio disk, /dev/vda, /dev/vdb, ... in order), and
+# virtio-console for `kvmini exec`'s stdout/stderr ports.
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
     drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
-    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
+    drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci drivers/block/virtio_blk \
+    drivers/char/virtio_console; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
 install -m 0755 "$RIG/emulated-init" "$root/init"
 
 # kvmini and, unless it is static, its shared libraries and the loader, at
 # the same paths as here (the loader path is baked into the binary).
-cp "$kvmini" "$root/kvmini/kvmini"
-if libs=$(ldd "$kvmini" 2>/dev/null); then
-    while read -r lib; do
-        mkdir -p "$root$(dirname "$lib")"
-        cp -L "$lib" "$root$lib"
-    done < <(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs")
-fi
+copy_with_libs "$root" "$kvmini"
+mv "$root$kvmini" "$root/kvmini/kvmini"
 cp "$out"/argv/* "$root/kvmini/argv/" 2>/dev/null || die "no arguments in $out/argv"
 [[ ! -f $out/rust_log ]] || cp "$out/rust_log" "$root/kvmini/rust_log"
 cp "$kernel" "$root/guest/kernel"

@@ -59,7 +59,7 @@ if ((host)); then
     exec /bin/busybox sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
 fi
 
-apt_install qemu-system-x86 busybox-static cpio
+apt_install qemu-system-x86 busybox-static cpio e2fsprogs
 l1=$("$RIG/l1-kernel.sh")
 vmlinuz=$(echo "$l1"/boot/vmlinuz-*)
 moddir=$(echo "$l1"/lib/modules/*/kernel)
@@ -79,6 +79,10 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tu
     drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
+# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump).
+copy_with_libs "$root" "$(PATH=/usr/sbin:/sbin:$PATH command -v mke2fs)" \
+    "$(PATH=/usr/sbin:/sbin:$PATH command -v debugfs)"
+mkdir -p "$root/etc" && cp /etc/mke2fs.conf "$root/etc/"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 cp "$kvmini" "$root/opt/kvmini/kvmini"
