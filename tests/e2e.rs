@@ -487,3 +487,83 @@ fn poweroff_force() {
     c.rc(0).shows("reboot: Power off not available");
     assert_kvmini_rc(&c, "0");
 }
+
+/// `key` is followed by exactly `want` on its line.
+fn expect(c: &Check, key: &str, want: &str) {
+    let got = c.after(key);
+    if got != want {
+        c.fail(&format!("{key}{got}, expected {key}{want}"));
+    }
+}
+
+#[test]
+fn exec_status() {
+    let c = scenario("exec_status");
+    c.rc(0);
+    expect(&c, "exec-rc-true=", "0");
+    expect(&c, "exec-rc-false=", "1");
+    expect(&c, "exec-rc-42=", "42");
+    expect(
+        &c,
+        "env=",
+        "[hello world] [by-name] pwd=/proc secret=[] release=6.12.117",
+    );
+}
+
+#[test]
+fn exec_streams() {
+    let c = scenario("exec_streams");
+    c.rc(0).shows("stdout-identical").shows("stderr-identical");
+    expect(&c, "exec-rc=", "0");
+    expect(&c, "stdout-bytes=", "1048576 stderr-bytes=65536");
+}
+
+#[test]
+fn exec_timeout() {
+    let c = scenario("exec_timeout");
+    c.rc(0).shows("did not finish within 8s (--timeout)");
+    expect(&c, "exec-rc=", "124");
+}
+
+#[test]
+fn exec_panic() {
+    let c = scenario("exec_panic");
+    c.rc(0)
+        .shows("the guest kernel panicked: Kernel panic - not syncing");
+    expect(&c, "exec-rc=", "123");
+}
+
+#[test]
+fn exec_concurrent() {
+    let c = scenario("exec_concurrent");
+    c.rc(0);
+    for i in 1..=4 {
+        expect(
+            &c,
+            &format!("run-{i}-rc="),
+            &format!("{} output=run-{i}-says-hi", 40 + i),
+        );
+    }
+}
+
+#[test]
+fn exec_share() {
+    let c = scenario("exec_share");
+    c.rc(0)
+        .shows("guest read: from-the-host")
+        .shows("ro-refused");
+    expect(&c, "exec-rc=", "0");
+    expect(&c, "host-result=", "written-by-guest");
+    expect(&c, "host-input=", "changed");
+    expect(&c, "host-bin=", "0001ff0d0a");
+    expect(&c, "host-ro=", "keep.txt");
+}
+
+#[test]
+fn exec_rootfs() {
+    let c = scenario("exec_rootfs");
+    c.rc(0).shows("image-unchanged");
+    expect(&c, "root=", "overlay");
+    expect(&c, "wrote=", "scratch");
+    expect(&c, "exec-rc=", "0");
+}

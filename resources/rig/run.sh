@@ -79,9 +79,14 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tu
     drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
-# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump).
-copy_with_libs "$root" "$(PATH=/usr/sbin:/sbin:$PATH command -v mke2fs)" \
-    "$(PATH=/usr/sbin:/sbin:$PATH command -v debugfs)"
+# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump),
+# in place of busybox's much smaller mke2fs applet.
+for tool in mke2fs debugfs; do
+    rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/$tool
+    bin=$(PATH=/usr/sbin:/sbin:$PATH command -v $tool) || die "$tool missing (e2fsprogs)"
+    copy_with_libs "$root" "$bin"
+    ln -sf "$bin" "$root/sbin/$tool" 2>/dev/null || true
+done
 mkdir -p "$root/etc" && cp /etc/mke2fs.conf "$root/etc/"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"

@@ -219,6 +219,10 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     if devices + EXEC_CONSOLES > MAX_DISKS {
         return Err(ExecError::TooManyDevices(devices));
     }
+    // Refuse --accel kvm here before building anything.
+    let hw = config::Accel::parse(&args.accel)
+        .and_then(|a| a.resolve(crate::arch::x86_64::cpuid::host_has_hw_virt()))
+        .map_err(ExecError::Config)?;
     let kernel = match args.kernel.clone() {
         Some(k) => k,
         None => guest::build_artefact("kernel/build.sh")
@@ -296,8 +300,6 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .map_err(|e| ExecError::Io(initrd.clone(), e))?;
 
     let vm = vm_config(&args, kernel, initrd, disks)?;
-    let hw = config::Accel::resolve(vm.accel, crate::arch::x86_64::cpuid::host_has_hw_virt())
-        .map_err(ExecError::Config)?;
     let outcome = if hw {
         run_kvm(&vm, timeout, &console)?
     } else {
