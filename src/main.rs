@@ -24,7 +24,21 @@ mod code {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // exec passes the command's status through, so its own usage
+            // errors use 125 (as documented), not clap's 2.
+            let exec = std::env::args().nth(1).as_deref() == Some("exec");
+            let code = if e.use_stderr() && exec {
+                kvmini::exec::code::ERROR
+            } else {
+                e.exit_code() as u8
+            };
+            return ExitCode::from(code);
+        }
+    };
     if let Err(e) = logger::init(cli.log_level.as_deref()) {
         eprintln!("kvmini: {e}");
         return ExitCode::from(code::ERROR);
