@@ -342,3 +342,51 @@ fn exec_refuses_accel_kvm_without_hardware_virtualization() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn default_guest_shell_prompt_through_the_fallback() {
+    // The README's first command, `kvmini run` with no arguments, on a host
+    // without hardware virtualization: the default guest boots to a shell
+    // prompt, runs what is typed, and `poweroff` ends kvmini with 0.
+    use std::io::{Read, Write};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmini"))
+        .args(["run", "--accel", "emulated", "--memory", "256M"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run kvmini");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // A hung machine must fail the test, not hang it: kill kvmini after 300 s.
+    let (done, cancelled) = std::sync::mpsc::channel::<()>();
+    let pid = child.id().to_string();
+    let watchdog = std::thread::spawn(move || {
+        if cancelled.recv_timeout(Duration::from_secs(300)).is_err() {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
+    });
+    let mut seen = Vec::new();
+    let mut typed = false;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stdout.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if !typed && text(&seen).contains("/ #") {
+            stdin.write_all(b"echo typed-$((6*7))\npoweroff\n").unwrap();
+            typed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let console = text(&seen);
+    eprintln!("---- console:\n{console}");
+    assert!(typed, "no shell prompt");
+    assert!(console.contains("typed-42"), "typed command did not run");
+    assert_eq!(status.code(), Some(0));
+}
