@@ -34,15 +34,25 @@ check_config() {
     ((bad == 0)) || die "kernel config check failed ($cfg); fix $FRAGMENT"
 }
 
+# Fast path first (every `kvmini run` without --kernel comes here): a cached
+# kernel needs only the source package's version, not the build tools.
+cache=$(kvmini_cache_root)/kernel
+cached_kernel() {
+    version=$(pkg_version "$SRC_PKG")
+    hash=$(content_hash "$FRAGMENT" "$0" "str:$SRC_PKG $version")
+    out=$cache/$hash
+    [[ -n $version && -f $out/vmlinux && -f $out/bzImage ]]
+}
+if cached_kernel; then
+    log "cached: $out"
+    echo "$out"
+    exit 0
+fi
+
 apt_install "$SRC_PKG" build-essential bc bison flex libelf-dev libssl-dev xz-utils cpio
-version=$(pkg_version "$SRC_PKG")
 tarball=/usr/src/$SRC_PKG.tar.xz
 [[ -f $tarball ]] || die "$tarball missing; reinstall $SRC_PKG"
-
-cache=$(kvmini_cache_root)/kernel
-hash=$(content_hash "$FRAGMENT" "$0" "str:$SRC_PKG $version")
-out=$cache/$hash
-if [[ -f $out/vmlinux && -f $out/bzImage ]]; then
+if cached_kernel; then
     log "cached: $out"
     echo "$out"
     exit 0
