@@ -13,6 +13,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 use std::fmt;
@@ -66,6 +67,8 @@ pub enum ActivateError {
     AlreadyActive,
     /// Kicking the queue handler failed.
     Io(io::Error),
+    /// The device's backend refused the negotiated setup.
+    Backend(String),
 }
 
 impl fmt::Display for ActivateError {
@@ -76,6 +79,7 @@ impl fmt::Display for ActivateError {
             }
             Self::AlreadyActive => write!(f, "device is already active"),
             Self::Io(e) => write!(f, "cannot start the queue handler: {e}"),
+            Self::Backend(e) => write!(f, "{e}"),
         }
     }
 }
