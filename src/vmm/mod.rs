@@ -40,6 +40,7 @@ pub enum Error {
     SpawnVcpu(u8, std::io::Error),
     TooManyDevices(u32),
     Disk(crate::devices::virtio::block::Error),
+    Net(crate::devices::virtio::net::Error),
     IoEvent(kvm_ioctls::Error),
     EventLoop(event_manager::Error),
 }
@@ -74,6 +75,8 @@ impl fmt::Display for Error {
             Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
             // The disk errors name the image themselves.
             Self::Disk(e) => write!(f, "{e}"),
+            // So do the TAP errors.
+            Self::Net(e) => write!(f, "{e}"),
             Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
@@ -115,6 +118,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     let mut cmdline = builder::cmdline(config)?;
     let mut virtio = builder::VirtioSlots::new(&vm, &mem, &mut cmdline, &mut mmio, &mut events);
     virtio.add_disks(&config.disks)?;
+    virtio.add_nets(&config.nets)?;
     let entry = builder::load_guest(&mem, config, &cmdline)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
