@@ -167,6 +167,18 @@ pub struct RunArgs {
     #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
     pub disks: Vec<String>,
 
+    /// A virtio-net NIC backed by the host TAP interface NAME:
+    /// `tap=NAME[,mac=MAC]`. Repeat for more NICs (eth0, eth1, ... in the
+    /// guest). Without `mac`, each NIC gets its own 52:54:00:xx:xx:xx
+    /// address. If NAME does not exist and kvmini has CAP_NET_ADMIN (e.g.
+    /// root), kvmini creates it for the life of the VM; otherwise create
+    /// it first: `sudo ip tuntap add dev NAME mode tap user $USER`. The host
+    /// side is yours to configure (address, or a bridge); the guest can
+    /// configure itself with the kernel's `ip=` parameter. Needs hardware
+    /// KVM: not available with --accel emulated.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+
     /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
     #[arg(long, value_name = "DEST", default_value = "stdout")]
     pub console: String,

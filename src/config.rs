@@ -18,8 +18,8 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 /// 8-bit APIC IDs allow.
 pub const MAX_VCPUS: u32 = 253;
 
-/// Every virtio-mmio device needs its own IRQ (5..=23).
-pub const MAX_DISKS: usize = crate::arch::x86_64::layout::VIRTIO_MAX_DEVICES as usize;
+/// Every virtio-mmio device (disk or NIC) needs its own IRQ (5..=23).
+pub const MAX_VIRTIO_DEVICES: usize = crate::arch::x86_64::layout::VIRTIO_MAX_DEVICES as usize;
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,10 @@ impl Accel {
 /// One `--disk`: the block device's own config type.
 pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
 
+/// One `--net`: the network device's own config type.
+pub use crate::devices::virtio::net::NetConfig;
+use crate::devices::virtio::net::{tap, MacAddr};
+
 /// Splits `key=value,key=value`, rejecting unknown keys, repeated keys and
 /// items without `=`.
 pub fn parse_kv<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
@@ -106,6 +110,53 @@ fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
     Ok(DiskConfig { path, readonly })
 }
 
+/// Parses the `index`th `--net`; without `mac=`, the NIC gets
+/// [`MacAddr::generated`] from `pid` and `index`.
+fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
+    let err = |why: String| ConfigError::Net(s.to_string(), why);
+    let mut name = None;
+    let mut mac = None;
+    for (k, v) in parse_kv(s, &["tap", "mac"]).map_err(err)? {
+        match k {
+            "tap" if tap::valid_name(v) => name = Some(v.to_string()),
+            "tap" => {
+                return Err(err(format!(
+                    "'{v}' is not an interface name (1 to 15 characters, no '/', ':', '%' \
+                     or whitespace)"
+                )))
+            }
+            _ => mac = Some(v.parse::<MacAddr>().map_err(err)?),
+        }
+    }
+    let tap = name.ok_or_else(|| err("tap=NAME is required".into()))?;
+    Ok(NetConfig {
+        tap,
+        mac: mac.unwrap_or_else(|| MacAddr::generated(pid, index)),
+    })
+}
+
+/// All `--net`s: no TAP or MAC used twice.
+fn parse_nets(args: &[String], pid: u32) -> Result<Vec<NetConfig>, ConfigError> {
+    let mut nets: Vec<NetConfig> = Vec::with_capacity(args.len());
+    for (i, s) in args.iter().enumerate() {
+        let index = u8::try_from(i).map_err(|_| ConfigError::TooManyDevices(args.len()))?;
+        let n = parse_net(s, index, pid)?;
+        if let Some(other) = nets.iter().find(|o| o.tap == n.tap || o.mac == n.mac) {
+            let what = if other.tap == n.tap {
+                format!("TAP '{}'", n.tap)
+            } else {
+                format!("MAC {}", n.mac)
+            };
+            return Err(ConfigError::Net(
+                s.clone(),
+                format!("{what} is already used by another --net"),
+            ));
+        }
+        nets.push(n);
+    }
+    Ok(nets)
+}
+
 /// A fully validated VM description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -118,6 +169,7 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     pub accel: Accel,
     pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -125,7 +177,8 @@ pub enum ConfigError {
     Accel(String),
     NoHardwareVirt,
     Disk(String, String),
-    TooManyDisks(usize),
+    Net(String, String),
+    TooManyDevices(usize),
     MemorySize(String),
     MemoryTooSmall(u64),
     MemoryTooLarge { requested: u64, host: u64 },
@@ -150,9 +203,10 @@ impl fmt::Display for ConfigError {
                  or emulated to run it inside an emulated machine"
             ),
             Self::Disk(s, why) => write!(f, "invalid --disk '{s}': {why}"),
-            Self::TooManyDisks(n) => write!(
+            Self::Net(s, why) => write!(f, "invalid --net '{s}': {why}"),
+            Self::TooManyDevices(n) => write!(
                 f,
-                "{n} disks is too many: at most {MAX_DISKS} virtio devices fit"
+                "{n} disks and NICs is too many: at most {MAX_VIRTIO_DEVICES} virtio devices fit"
             ),
             Self::MemorySize(s) => write!(
                 f,
@@ -270,8 +324,9 @@ impl VmConfig {
             .iter()
             .map(|d| parse_disk(d))
             .collect::<Result<Vec<_>, _>>()?;
-        if disks.len() > MAX_DISKS {
-            return Err(ConfigError::TooManyDisks(disks.len()));
+        let nets = parse_nets(&args.nets, std::process::id())?;
+        if disks.len() + nets.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(disks.len() + nets.len()));
         }
         let kernel = args.kernel.clone().ok_or(ConfigError::NoKernel)?;
         check_readable(&kernel).map_err(|e| ConfigError::KernelMissing(kernel.clone(), e))?;
@@ -297,6 +352,7 @@ impl VmConfig {
             console,
             accel,
             disks,
+            nets,
         })
     }
 }
@@ -316,6 +372,7 @@ mod tests {
             console: "stdout".into(),
             accel: "auto".into(),
             disks: vec![],
+            nets: vec![],
         }
     }
 
@@ -393,6 +450,59 @@ mod tests {
         ] {
             assert!(parse_disk(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn nets() {
+        let n = parse_net("tap=tap0,mac=52:54:00:12:34:56", 0, 1).unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        // The default MAC differs per NIC and per process.
+        let a = parse_net("tap=tap0", 0, 1000).unwrap().mac;
+        assert_eq!(a, MacAddr::generated(1000, 0));
+        assert_ne!(a, parse_net("tap=tap1", 1, 1000).unwrap().mac);
+        assert_ne!(a, parse_net("tap=tap0", 0, 1001).unwrap().mac);
+        for bad in [
+            "",
+            "tap0",
+            "tap=",
+            "mac=52:54:00:12:34:56",
+            "tap=tap0,mac=nope",
+            "tap=tap0,mac=01:00:5e:00:00:01",
+            "tap=tap0,model=e1000",
+            "tap=tap0,tap=tap1",
+            "tap=much-too-long-name",
+            "tap=a/b",
+        ] {
+            assert!(parse_net(bad, 0, 1).is_err(), "{bad:?} should be rejected");
+        }
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let two = parse_nets(&list(&["tap=a", "tap=b"]), 7).unwrap();
+        assert_ne!(two[0].mac, two[1].mac);
+        assert!(parse_nets(&list(&["tap=a", "tap=a"]), 7).is_err());
+        assert!(parse_nets(
+            &list(&["tap=a,mac=52:54:00:00:00:01", "tap=b,mac=52:54:00:00:00:01"]),
+            7
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn too_many_devices() {
+        let k = TempFile::new().unwrap();
+        let mut a = args(k.as_path());
+        a.nets = (0..MAX_VIRTIO_DEVICES + 1)
+            .map(|i| format!("tap=t{i}"))
+            .collect();
+        assert_eq!(
+            VmConfig::from_run_args(&a, None),
+            Err(ConfigError::TooManyDevices(MAX_VIRTIO_DEVICES + 1))
+        );
+        a.nets.truncate(MAX_VIRTIO_DEVICES);
+        assert_eq!(
+            VmConfig::from_run_args(&a, None).unwrap().nets.len(),
+            MAX_VIRTIO_DEVICES
+        );
     }
 
     #[test]

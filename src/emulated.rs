@@ -151,6 +151,8 @@ impl Watchdog {
 
 #[derive(Debug)]
 pub enum EmulatedError {
+    /// `--net` asked for: the emulated machine cannot reach the host's TAPs.
+    NetNeedsKvm,
     /// The guest kernel is not something kvmini can boot.
     BadKernel(PathBuf, BootError),
     Disk(backend::Error),
@@ -178,6 +180,13 @@ impl fmt::Display for EmulatedError {
         match self {
             // The disk errors name the image themselves.
             Self::Disk(e) => write!(f, "{e}"),
+            Self::NetNeedsKvm => write!(
+                f,
+                "--net needs hardware KVM (vmx/svm): without it the VM runs inside an emulated \
+                 machine (QEMU TCG), where kvmini cannot open this host's TAP devices, so the \
+                 guest could not reach your network; run on a host with hardware \
+                 virtualization, or drop --net"
+            ),
             Self::BadKernel(p, e) => write!(
                 f,
                 "kernel '{}' cannot be booted: {e}; pass an x86_64 vmlinux (ELF) or bzImage",
@@ -510,6 +519,9 @@ fn run_inner(
 ) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
     // or booted.
+    if !config.nets.is_empty() {
+        return Err(EmulatedError::NetNeedsKvm);
+    }
     File::open(&config.kernel)
         .map_err(BootError::ReadKernel)
         .and_then(|mut f| detect_kernel(&mut f))

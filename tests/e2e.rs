@@ -567,3 +567,72 @@ fn exec_rootfs() {
     expect(&c, "wrote=", "scratch");
     expect(&c, "exec-rc=", "0");
 }
+
+/// `key=` from the output, which must be 64 hex digits (a SHA-256).
+fn sha(c: &Check, key: &str) -> String {
+    let v = c.after(key);
+    if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        c.fail(&format!("{key}{v} is not a SHA-256"));
+    }
+    v
+}
+
+/// MiB/s from `secs=T0-T1` (guest uptimes) and a size in MiB, if parseable.
+fn rate(c: &Check, secs_key: &str, mib: &str) -> Option<f64> {
+    let secs = c.after(secs_key);
+    let (t0, t1) = secs.split_once('-')?;
+    let dt = t1.parse::<f64>().ok()? - t0.parse::<f64>().ok()?;
+    Some(mib.parse::<f64>().ok()? / dt)
+}
+
+#[test]
+fn net_ping_tcp() {
+    let c = scenario("net_ping_tcp");
+    c.rc(0).shows("kvmini-guest: exit status 0");
+    // The guest got its MAC from the device's config space.
+    c.after("52:54:00:12:34:56");
+    if c.after("net-ping=") != "ok" {
+        c.fail("the guest could not ping the host side of its TAP");
+    }
+    if c.after("up-nc-rc=") != "0" {
+        c.fail("the guest's upload failed");
+    }
+    let (up, up_host) = (sha(&c, "guest-up-sha="), sha(&c, "host-up-sha="));
+    if up != up_host {
+        c.fail(&format!("upload: guest sent {up}, host got {up_host}"));
+    }
+    let (down, down_host) = (sha(&c, "guest-down-sha="), sha(&c, "host-down-sha="));
+    if down != down_host {
+        c.fail(&format!(
+            "download: host sent {down_host}, guest got {down}"
+        ));
+    }
+    // Not asserted (emulated time in the rig), but worth seeing.
+    let sizes = c.after("up-mib=");
+    let (up_mib, down_mib) = sizes
+        .split_once(" down-mib=")
+        .unwrap_or((sizes.as_str(), "0"));
+    eprintln!(
+        "net_ping_tcp: upload {up_mib} MiB at {:.1?} MiB/s, download {down_mib} MiB at {:.1?} MiB/s (guest clock)",
+        rate(&c, "up-secs=", up_mib),
+        rate(&c, "down-secs=", down_mib)
+    );
+}
+
+#[test]
+fn net_two_guests() {
+    let c = scenario("net_two_guests");
+    c.rc(0)
+        .shows("created TAP device 'ktapa'")
+        .shows("created TAP device 'ktapb'");
+    for (key, want) in [
+        ("a-ping=", "ok"),
+        ("a-sent=", "0"),
+        ("b-got=", "hello-from-a"),
+    ] {
+        let got = c.after(key);
+        if got != want {
+            c.fail(&format!("{key}{got}, expected {want}"));
+        }
+    }
+}

@@ -179,6 +179,32 @@ fn bad_kernel_fails_before_starting_qemu() {
 }
 
 #[test]
+fn net_is_refused_with_the_reason() {
+    let path = temp_path("kernel-for-net");
+    std::fs::write(&path, b"never booted\n").unwrap();
+    let (out, took) = kvmini_timed(&[
+        "run",
+        "--accel",
+        "emulated",
+        "--kernel",
+        path.to_str().unwrap(),
+        "--net",
+        "tap=kvmini-none0",
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("--net needs hardware KVM") && stderr.contains("TAP"),
+        "unclear error: {stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: QEMU was started"
+    );
+}
+
+#[test]
 fn disks_pass_through_and_keep_guest_writes() {
     let rw = temp_path("rw.img");
     let ro = temp_path("ro.img");

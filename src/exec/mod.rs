@@ -27,7 +27,7 @@ use std::time::Duration;
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::cli::{ExecArgs, RunArgs};
-use crate::config::{self, ConfigError, ConsoleConfig, VmConfig, MAX_DISKS};
+use crate::config::{self, ConfigError, ConsoleConfig, VmConfig, MAX_VIRTIO_DEVICES};
 use crate::emulated::{self, EmulatedError};
 use crate::guest::{self, GuestError};
 use crate::vmm::{self, exit::VmExit, Extras};
@@ -97,7 +97,7 @@ impl fmt::Display for ExecError {
             Self::TooManyDevices(n) => write!(
                 f,
                 "{n} disks and shares are too many: at most {} fit besides exec's consoles",
-                MAX_DISKS - EXEC_CONSOLES
+                MAX_VIRTIO_DEVICES - EXEC_CONSOLES
             ),
             Self::Config(e) => write!(f, "{e}"),
             Self::Guest(e) => write!(f, "{e}"),
@@ -216,7 +216,7 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(ExecError::Share)?;
     let devices = args.disks.len() + usize::from(args.rootfs.is_some()) + shares.len();
-    if devices + EXEC_CONSOLES > MAX_DISKS {
+    if devices + EXEC_CONSOLES > MAX_VIRTIO_DEVICES {
         return Err(ExecError::TooManyDevices(devices));
     }
     // Refuse --accel kvm here before building anything.
@@ -349,6 +349,7 @@ fn vm_config(
         cmdline: Some(cmdline),
         accel: args.accel.clone(),
         disks,
+        nets: Vec::new(),
         console: "none".into(),
     };
     VmConfig::from_run_args(&run, config::host_memory_bytes()).map_err(ExecError::Config)

@@ -11,10 +11,11 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::exit::{ExitSignal, VmExit};
 use super::Error;
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
-use crate::config::{DiskConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
 use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
@@ -176,6 +177,17 @@ impl<'a> VirtioSlots<'a> {
             let block = Block::new(disk).map_err(Error::Disk)?;
             let handler = Box::new(block.event_handler().map_err(Error::EventFd)?);
             self.add(Box::new(block), handler)?;
+        }
+        Ok(())
+    }
+
+    /// One virtio-net device per `--net`, in order (eth0, eth1, ...), each
+    /// on its TAP.
+    pub fn add_nets(&mut self, nets: &[NetConfig]) -> Result<(), Error> {
+        for net in nets {
+            let dev = Net::new(net).map_err(Error::Net)?;
+            let handler = Box::new(dev.event_handler().map_err(Error::EventFd)?);
+            self.add(Box::new(dev), handler)?;
         }
         Ok(())
     }

@@ -44,6 +44,7 @@ pub enum Error {
     SpawnVcpu(u8, std::io::Error),
     TooManyDevices(u32),
     Disk(crate::devices::virtio::block::Error),
+    Net(crate::devices::virtio::net::Error),
     IoEvent(kvm_ioctls::Error),
     EventLoop(event_manager::Error),
 }
@@ -78,6 +79,8 @@ impl fmt::Display for Error {
             Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
             // The disk errors name the image themselves.
             Self::Disk(e) => write!(f, "{e}"),
+            // So do the TAP errors.
+            Self::Net(e) => write!(f, "{e}"),
             Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
@@ -158,6 +161,7 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     let mut cmdline = builder::cmdline(config)?;
     let mut virtio = builder::VirtioSlots::new(&vm, &mem, &mut cmdline, &mut mmio, &mut events);
     virtio.add_disks(&config.disks)?;
+    virtio.add_nets(&config.nets)?;
     virtio.add_consoles(extras.consoles)?;
     let entry = builder::load_guest(&mem, config, &cmdline)?;
 

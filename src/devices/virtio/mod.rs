@@ -14,6 +14,7 @@ pub mod block;
 pub mod console;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 
 use std::fmt;
@@ -67,6 +68,8 @@ pub enum ActivateError {
     AlreadyActive,
     /// Kicking the queue handler failed.
     Io(io::Error),
+    /// The device's backend refused the negotiated setup.
+    Backend(String),
 }
 
 impl fmt::Display for ActivateError {
@@ -77,6 +80,7 @@ impl fmt::Display for ActivateError {
             }
             Self::AlreadyActive => write!(f, "device is already active"),
             Self::Io(e) => write!(f, "cannot start the queue handler: {e}"),
+            Self::Backend(e) => write!(f, "{e}"),
         }
     }
 }

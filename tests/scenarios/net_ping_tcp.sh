@@ -1,0 +1,63 @@
+# virtio-net over a TAP, in a network namespace of our own (only its
+# addresses are used): the guest pings the host side of its TAP, sends
+# NET_UP_MIB MiB of random data over TCP to a host listener, and fetches
+# NET_DOWN_MIB MiB from another; both ends print the SHA-256 of what they
+# sent and got (tests/e2e.rs compares them). The TAP exists beforehand
+# (busybox tunctl), as for an unprivileged user.
+#
+# 16 MiB, not the 64 MiB of the issue: in the nested rig 64 MiB took the
+# whole scenario 69 s on a quiet host and 120 s on a busy one, and 32 MiB
+# 123 s on a busy one, against a 90 s per-scenario timeout
+# (docs/testing.md has the figures).
+#
+# The kernel hands init at most 32 words (and ends them at a second `--`),
+# so the guest's command line only pings and fetches the rest of its
+# script from the host, over the same TAP.
+NET_UP_MIB=${NET_UP_MIB:-16}
+NET_DOWN_MIB=${NET_DOWN_MIB:-4}
+if [ -z "$KVMINI_IN_NETNS" ]; then
+    export KVMINI_IN_NETNS=1 NET_UP_MIB NET_DOWN_MIB
+    [ "$(id -u)" = 0 ] && exec unshare -n sh "$0"
+    exec unshare -rn sh "$0"
+fi
+set -e
+ip link set lo up
+tunctl -t ktap0 >/dev/null
+ip addr add 192.168.100.1/24 dev ktap0
+ip link set ktap0 up
+tmp=$(mktemp -d)
+
+cat >"$tmp/guest.sh" <<GUEST
+up() { read t x </proc/uptime; echo \$t; }
+echo up-mib=$NET_UP_MIB down-mib=$NET_DOWN_MIB
+dd if=/dev/urandom of=/tmp/up bs=1M count=$NET_UP_MIB 2>/dev/null
+echo guest-up-sha=\$(sha256sum </tmp/up | cut -c1-64)
+t0=\$(up)
+nc 192.168.100.1 5001 </tmp/up
+echo up-nc-rc=\$?
+echo up-secs=\$t0-\$(up)
+t0=\$(up)
+nc 192.168.100.1 5002 | sha256sum >/tmp/down.sum
+echo down-secs=\$t0-\$(up)
+echo guest-down-sha=\$(cut -c1-64 /tmp/down.sum)
+GUEST
+nc -l -p 5000 <"$tmp/guest.sh" &
+# An empty stdin that never ends: busybox nc half-closes on stdin EOF,
+# which would cut the guest's upload short.
+mkfifo "$tmp/hold"
+exec 3<>"$tmp/hold"
+nc -l -p 5001 <&3 | sha256sum >"$tmp/up.sum" &
+dd if=/dev/urandom of="$tmp/down" bs=1M count="$NET_DOWN_MIB" 2>/dev/null
+echo "host-down-sha=$(sha256sum <"$tmp/down" | cut -c1-64)"
+nc -l -p 5002 <"$tmp/down" &
+set +e
+"$KVMINI" run --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 320M \
+    --net tap=ktap0,mac=52:54:00:12:34:56 \
+    --cmdline "ip=192.168.100.2::192.168.100.1:255.255.255.0::eth0:off -- \
+cat /sys/class/net/eth0/address; ping -c 3 192.168.100.1 && echo net-ping=ok; \
+nc 192.168.100.1 5000 >/tmp/s; sh /tmp/s"
+rc=$?
+wait
+echo "host-up-sha=$(cut -c1-64 "$tmp/up.sum")"
+rm -rf "$tmp"
+exit $rc
