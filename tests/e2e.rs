@@ -612,6 +612,9 @@ fn net_ping_tcp() {
     let (up_mib, down_mib) = sizes
         .split_once(" down-mib=")
         .unwrap_or((sizes.as_str(), "0"));
+    if up_mib != "64" {
+        c.fail(&format!("uploaded {up_mib} MiB, the issue asks for 64"));
+    }
     eprintln!(
         "net_ping_tcp: upload {up_mib} MiB at {:.1?} MiB/s, download {down_mib} MiB at {:.1?} MiB/s (guest clock)",
         rate(&c, "up-secs=", up_mib),

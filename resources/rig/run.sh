@@ -99,7 +99,14 @@ cp "${scripts[@]}" "$root/opt/scenarios/"
 (cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
 
 # Overall budget: L1 boot + every scenario at its full timeout + slack.
-overall=$((120 + per_timeout * ${#scripts[@]}))
+# Scenarios may raise their own timeout (see scenario-runner.sh).
+overall=120 longest=$per_timeout
+for s in "${scripts[@]}"; do
+    own=$(sed -n 's/^# kvmini-scenario-timeout: *\([0-9][0-9]*\).*/\1/p' "$s" | head -n 1)
+    t=$((${own:-0} > per_timeout ? ${own:-0} : per_timeout))
+    overall=$((overall + t))
+    ((t <= longest)) || longest=$t
+done
 log "booting L1 ($(basename "$vmlinuz"), -smp $smp, ${#scripts[@]} scenarios, timeout ${overall}s)"
 start=$SECONDS
 rc=0
@@ -111,7 +118,7 @@ rc=0
 # CPU), which no timeout inside L1 can break. Such an L1 is stopped at
 # once (soft lockup), or after $stall s without any output, and run.sh
 # exits 75 (EX_TEMPFAIL): the rig failed, not necessarily kvmini.
-stall=${KVMINI_RIG_STALL:-$((per_timeout + 60))}
+stall=${KVMINI_RIG_STALL:-$((longest + 60))}
 fifo=$tmp/console
 mkfifo "$fifo"
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \

@@ -10,11 +10,17 @@
 # when hardware KVM is available. Scenarios get KVMINI, GUEST_VMLINUX,
 # GUEST_BZIMAGE, GUEST_INITRD, GUEST_EXT4 (ext4 image with the same busybox
 # tree as the initramfs) from the environment.
-timeout=$1
+# A scenario that needs longer than TIMEOUT says so in a line
+#   # kvmini-scenario-timeout: SECONDS
+# (only ever raises the timeout; run.sh budgets the rig for it).
+default_timeout=$1
 shift
 
 for s in "$@"; do
     name=$(basename "$s" .sh)
+    timeout=$default_timeout
+    own=$(sed -n 's/^# kvmini-scenario-timeout: *\([0-9][0-9]*\).*/\1/p' "$s" | head -n 1)
+    [ -n "$own" ] && [ "$own" -gt "$timeout" ] && timeout=$own
     echo "@@KVMINI-SCENARIO-BEGIN $name"
     start=$(date +%s)
     # Own session/process group, so a timeout kills the scenario AND the
