@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Host-side helpers for the benchmarks (resources/bench/*.sh). Source it
 # after resources/lib.sh.
 #
@@ -65,7 +66,7 @@ bench_rig() {
     "$RESOURCES_DIR/rig/run.sh" --kvmini "$KVMINI_BENCH_BIN" --scenarios "$sdir" \
         --timeout "$timeout" --with-qemu --data "$data" "$@" |
         tee "$log" | grep --line-buffered -E '@@(BENCH|KVMINI-RIG|KVMINI-SCENARIO)' |
-        sed -u 's/\r$//; s/^/[bench] /' >&2
+        sed -u 's/\r$//; s/\x1bc//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/^/[bench] /' >&2
     st=${PIPESTATUS[0]}
     set -e
     rm -rf "$sdir"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Source me (POSIX sh; busybox sh inside the rig's L1, or the host's with
 # --host). Starts the same guest under kvmini or under QEMU's microvm, so a
 # benchmark scenario differs between the two VMMs in one word only.
