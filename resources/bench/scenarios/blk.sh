@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC1091
 # Block benchmark, run inside the rig's L1 (or on the host with --host) by
 # resources/bench/blk.sh: the same guest (bench initramfs with fio) boots
 # under kvmini and under QEMU's microvm, each with the same raw image as

@@ -1,3 +1,4 @@
+# shellcheck shell=sh disable=SC1091
 # Boot and memory benchmark, run inside the rig's L1 (or on the host with
 # --host) by resources/bench/boot.sh. The default guest (vmlinux + busybox
 # initramfs), 1 vCPU, BENCH_MEM MiB, under kvmini and QEMU's microvm:
