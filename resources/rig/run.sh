@@ -4,6 +4,7 @@
 # has SVM (-cpu max), load kvm-amd there, and run the scenarios inside L1.
 #
 #   run.sh --kvmini PATH --scenarios DIR [--timeout SECS] [--smp N] [--host]
+#          [--with-qemu] [--data DIR]
 #
 # --kvmini     statically linked kvmini binary (it runs inside L1)
 # --scenarios  directory of *.sh scenario scripts (POSIX sh / busybox)
@@ -11,6 +12,12 @@
 # --smp        L1 vCPUs (default 2)
 # --host       run the scenarios directly on this host instead (needs
 #              vmx/svm); same output format, no L1
+# --with-qemu  also put QEMU (Debian's qemu-system-x86_64, its libraries and
+#              the microvm firmware) into L1, for benchmarks that compare
+#              kvmini with QEMU; scenarios get its path in QEMU. Off by
+#              default: it adds ~50 MB that L1 unpacks under emulation.
+# --data DIR   copy DIR's files into L1 (/opt/data); scenarios get the
+#              directory in RIG_DATA (the host's DIR with --host)
 #
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
 # resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
@@ -21,7 +28,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
 
-kvmini="" scenarios="" per_timeout=300 smp=2 host=0
+kvmini="" scenarios="" per_timeout=300 smp=2 host=0 with_qemu=0 data=""
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -29,6 +36,8 @@ while (($#)); do
     --timeout) per_timeout=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
     --host) host=1; shift ;;
+    --with-qemu) with_qemu=1; shift ;;
+    --data) data=$2; shift 2 ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
     esac
 done
@@ -37,6 +46,7 @@ done
 shopt -s nullglob
 scripts=("$scenarios"/*.sh)
 ((${#scripts[@]})) || die "no *.sh scenarios in $scenarios"
+[[ -z $data || -d $data ]] || die "--data must name a directory (got '$data')"
 
 if [[ -z ${GUEST_VMLINUX:-} || -z ${GUEST_BZIMAGE:-} || -z ${GUEST_INITRD:-} ]]; then
     kdir=$("$RESOURCES_DIR/kernel/build.sh")
@@ -53,6 +63,14 @@ if ((host)); then
     apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
     KVMINI=$(realpath "$kvmini")
+    if ((with_qemu)); then
+        apt_install qemu-system-x86
+        export QEMU=/usr/bin/qemu-system-x86_64
+    fi
+    if [[ -n $data ]]; then
+        RIG_DATA=$(realpath "$data")
+        export RIG_DATA
+    fi
     # busybox sh, as in L1: same shell for the scenarios, and dash's `kill`
     # cannot signal a process group (-PID), which the timeout watchdog needs.
     # Debian's busybox runs its own applets first (sh, setsid, kill, ...).
@@ -88,6 +106,23 @@ for tool in mke2fs debugfs; do
     ln -sf "$bin" "$root/sbin/$tool" 2>/dev/null || true
 done
 mkdir -p "$root/etc" && cp /etc/mke2fs.conf "$root/etc/"
+if ((with_qemu)); then
+    # The peer VMM for benchmarks: QEMU at its usual path (it finds its
+    # firmware in ../share/qemu), its libraries at theirs (L1's loader
+    # searches /lib/x86_64-linux-gnu), and only the firmware the microvm
+    # machine loads: qboot (its BIOS) and pvh.bin / linuxboot_dma.bin
+    # (direct kernel boot of a vmlinux / bzImage).
+    copy_with_libs "$root" /usr/bin/qemu-system-x86_64
+    mkdir -p "$root/usr/share/qemu"
+    for f in qboot.rom bios-microvm.bin pvh.bin linuxboot_dma.bin; do
+        cp -L "/usr/share/qemu/$f" "$root/usr/share/qemu/" ||
+            die "QEMU firmware /usr/share/qemu/$f missing (reinstall qemu-system-data)"
+    done
+fi
+if [[ -n $data ]]; then
+    mkdir -p "$root/opt/data"
+    cp -r "$data"/. "$root/opt/data/"
+fi
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 cp "$kvmini" "$root/opt/kvmini/kvmini"

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Block benchmark (issue 4): fio inside the guest, kvmini against QEMU's
+# microvm (virtio-blk over virtio-mmio on both), same kernel, same bench
+# initramfs, same raw image, same fio jobs, in one rig run, alternating.
+#
+#   resources/bench/blk.sh [--kvmini PATH] [--rounds N] [--runtime SECS]
+#                          [--ramp SECS] [--size MIB] [--mem MIB] [--log FILE]
+#                          [--host]
+#   resources/bench/blk.sh --parse CONSOLE_LOG    # table from a saved console
+#
+# --kvmini   static kvmini to test (default: build target/static release)
+# --rounds   boots per VMM (default 2; order alternates each round)
+# --runtime  seconds per fio job (default 10), --ramp warm-up per job (2)
+# --size     image size in MiB (default 256), --mem guest RAM (512)
+# --log      where to keep the console (default: a file in $TMPDIR, named
+#            on stderr)
+# --host     run on this host's /dev/kvm (needs vmx/svm) instead of the rig
+#
+# stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU). Progress and
+# anything that went wrong on stderr; a figure that could not be measured
+# is shown as "missing". Exit status: 0 when every figure is there, 1 when
+# some are missing, 2 usage.
+# Rig figures are emulated (TCG under L1): only the ratios mean something.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+source "$RESOURCES_DIR/bench/lib.sh"
+
+kvmini="" rounds=2 runtime=10 ramp=2 size=256 mem=512 log="" host=() parse=""
+while (($#)); do
+    case $1 in
+    --kvmini) kvmini=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --runtime) runtime=$2; shift 2 ;;
+    --ramp) ramp=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --host) host=(--host); shift ;;
+    --parse) parse=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "blk.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+for n in "$rounds" "$runtime" "$ramp" "$size" "$mem"; do
+    [[ $n =~ ^[0-9]+$ ]] || { echo "blk.sh: '$n' is not a whole number" >&2; exit 2; }
+done
+
+# fio terse v3 (one line per job: "3;fio-3.33;<job>;<group>;<error>;..."):
+# read bandwidth KiB/s is field 7, read IOPS 8; write bandwidth 48, write
+# IOPS 49 (checked against fio's JSON output). The line is searched
+# anywhere in a console line (the serial console may have put something
+# before it).
+FIO_AWK='
+inrun && match($0, /3;fio-[0-9][^;]*;/) {
+    n = split(substr($0, RSTART), f, ";")
+    if (n < 49) { printf "bench: %s round %s: truncated fio line for job %s\n", vmm, round, f[3] > "/dev/stderr"; next }
+    if (f[5] != 0) { printf "bench: %s round %s: fio job %s failed (error %s)\n", vmm, round, f[3], f[5] > "/dev/stderr"; next }
+    if (f[3] == "seq-read") emit("seq-read", f[7] / 1024)
+    else if (f[3] == "seq-write") emit("seq-write", f[48] / 1024)
+    else if (f[3] == "rand-read") emit("rand-read", f[8])
+    else if (f[3] == "rand-write") emit("rand-write", f[49])
+}
+'
+ROWS=("seq-read|seq read 1M QD4 MiB/s|higher" "seq-write|seq write 1M QD4 MiB/s|higher"
+    "rand-read|rand read 4k QD16 IOPS|higher" "rand-write|rand write 4k QD16 IOPS|higher"
+    "blk-secs|launch to exit s|lower")
+
+report() {
+    local console=$1 values missing
+    values=$(bench_parse "$console" "$FIO_AWK")
+    bench_table "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "${ROWS[@]}" <<<"$values"
+    missing=0
+    for vmm in kvmini qemu; do
+        for m in seq-read seq-write rand-read rand-write; do
+            grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
+        done
+    done
+    return "$missing"
+}
+
+if [[ -n $parse ]]; then
+    [[ -f $parse ]] || { echo "blk.sh: no such console log: $parse" >&2; exit 2; }
+    report "$parse"
+    exit
+fi
+
+bench_setup "$kvmini"
+bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
+data=$BENCH_WORK/data
+cp "$bench_initrd" "$data/bench-initramfs.cpio"
+cat >"$data/params" <<EOF
+BENCH_ROUNDS=$rounds
+BENCH_RUNTIME=$runtime
+BENCH_RAMP=$ramp
+BENCH_SIZE_MB=$size
+BENCH_MEM=$mem
+BENCH_VMMS="kvmini qemu"
+EOF
+[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-blk-$(date +%Y%m%d-%H%M%S).log
+# Budget per boot: ~4 min to boot and exit (QEMU starts slowly under
+# emulation) plus the four fio jobs.
+timeout=$((rounds * 2 * (240 + 4 * (runtime + ramp))))
+log "running $rounds round(s) of kvmini and QEMU in one rig run (console: $log; up to ${timeout}s)"
+start=$SECONDS
+rig_rc=0
+bench_rig "$log" "$BENCH_DIR/scenarios/blk.sh" "$data" "$timeout" "${host[@]}" || rig_rc=$?
+log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
+((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
+report "$log"

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Boot and memory benchmark: kvmini against QEMU's microvm in one rig run,
+# the default guest (vmlinux + busybox initramfs), 1 vCPU, 128 MiB:
+#  - launch to exit: the VMM starts, the guest runs `true`, reboots, the VMM
+#    exits; REPEATS runs per VMM, alternating; min/median/max and ratio;
+#  - VMM RSS overhead: VmRSS of the VMM process minus the resident part of
+#    its guest-RAM mapping (the guest RAM touched), sampled from
+#    /proc/PID/status and /proc/PID/smaps while the booted guest sleeps.
+#
+#   resources/bench/boot.sh [--kvmini PATH] [--repeats N] [--mem MIB]
+#                           [--log FILE] [--host]
+#   resources/bench/boot.sh --parse CONSOLE_LOG
+#
+# stdout: the table; progress on stderr; a figure that could not be
+# measured is "missing". Exit status 0 when every figure is there, 1 when
+# some are missing, 2 usage.
+# Rig figures are emulated (TCG under L1): only the ratios mean something.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+source "$RESOURCES_DIR/bench/lib.sh"
+
+kvmini="" repeats=5 mem=128 log="" host=() parse=""
+while (($#)); do
+    case $1 in
+    --kvmini) kvmini=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --host) host=(--host); shift ;;
+    --parse) parse=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "boot.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+for n in "$repeats" "$mem"; do
+    [[ $n =~ ^[0-9]+$ ]] || { echo "boot.sh: '$n' is not a whole number" >&2; exit 2; }
+done
+
+RSS_AWK='
+inrun && /@@BENCH-RSS / {
+    vmrss = guest = ""
+    for (i = 1; i <= NF; i++) {
+        if ($i ~ /^vmrss_kb=/) { vmrss = substr($i, 10) }
+        if ($i ~ /^guest_kb=/) { guest = substr($i, 10) }
+    }
+    if (vmrss == "" || guest == "" || guest == 0) {
+        printf "bench: rss %s: no guest-RAM mapping found (VmRSS %s kB), overhead unknown\n", vmm, vmrss > "/dev/stderr"
+        next
+    }
+    emit("rss-vmrss", vmrss / 1024); emit("rss-guest", guest / 1024)
+    emit("rss-overhead", (vmrss - guest) / 1024)
+}
+'
+ROWS=("boot-secs|launch to exit s|lower" "rss-overhead|VMM RSS overhead MiB|lower"
+    "rss-vmrss|VmRSS MiB|lower" "rss-guest|guest RAM touched MiB|-")
+
+report() {
+    local console=$1 values missing=0 vmm m
+    values=$(bench_parse "$console" "$RSS_AWK")
+    bench_table "Boot and memory: 1 vCPU, ${mem} MiB, default guest (kvmini vs QEMU microvm)" "${ROWS[@]}" <<<"$values"
+    for vmm in kvmini qemu; do
+        for m in boot-secs rss-overhead; do
+            grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
+        done
+    done
+    return "$missing"
+}
+
+if [[ -n $parse ]]; then
+    [[ -f $parse ]] || { echo "boot.sh: no such console log: $parse" >&2; exit 2; }
+    report "$parse"
+    exit
+fi
+
+bench_setup "$kvmini"
+cat >"$BENCH_WORK/data/params" <<EOF2
+BENCH_REPEATS=$repeats
+BENCH_MEM=$mem
+BENCH_VMMS="kvmini qemu"
+EOF2
+[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-boot-$(date +%Y%m%d-%H%M%S).log
+timeout=$(((repeats * 2 + 2) * 240))
+log "running $repeats boot(s) per VMM and one RSS run each in one rig run (console: $log; up to ${timeout}s)"
+start=$SECONDS
+rig_rc=0
+bench_rig "$log" "$BENCH_DIR/scenarios/boot.sh" "$BENCH_WORK/data" "$timeout" "${host[@]}" || rig_rc=$?
+log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
+((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
+report "$log"

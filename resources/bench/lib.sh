@@ -1,0 +1,144 @@
+# shellcheck shell=bash
+# Host-side helpers for the benchmarks (resources/bench/*.sh). Source it
+# after resources/lib.sh.
+#
+# A benchmark is: a scenario script (resources/bench/scenarios/NAME.sh) that
+# runs inside the rig's L1 next to QEMU (run.sh --with-qemu) and starts the
+# same guest under each VMM with bench_run/bench_vm (vm.sh), alternating;
+# a parser that turns the saved console into value lines
+#     <vmm> <round> <metric> <value>
+# and bench_table, which prints medians and the kvmini/QEMU ratio.
+#
+# Console markers (from vm.sh and the scenarios):
+#   @@BENCH-RUN-BEGIN <bench> <vmm> <round>
+#   @@BENCH-RUN-END <bench> <vmm> <round> rc=<n> secs=<s>
+#   @@BENCH-INFO ... / @@BENCH-ERROR ...
+
+BENCH_DIR="$RESOURCES_DIR/bench"
+REPO_DIR="$(cd "$RESOURCES_DIR/.." && pwd)"
+
+# bench_kvmini [PATH]: PATH if given (must be executable), else a freshly
+# built static release kvmini (what the rig needs). stdout: its path.
+bench_kvmini() {
+    if [[ -n ${1:-} ]]; then
+        [[ -x $1 ]] || die "--kvmini $1 is not an executable file"
+        realpath "$1"
+        return
+    fi
+    log "building a static release kvmini (cargo, target/static)"
+    (cd "$REPO_DIR" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
+        --bin kvmini --target x86_64-unknown-linux-gnu --target-dir target/static >&2) ||
+        die "cargo build of the static kvmini failed (see above)"
+    echo "$REPO_DIR/target/static/x86_64-unknown-linux-gnu/release/kvmini"
+}
+
+# bench_setup [KVMINI]: everything a benchmark run needs on the host: the
+# guest kernel and default initramfs (GUEST_VMLINUX, GUEST_BZIMAGE,
+# GUEST_INITRD, exported for run.sh), the kvmini to test
+# (KVMINI_BENCH_BIN, see bench_kvmini), and a fresh work directory
+# BENCH_WORK (removed on exit) whose data/ goes into L1 as RIG_DATA,
+# already holding vm.sh. Callers add their files and a params file there.
+bench_setup() {
+    local kdir
+    kdir=$("$RESOURCES_DIR/kernel/build.sh")
+    export GUEST_VMLINUX=$kdir/vmlinux GUEST_BZIMAGE=$kdir/bzImage
+    GUEST_INITRD=$("$RESOURCES_DIR/rootfs/build-initramfs.sh")
+    export GUEST_INITRD
+    KVMINI_BENCH_BIN=$(bench_kvmini "${1:-}")
+    BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-bench.XXXXXX")
+    # shellcheck disable=SC2064 # expand now: the path is fixed
+    trap "rm -rf '$BENCH_WORK'" EXIT
+    mkdir -p "$BENCH_WORK/data"
+    cp "$BENCH_DIR/vm.sh" "$BENCH_WORK/data/"
+}
+
+# bench_rig LOG SCENARIO DATA TIMEOUT [run.sh args...]: run one scenario in
+# the rig (kvmini from KVMINI_BENCH_BIN) with QEMU and DATA in L1; the whole console goes to LOG, and the
+# benchmark's markers are echoed to stderr as progress. Returns run.sh's
+# status (non-zero when the rig failed; the log keeps whatever ran).
+bench_rig() {
+    local log=$1 scenario=$2 data=$3 timeout=$4
+    shift 4
+    local sdir st
+    sdir=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-bench-scenario.XXXXXX")
+    cp "$scenario" "$sdir/"
+    set +e
+    "$RESOURCES_DIR/rig/run.sh" --kvmini "$KVMINI_BENCH_BIN" --scenarios "$sdir" \
+        --timeout "$timeout" --with-qemu --data "$data" "$@" |
+        tee "$log" | grep --line-buffered -E '@@(BENCH|KVMINI-RIG|KVMINI-SCENARIO)' |
+        sed -u 's/\r$//; s/\x1bc//g; s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/^/[bench] /' >&2
+    st=${PIPESTATUS[0]}
+    set -e
+    rm -rf "$sdir"
+    return "$st"
+}
+
+# The generic part of every console parser (awk): strips CRs, tracks the
+# run a line belongs to (bench, vmm, round; inrun is 1 between its markers).
+# Bench-specific rules appended to it call emit(metric, value) while inrun;
+# the values of a run are printed only if its VMM exited 0 (then followed by
+# "<vmm> <round> <bench>-secs <s>", launch to exit); a failed or unfinished
+# run is reported on stderr and contributes nothing.
+BENCH_AWK_RUNS='
+function emit(metric, value) { runbuf = runbuf vmm " " round " " metric " " value "\n" }
+{ sub(/\r$/, "") }
+/@@BENCH-RUN-BEGIN / {
+    split(substr($0, index($0, "@@BENCH-RUN-BEGIN ")), w, " ")
+    if (inrun) printf "bench: %s %s round %s did not finish\n", bench, vmm, round > "/dev/stderr"
+    bench = w[2]; vmm = w[3]; round = w[4]; inrun = 1; runbuf = ""; next
+}
+/@@BENCH-RUN-END / {
+    split(substr($0, index($0, "@@BENCH-RUN-END ")), w, " ")
+    rc = w[5]; sub(/^rc=/, "", rc); secs = w[6]; sub(/^secs=/, "", secs)
+    if (rc == 0) printf "%s%s %s %s-secs %s\n", runbuf, vmm, round, bench, secs
+    else printf "bench: %s %s round %s: the VMM exited with status %s (its figures are left out)\n", bench, vmm, round, rc > "/dev/stderr"
+    inrun = 0; runbuf = ""; next
+}
+/@@BENCH-ERROR / { print "bench: " substr($0, index($0, "@@BENCH-ERROR ") + 14) > "/dev/stderr" }
+END { if (inrun) printf "bench: %s %s round %s did not finish (console ends)\n", bench, vmm, round > "/dev/stderr" }
+'
+
+# bench_parse LOG AWK_RULES: value lines "<vmm> <round> <metric> <value>".
+bench_parse() {
+    awk "$BENCH_AWK_RUNS $2" "$1"
+}
+
+# bench_table TITLE SPEC... < value lines: one row per SPEC
+# "metric|label|better" (better: higher or lower), columns kvmini, QEMU
+# (median over the runs, "(min-max)" when there are several), the ratio
+# kvmini/QEMU of the medians and how many runs gave each figure. A metric with no value for a VMM is shown as
+# "missing", never as a number.
+bench_table() {
+    local title=$1
+    shift
+    local specs
+    specs=$(printf '%s\n' "$@")
+    awk -v title="$title" -v specs="$specs" '
+    function fmt(x) { return (x >= 100) ? sprintf("%.0f", x) : (x >= 10) ? sprintf("%.1f", x) : sprintf("%.2f", x) }
+    function cell(m, v,    k, i, j, t, a, n) {
+        k = m SUBSEP v; n = cnt[k]
+        if (n == 0) return "missing"
+        for (i = 1; i <= n; i++) a[i] = val[k, i]
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j > 0 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        med[k] = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        return (n == 1) ? fmt(med[k]) : fmt(med[k]) " (" fmt(a[1]) "-" fmt(a[n]) ")"
+    }
+    { k = $3 SUBSEP $1; cnt[k]++; val[k, cnt[k]] = $4 + 0 }
+    END {
+        printf "%s\n\n", title
+        printf "| %-26s | %-22s | %-22s | %-11s | %-6s | %-4s |\n", "metric", "kvmini", "QEMU", "kvmini/QEMU", "better", "runs"
+        printf "|%s|%s|%s|%s|%s|%s|\n", "----------------------------", "------------------------", "------------------------", "-------------", "--------", "------"
+        ns = split(specs, s, "\n")
+        for (i = 1; i <= ns; i++) {
+            if (s[i] == "") continue
+            split(s[i], f, "|")
+            a = cell(f[1], "kvmini"); b = cell(f[1], "qemu")
+            ratio = "-"
+            if (a != "missing" && b != "missing" && med[f[1] SUBSEP "qemu"] > 0)
+                ratio = sprintf("%.2f", med[f[1] SUBSEP "kvmini"] / med[f[1] SUBSEP "qemu"])
+            runs = (cnt[f[1] SUBSEP "kvmini"] + 0) "/" (cnt[f[1] SUBSEP "qemu"] + 0)
+            printf "| %-26s | %-22s | %-22s | %-11s | %-6s | %-4s |\n", f[2], a, b, ratio, f[3], runs
+        }
+        printf "\nCells: median (min-max) over the runs; runs: kvmini/QEMU runs that gave the figure.\n"
+    }'
+}

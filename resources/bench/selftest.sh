@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Self-check of the benchmarks' console parsing and table (no VM, no rig):
+# feeds saved consoles from real rig runs (resources/bench/testdata/*.log)
+# and an edited one with failed runs to blk.sh/boot.sh --parse and compares
+# the tables with the expected ones (*.table). Prints "N passed, N failed".
+#   resources/bench/selftest.sh [--update]   # --update rewrites the *.table
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+data=$here/testdata
+update=0
+[[ ${1:-} == --update ]] && update=1
+
+pass=0 fail=0
+check() { # NAME EXPECTED_STATUS SCRIPT LOG
+    local name=$1 want=$2 script=$3 log=$4 got st=0
+    got=$("$here/$script" --parse "$data/$log" 2>/dev/null) || st=$?
+    if ((update)); then
+        printf '%s\n' "$got" >"$data/$name.table"
+    fi
+    if [[ $st != "$want" ]]; then
+        echo "FAIL $name: exit status $st, expected $want"
+        fail=$((fail + 1))
+    elif ! diff -u "$data/$name.table" <(printf '%s\n' "$got"); then
+        echo "FAIL $name: table differs from $data/$name.table (above)"
+        fail=$((fail + 1))
+    else
+        echo "ok   $name"
+        pass=$((pass + 1))
+    fi
+}
+
+# A complete block run: every figure present, exit 0.
+check blk-complete 0 blk.sh blk-rig.log
+# The same console with QEMU's second run failing (rc=1) and kvmini's second
+# run cut off before its END marker: those runs count for nothing, the
+# figures come from the other runs, none is invented.
+check blk-failed-runs 0 blk.sh blk-rig-failed.log
+# Only failed runs for QEMU: its figures are "missing", exit 1.
+check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
+# Boot and RSS run.
+check boot-complete 0 boot.sh boot-rig.log
+
+echo "$pass passed, $fail failed"
+((fail == 0))

@@ -1,0 +1,119 @@
+# shellcheck shell=sh
+# Source me (POSIX sh; busybox sh inside the rig's L1, or the host's with
+# --host). Starts the same guest under kvmini or under QEMU's microvm, so a
+# benchmark scenario differs between the two VMMs in one word only.
+#
+#   bench_vm --vmm kvmini|qemu [--mem MIB] [--cpus N] [--kernel VMLINUX]
+#            [--initrd CPIO] [--kparams "KERNEL PARAMS"] [--disk IMG[,readonly=on]]...
+#            -- GUEST COMMAND...
+#
+# The guest command runs under resources/rootfs/init (sh -c), whose
+# "kvmini-guest: exit status N" closes the guest's output. The console goes
+# to stdout; bench_vm returns the VMM's exit status (0 = the guest rebooted).
+# Both VMMs get: the same kernel, initramfs and command line
+# (console=ttyS0 reboot=k panic=1 KPARAMS -- COMMAND), the same RAM and vCPUs,
+# and the same disk images as virtio-blk over virtio-mmio (/dev/vda, ...).
+#
+#   bench_run BENCH VMM ROUND bench_vm ...
+#
+# runs the command between two markers the host-side parser
+# (resources/bench/lib.sh) understands, timed with L1's clock:
+#   @@BENCH-RUN-BEGIN <bench> <vmm> <round>
+#   @@BENCH-RUN-END <bench> <vmm> <round> rc=<n> secs=<s.ss>
+#
+# Needs KVMINI and, for --vmm qemu, QEMU in the environment (run.sh
+# --with-qemu sets it).
+
+# QEMU's microvm (QEMU 7.2) puts its virtio-mmio transports at
+# 0xfeb00000 + i * 512, IRQ 5 + i, i = 0..7, and hands them to devices from
+# the top: the first -device gets 0xfeb00e00 (IRQ 12), the second 0xfeb00c00
+# (IRQ 11), ... Its auto-kernel-cmdline would *append* the matching
+# virtio_mmio.device= parameters, i.e. after our "--", where they reach the
+# guest's init instead of the kernel; so we turn it off and place them
+# before "--" ourselves (as kvmini does).
+bench_qemu_mmio() {
+    _i=$1
+    printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00e00 - _i * 512)) $((12 - _i))
+}
+
+bench_vm() {
+    _vmm="" _mem=512 _cpus=1 _kernel=${GUEST_VMLINUX:-} _initrd=${GUEST_INITRD:-} _kparams=""
+    _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio=""
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --vmm) _vmm=$2; shift 2 ;;
+        --mem) _mem=$2; shift 2 ;;
+        --cpus) _cpus=$2; shift 2 ;;
+        --kernel) _kernel=$2; shift 2 ;;
+        --initrd) _initrd=$2; shift 2 ;;
+        --kparams) _kparams=$2; shift 2 ;;
+        --disk)
+            _path=${2%%,*} _ro=off
+            case $2 in *,readonly=on) _ro=on ;; esac
+            if [ $_ro = on ]; then
+                _kvmini_disks="$_kvmini_disks --disk path=$_path,readonly=on"
+            else
+                _kvmini_disks="$_kvmini_disks --disk path=$_path"
+            fi
+            _qemu_disks="$_qemu_disks -drive id=d$_ndisk,file=$_path,format=raw,if=none,readonly=$_ro"
+            _qemu_disks="$_qemu_disks -device virtio-blk-device,drive=d$_ndisk"
+            _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk)"
+            _ndisk=$((_ndisk + 1))
+            shift 2
+            ;;
+        --) shift; break ;;
+        *) echo "bench_vm: unknown option $1" >&2; return 2 ;;
+        esac
+    done
+    [ -n "$_kernel" ] || { echo "bench_vm: no --kernel (and no GUEST_VMLINUX)" >&2; return 2; }
+    _initrd_kvmini="" _initrd_qemu=""
+    if [ -n "$_initrd" ]; then
+        _initrd_kvmini="--initrd $_initrd" _initrd_qemu="-initrd $_initrd"
+    fi
+    case $_vmm in
+    kvmini)
+        # kvmini prepends "console=ttyS0 reboot=k panic=1" itself and puts its
+        # own virtio_mmio.device= parameters before "--".
+        # shellcheck disable=SC2086 # word lists built above (paths have no spaces)
+        "$KVMINI" run --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
+            $_kvmini_disks --cmdline "$_kparams -- $*"
+        ;;
+    qemu)
+        [ -n "${QEMU:-}" ] || { echo "bench_vm: QEMU is not set (run.sh --with-qemu)" >&2; return 2; }
+        # Stock QEMU settings apart from what the guest needs: KVM, microvm
+        # without ACPI (our kernel has none) and with modern (virtio 1.x)
+        # virtio-mmio like kvmini's, the serial console on stdout,
+        # -no-reboot so the guest's reboot ends QEMU. Disks use QEMU's
+        # defaults (cache=writeback, aio=threads).
+        # -device i8042: microvm has no keyboard controller, so the guest's
+        # reboot=k spins in kb_wait() on port 0x64 (~650,000 port reads,
+        # each a VM exit; ~200 s in the rig) before falling back to a BIOS
+        # reset. kvmini has an i8042 for exactly this reset.
+        # shellcheck disable=SC2086
+        "$QEMU" -M microvm,acpi=off,auto-kernel-cmdline=off -accel kvm -cpu host \
+            -m "$_mem" -smp "$_cpus" -nodefaults -no-user-config -display none -no-reboot \
+            -serial stdio -device i8042 -global virtio-mmio.force-legacy=false \
+            -kernel "$_kernel" $_initrd_qemu $_qemu_disks \
+            -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
+        ;;
+    *) echo "bench_vm: --vmm must be kvmini or qemu (got '$_vmm')" >&2; return 2 ;;
+    esac
+}
+
+# Seconds since boot with centiseconds, from the kernel (busybox date has
+# no sub-second format).
+bench_now() {
+    cut -d' ' -f1 /proc/uptime
+}
+
+bench_run() {
+    _bench=$1 _bvmm=$2 _round=$3
+    shift 3
+    echo "@@BENCH-RUN-BEGIN $_bench $_bvmm $_round"
+    _t0=$(bench_now)
+    "$@"
+    _rc=$?
+    _t1=$(bench_now)
+    echo "@@BENCH-RUN-END $_bench $_bvmm $_round rc=$_rc secs=$(echo "$_t0 $_t1" | awk '{ printf "%.2f", $2 - $1 }')"
+    return $_rc
+}
