@@ -222,6 +222,7 @@ pub fn create_vcpus(
     if usize::from(count) > max {
         return Err(Error::TooManyVcpus(count, max));
     }
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::Cpuid)?;
@@ -232,7 +233,7 @@ pub fn create_vcpus(
                 .create_vcpu(u64::from(index))
                 .map_err(|e| Error::CreateVcpu(index, e))?;
             let mut cpuid = supported.clone();
-            cpuid::filter_cpuid(&mut cpuid, index, count);
+            cpuid::filter_cpuid(&mut cpuid, index, count, tsc_deadline);
             arch::configure_vcpu(mem, &fd, &cpuid, entry, index == 0)
                 .map_err(|e| Error::ConfigureVcpu(index, e))?;
             Ok(Vcpu {

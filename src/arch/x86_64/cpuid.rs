@@ -27,6 +27,11 @@ const TOPOLOGY_SUBLEAVES: u32 = 3;
 
 /// Leaf 0x1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX.TSC_DEADLINE: KVM emulates the LAPIC's TSC-deadline mode
+/// (KVM_CAP_TSC_DEADLINE_TIMER) but leaves the bit out of its supported
+/// CPUID. Without it the guest calibrates the LAPIC timer against the PIT,
+/// slowly, and under nested emulation may give the LAPIC timer up.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 0x1 EDX: multi-threading (more than one logical processor per package).
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size, in 8-byte units (64 bytes).
@@ -47,13 +52,16 @@ fn apic_id_shift(count: u8) -> u32 {
     }
 }
 
-fn filter_features(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8) {
+fn filter_features(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8, tsc_deadline: bool) {
     // EBX[7:0] brand index is kept; CLFLUSH size, logical processor count and APIC id are ours.
     e.ebx = (e.ebx & 0xff)
         | (CLFLUSH_SIZE << 8)
         | (u32::from(cpu_count) << 16)
         | (u32::from(cpu_index) << 24);
     e.ecx |= ECX_HYPERVISOR;
+    if tsc_deadline {
+        e.ecx |= ECX_TSC_DEADLINE;
+    }
     if cpu_count > 1 {
         e.edx |= EDX_HTT;
     } else {
@@ -144,12 +152,12 @@ fn complete_topology_leaf(cpuid: &mut CpuId, leaf: u32) {
 /// Adjusts `cpuid` (as returned by KVM_GET_SUPPORTED_CPUID) for vCPU `cpu_index` of
 /// `cpu_count`: one package of `cpu_count` single-threaded cores. KVM's hypervisor leaves
 /// (0x4000_0000.., "KVMKVMKVM", kvm-clock) are kept.
-pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8) {
+pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8, tsc_deadline: bool) {
     complete_topology_leaf(cpuid, LEAF_TOPOLOGY);
     complete_topology_leaf(cpuid, LEAF_TOPOLOGY_V2);
     for e in cpuid.as_mut_slice() {
         match e.function {
-            LEAF_FEATURES => filter_features(e, cpu_index, cpu_count),
+            LEAF_FEATURES => filter_features(e, cpu_index, cpu_count, tsc_deadline),
             LEAF_CACHE_PARAMS => filter_cache_params(e, cpu_count),
             LEAF_POWER => {
                 e.eax &= EAX_ARAT;
@@ -238,7 +246,7 @@ mod tests {
     #[test]
     fn leaf1_apic_id_count_clflush_hypervisor() {
         let mut c = sample();
-        filter_cpuid(&mut c, 3, 4);
+        filter_cpuid(&mut c, 3, 4, false);
         let e = find(&c, 1, 0);
         assert_eq!(e.ebx >> 24, 3);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
@@ -250,9 +258,23 @@ mod tests {
     }
 
     #[test]
+    fn leaf1_tsc_deadline_when_kvm_emulates_it() {
+        let mut c = sample();
+        c.as_mut_slice()
+            .iter_mut()
+            .filter(|e| e.function == 1)
+            .for_each(|e| e.ecx &= !ECX_TSC_DEADLINE);
+        let mut without = c.clone();
+        filter_cpuid(&mut without, 0, 1, false);
+        assert_eq!(find(&without, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+        filter_cpuid(&mut c, 0, 1, true);
+        assert_ne!(find(&c, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
     fn leaf1_single_cpu_clears_htt() {
         let mut c = sample();
-        filter_cpuid(&mut c, 0, 1);
+        filter_cpuid(&mut c, 0, 1, false);
         let e = find(&c, 1, 0);
         assert_eq!(e.edx & EDX_HTT, 0);
         assert_eq!(e.edx & 1, 1);
@@ -262,7 +284,7 @@ mod tests {
     #[test]
     fn leaf4_cores_and_cache_sharing() {
         let mut c = sample();
-        filter_cpuid(&mut c, 0, 6);
+        filter_cpuid(&mut c, 0, 6, false);
         for sub in 0..3 {
             let e = find(&c, 4, sub);
             assert_eq!(e.eax >> 26, 5, "subleaf {sub}");
@@ -275,7 +297,7 @@ mod tests {
     #[test]
     fn leaf4_cores_capped_at_64() {
         let mut c = sample();
-        filter_cpuid(&mut c, 0, 200);
+        filter_cpuid(&mut c, 0, 200, false);
         assert_eq!(find(&c, 4, 0).eax >> 26, 63);
         assert_eq!((find(&c, 4, 2).eax >> 14) & 0xfff, 199);
     }
@@ -283,7 +305,7 @@ mod tests {
     #[test]
     fn topology_leaves() {
         let mut c = sample();
-        filter_cpuid(&mut c, 2, 5);
+        filter_cpuid(&mut c, 2, 5, false);
         for leaf in [0xb, 0x1f] {
             let smt = find(&c, leaf, 0);
             assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
@@ -298,7 +320,7 @@ mod tests {
     fn missing_topology_subleaves_are_added() {
         // What KVM reports on an AMD host: leaf 0xB with subleaf 0 only, all zero.
         let mut c = CpuId::from_entries(&[entry(0x1, 0, [0; 4]), entry(0xb, 0, [0; 4])]).unwrap();
-        filter_cpuid(&mut c, 1, 4);
+        filter_cpuid(&mut c, 1, 4, false);
         assert_eq!(c.as_slice().len(), 4);
         let core = find(&c, 0xb, 1);
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 1));
@@ -318,7 +340,7 @@ mod tests {
             entry(0x8000_001e, 0, [0, 0x100, 0x101, 0]),
         ])
         .unwrap();
-        filter_cpuid(&mut c, 5, 6);
+        filter_cpuid(&mut c, 5, 6, false);
         assert_eq!(find(&c, 0x8000_0008, 0).ecx, (3 << 12) | 5);
         assert_eq!(find(&c, 0x8000_0008, 0).eax, 0x3030);
         assert_eq!((find(&c, 0x8000_001d, 0).eax >> 14) & 0xfff, 0);
@@ -348,7 +370,7 @@ mod tests {
     #[test]
     fn power_and_perfmon_cleared() {
         let mut c = sample();
-        filter_cpuid(&mut c, 0, 1);
+        filter_cpuid(&mut c, 0, 1, false);
         let pm = find(&c, 6, 0);
         assert_eq!((pm.eax, pm.ecx), (EAX_ARAT, 0));
         let perf = find(&c, 0xa, 0);
@@ -359,7 +381,7 @@ mod tests {
     fn other_leaves_untouched() {
         let before = sample();
         let mut c = sample();
-        filter_cpuid(&mut c, 1, 2);
+        filter_cpuid(&mut c, 1, 2, false);
         for leaf in [0x0, 0x4000_0000] {
             let (a, b) = (find(&before, leaf, 0), find(&c, leaf, 0));
             assert_eq!((a.eax, a.ebx, a.ecx, a.edx), (b.eax, b.ebx, b.ecx, b.edx));
@@ -375,7 +397,7 @@ mod tests {
         let mut c = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .unwrap();
-        filter_cpuid(&mut c, 1, 2);
+        filter_cpuid(&mut c, 1, 2, false);
         let e = find(&c, 1, 0);
         assert_eq!(e.ebx >> 24, 1);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);

@@ -144,7 +144,7 @@ mod tests {
         for i in 0..2u8 {
             let vcpu = vm.create_vcpu(u64::from(i)).unwrap();
             let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-            cpuid::filter_cpuid(&mut cpuid, i, 2);
+            cpuid::filter_cpuid(&mut cpuid, i, 2, false);
             configure_vcpu(&mem, &vcpu, &cpuid, entry, i == 0).unwrap();
             assert_eq!(vcpu.get_regs().unwrap().rip, 0x100_0000);
             let got = vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
@@ -218,7 +218,7 @@ mod tests {
         mptable::setup_mptable(&mem, 1).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
-        cpuid::filter_cpuid(&mut cpuid, 0, 1);
+        cpuid::filter_cpuid(&mut cpuid, 0, 1, false);
         configure_vcpu(&mem, &vcpu, &cpuid, kernel.entry, true).unwrap();
 
         let mut vcpu = vcpu;
