@@ -52,6 +52,10 @@ if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
     step_done
 fi
 
+step "benchmark scripts' self-check"
+resources/bench/selftest.sh
+step_done
+
 step "cargo test"
 cargo test
 step_done
