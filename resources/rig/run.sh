@@ -59,7 +59,7 @@ if ((host)); then
     exec /bin/busybox sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
 fi
 
-apt_install qemu-system-x86 busybox-static cpio e2fsprogs
+apt_install qemu-system-x86 busybox-static cpio e2fsprogs crun
 l1=$("$RIG/l1-kernel.sh")
 vmlinuz=$(echo "$l1"/boot/vmlinuz-*)
 moddir=$(echo "$l1"/lib/modules/*/kernel)
@@ -88,6 +88,8 @@ for tool in mke2fs debugfs; do
     ln -sf "$bin" "$root/sbin/$tool" 2>/dev/null || true
 done
 mkdir -p "$root/etc" && cp /etc/mke2fs.conf "$root/etc/"
+# crun (with its libraries) for the container side of `kvmini bench`.
+copy_with_libs "$root" "$(command -v crun)"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 cp "$kvmini" "$root/opt/kvmini/kvmini"
