@@ -248,6 +248,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
                         cpus: args.cpus,
                         hide_unified,
                         cgroup,
+                        no_pivot: container::root_is_initramfs(),
                     })
                 })
                 .map(|c| Box::new(c) as Box<dyn Env>),

@@ -28,6 +28,20 @@ pub struct ContainerEnv {
     /// Run crun under `unshare -m` without the cgroup2 mount (see above).
     pub hide_unified: bool,
     pub cgroup: String,
+    /// The host's root is an initramfs (the rig's L1), where pivot_root(2)
+    /// fails: crun must chroot instead (`--no-pivot`).
+    pub no_pivot: bool,
+}
+
+/// Whether `/` is the kernel's initramfs (`rootfs`), from /proc/mounts.
+pub fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .rfind(|l| l.split_whitespace().nth(1) == Some("/"))
+                .is_some_and(|l| l.split_whitespace().nth(2) == Some("rootfs"))
+        })
+        .unwrap_or(false)
 }
 
 /// How this host's cgroups look, or why a container cannot get limits.
@@ -166,8 +180,16 @@ impl Env for ContainerEnv {
     fn describe(&self) -> String {
         format!(
             "{}, OCI bundle from the guest's root tree, namespaces pid/ipc/uts/mount/network/\
-             cgroup, limits memory {} MiB and CPU quota {} ({})",
-            self.version, self.memory_mib, self.cpus, self.cgroup
+             cgroup, limits memory {} MiB and CPU quota {} ({}){}",
+            self.version,
+            self.memory_mib,
+            self.cpus,
+            self.cgroup,
+            if self.no_pivot {
+                "; --no-pivot (the host's root is an initramfs)"
+            } else {
+                ""
+            }
         )
     }
 
@@ -179,7 +201,11 @@ impl Env for ContainerEnv {
         std::fs::write(bundle.join("config.json"), config)
             .map_err(|e| format!("cannot write the OCI config: {e}"))?;
         let mut cmd = self.crun_cmd();
-        cmd.arg("run").arg("--bundle").arg(&bundle).arg(id);
+        cmd.arg("run");
+        if self.no_pivot {
+            cmd.arg("--no-pivot");
+        }
+        cmd.arg("--bundle").arg(&bundle).arg(id);
         Ok(cmd)
     }
 
