@@ -107,13 +107,7 @@ pub fn fmt_num(v: f64) -> String {
 }
 
 fn fmt_ratio(r: f64) -> String {
-    if r >= 100.0 {
-        format!("x{r:.0}")
-    } else if r >= 10.0 {
-        format!("x{r:.1}")
-    } else {
-        format!("x{r:.2}")
-    }
+    format!("x{}", fmt_num(r))
 }
 
 impl Report {
@@ -352,5 +346,6 @@ mod tests {
         assert_eq!(fmt_num(0.0), "0");
         assert_eq!(fmt_ratio(1.234), "x1.23");
         assert_eq!(fmt_ratio(1234.0), "x1234");
+        assert_eq!(fmt_ratio(0.0019), "x0.002", "small ratios keep a digit");
     }
 }
