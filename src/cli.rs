@@ -44,6 +44,97 @@ pub enum Command {
         after_help = "Examples:\n  kvmini exec -- uname -r\n  kvmini exec --cpus 2 --memory 1G --timeout 10m \\\n      --share ./build:/mnt/build -- /mnt/build/run-tests.sh"
     )]
     Exec(ExecArgs),
+
+    /// Measure a kvmini VM against a container and the bare host.
+    ///
+    /// Runs the same workloads (the busybox of the guest's root filesystem)
+    /// in a kvmini VM (`kvmini exec`), in a container (crun, an OCI bundle
+    /// of the same root tree, cgroup limits matching the VM) and as a plain
+    /// host process; prints a table (median [min..max], ratio to the host),
+    /// optionally JSON and a PNG chart. Progress goes to stderr. An
+    /// environment or workload that cannot run here is shown as "not run"
+    /// with the reason, never as a number.
+    ///
+    /// Exit status: 0 the report is complete; 3 it was written but some
+    /// measurements failed (the table says which and why); 1 the bench
+    /// could not run.
+    #[command(
+        after_help = "Examples:\n  kvmini bench\n  kvmini bench --workloads startup,memory,cpu --repeat 10 \\\n      --json results.json --chart results.png"
+    )]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads, comma-separated: startup, memory, cpu, block, network,
+    /// density, or all.
+    #[arg(long, value_name = "LIST", default_value = "all")]
+    pub workloads: String,
+
+    /// Environments, comma-separated: vm, container, host.
+    #[arg(long, value_name = "LIST", default_value = "vm,container,host")]
+    pub envs: String,
+
+    /// Measured runs per workload and environment (min/median/max of these).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub repeat: usize,
+
+    /// Runs before those, discarded (caches, first-use builds).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub warmup: usize,
+
+    /// Also write the report as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Also draw the report as a PNG chart at PATH.
+    #[arg(long, value_name = "PATH")]
+    pub chart: Option<PathBuf>,
+
+    /// Guest kernel for the VM (default: kvmini's default guest kernel).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Root filesystem for all three environments: an initramfs (gzip'd or
+    /// plain newc cpio) with busybox. The VM boots it; it is unpacked for
+    /// the container's bundle and the host's runs. Default: kvmini's
+    /// default guest initramfs.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Guest RAM of the VM, and the container's memory limit.
+    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// vCPUs of the VM, and the container's CPU quota.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// How the VM runs: `auto`, `kvm`, `emulated` or `kvm-any`, as for
+    /// `run`. The report names the mode used.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub accel: String,
+
+    /// Data hashed by the CPU workload (sha256 of this many zero bytes).
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub cpu_work: String,
+
+    /// Working set of the memory workload's second measurement.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub working_set: String,
+
+    /// Idle instances started at once by the density workload.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub density: usize,
+
+    /// Memory budget the density workload divides by the measured
+    /// per-instance memory.
+    #[arg(long, value_name = "SIZE", default_value = "4G")]
+    pub budget: String,
+
+    /// Longest one instance may take (seconds, or with s, m, h).
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 //! that the tests can reach the pieces directly.
 
 pub mod arch;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod devices;

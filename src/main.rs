@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Exec(args) => ExitCode::from(kvmini::exec::main(args)),
+        Command::Bench(args) => ExitCode::from(kvmini::bench::main(args)),
         Command::Run(mut args) => {
             if args.kernel.is_none() {
                 match kvmini::guest::default_guest() {

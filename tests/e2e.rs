@@ -639,3 +639,63 @@ fn net_two_guests() {
         }
     }
 }
+
+/// The cells of one table row of `kvmini bench` (columns are separated by
+/// at least two spaces; metric names use single spaces).
+fn bench_row<'a>(c: &Check<'a>, workload: &str, metric_prefix: &str) -> Vec<String> {
+    let line =
+        c.s.lines
+            .iter()
+            .find(|l| {
+                l.strip_prefix(workload)
+                    .is_some_and(|rest| rest.trim_start().starts_with(metric_prefix))
+            })
+            .unwrap_or_else(|| c.fail(&format!("no table row {workload} / {metric_prefix}")));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bench_smoke() {
+    let c = scenario("bench_smoke");
+    c.rc(0);
+    expect(&c, "bench-rc=", "0");
+    // 7 rows (startup 2, memory 2, cpu 1, density 2) x 3 environments.
+    expect(&c, "bench-measured-cells=", "21");
+    let measured = [
+        ("startup", "launch to first output"),
+        ("startup", "launch to exit"),
+        ("memory", "overhead, idle"),
+        ("memory", "overhead, 64 MiB"),
+        ("cpu", "sha256 of 4 MiB"),
+        ("density", "host memory per idle"),
+        ("density", "idle instances in"),
+    ];
+    for (w, m) in measured {
+        let cells = bench_row(&c, w, m);
+        // workload, metric, unit, vm, container, host
+        if cells.len() != 6 {
+            c.fail(&format!("{w} / {m}: expected 6 columns, got {cells:?}"));
+        }
+        for cell in &cells[3..] {
+            let first = cell.split_whitespace().next().unwrap_or("");
+            if first.parse::<f64>().is_err() {
+                c.fail(&format!(
+                    "{w} / {m}: cell {cell:?} is not a measured number"
+                ));
+            }
+        }
+    }
+    // Skipped visibly, with the documented reasons.
+    for (w, m) in [("block", "sequential read"), ("network", "TCP throughput")] {
+        let cells = bench_row(&c, w, m);
+        if !cells[3..].iter().all(|s| s.starts_with("not run [")) {
+            c.fail(&format!("{w} / {m}: expected visible skips, got {cells:?}"));
+        }
+    }
+    c.shows("vm: kvmini has no network device yet")
+        .shows("the root filesystem has no fio");
+}

@@ -77,7 +77,7 @@ if ((host)); then
     exec /bin/busybox sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
 fi
 
-apt_install qemu-system-x86 busybox-static cpio e2fsprogs
+apt_install qemu-system-x86 busybox-static cpio e2fsprogs crun
 l1=$("$RIG/l1-kernel.sh")
 vmlinuz=$(echo "$l1"/boot/vmlinuz-*)
 moddir=$(echo "$l1"/lib/modules/*/kernel)
@@ -123,6 +123,8 @@ if [[ -n $data ]]; then
     mkdir -p "$root/opt/data"
     cp -r "$data"/. "$root/opt/data/"
 fi
+# crun (with its libraries) for the container side of `kvmini bench`.
+copy_with_libs "$root" "$(command -v crun)"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 cp "$kvmini" "$root/opt/kvmini/kvmini"

@@ -1,0 +1,478 @@
+//! `kvmini bench`: the same workloads in a kvmini VM, in a crun container
+//! and on the bare host, side by side (see docs/vm-vs-container.md).
+//!
+//! - [`env`]: the three environments (launch, watch, measure, stop);
+//! - [`workloads`]: what runs and how each number is taken;
+//! - [`stats`]: min/median/max; [`report`]: table and JSON; [`chart`]: PNG.
+//!
+//! Nothing is ever reported as a number unless it was measured: an
+//! environment that cannot exist here, or a workload that cannot run in it,
+//! shows "not run" with the reason; a run that failed shows why.
+
+pub mod chart;
+pub mod env;
+pub mod report;
+pub mod stats;
+pub mod workloads;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use vmm_sys_util::tempdir::TempDir;
+
+use crate::arch::x86_64::cpuid::host_has_hw_virt;
+use crate::cli::BenchArgs;
+use crate::config::{self, Accel};
+use crate::guest;
+use env::container::{self, ContainerEnv};
+use env::host::HostEnv;
+use env::vm::VmEnv;
+use env::{Env, EnvKind};
+use report::{Cell, HostInfo, Meta, Report, Row};
+use stats::Summary;
+use workloads::{Ids, Settings, Workload};
+
+/// `kvmini bench`'s exit codes.
+pub mod code {
+    /// The report is complete: every cell measured or visibly skipped.
+    pub const OK: u8 = 0;
+    /// The bench could not run at all (bad arguments, no guest).
+    pub const ERROR: u8 = 1;
+    /// The report was written, but some measurements failed (see it).
+    pub const SOME_FAILED: u8 = 3;
+}
+
+/// Runs `kvmini bench`; returns the exit code.
+pub fn main(args: BenchArgs) -> u8 {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvmini: error: {e}");
+            code::ERROR
+        }
+    }
+}
+
+fn mib(s: &str, what: &str) -> Result<u64, String> {
+    config::parse_size(s)
+        .map(|b| b >> 20)
+        .map_err(|_| format!("invalid {what} '{s}': use a size such as 256M or 4G"))
+}
+
+/// Parsed and checked arguments.
+#[derive(Debug)]
+struct Plan {
+    workloads: Vec<Workload>,
+    envs: Vec<EnvKind>,
+    repeat: usize,
+    warmup: usize,
+    settings: Settings,
+    memory_mib: u64,
+}
+
+fn plan(args: &BenchArgs) -> Result<Plan, String> {
+    let workloads = Workload::parse_list(&args.workloads)?;
+    let mut envs = Vec::new();
+    for e in args.envs.split(',').filter(|e| !e.trim().is_empty()) {
+        let kind = EnvKind::parse(e)
+            .ok_or_else(|| format!("unknown environment '{e}': choose from vm, container, host"))?;
+        if !envs.contains(&kind) {
+            envs.push(kind);
+        }
+    }
+    if envs.is_empty() {
+        return Err("no environment given (--envs vm,container,host)".into());
+    }
+    envs.sort();
+    if args.repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    if args.density == 0 {
+        return Err("--density must be at least 1".into());
+    }
+    let memory_mib = mib(&args.memory, "--memory")?;
+    let settings = Settings {
+        cpu_mib: mib(&args.cpu_work, "--cpu-work")?.max(1),
+        working_set_mib: mib(&args.working_set, "--working-set")?,
+        density: args.density,
+        budget_mib: mib(&args.budget, "--budget")?,
+        run_timeout: crate::exec::parse_duration(&args.timeout).map_err(|e| e.to_string())?,
+    };
+    if settings.working_set_mib + 64 > memory_mib {
+        return Err(format!(
+            "--working-set {} MiB does not fit in --memory {memory_mib} MiB with room for \
+             the guest kernel (leave 64 MiB)",
+            settings.working_set_mib
+        ));
+    }
+    Ok(Plan {
+        workloads,
+        envs,
+        repeat: args.repeat,
+        warmup: args.warmup,
+        settings,
+        memory_mib,
+    })
+}
+
+fn host_info() -> HostInfo {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    HostInfo {
+        hostname: read("/proc/sys/kernel/hostname"),
+        kernel: read("/proc/sys/kernel/osrelease"),
+        emulated_cpu: cpu_model.contains("QEMU TCG"),
+        cpu_model,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_total_mib: config::host_memory_bytes().unwrap_or(0) >> 20,
+        hw_virt: host_has_hw_virt(),
+    }
+}
+
+/// The VM environment, or why there is none.
+fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, String), String> {
+    let accel = Accel::parse(&args.accel).map_err(|e| e.to_string())?;
+    let hw = accel.resolve(host.hw_virt).map_err(|e| e.to_string())?;
+    let mode = match (accel, hw) {
+        (Accel::KvmAny, _) => "kvm-any (software-assisted /dev/kvm, no vmx/svm)",
+        (_, true) if host.emulated_cpu => "kvm, nested inside QEMU TCG (the rig)",
+        (_, true) => "kvm (hardware virtualization)",
+        (_, false) => "emulated (kvmini's fallback: QEMU TCG machine with nested KVM)",
+    };
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => guest::build_artefact("kernel/build.sh")
+            .map_err(|e| e.to_string())?
+            .join("vmlinux"),
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find kvmini itself: {e}"))?;
+    Ok((
+        VmEnv {
+            exe,
+            kernel,
+            initrd: PathBuf::new(),
+            memory_mib: plan.memory_mib,
+            cpus: args.cpus,
+            accel: args.accel.clone(),
+            mode: mode.split(" (").next().unwrap_or(mode).to_string(),
+            timeout_s: plan.settings.run_timeout.as_secs(),
+        },
+        mode.to_string(),
+    ))
+}
+
+fn mode_note(vm_mode: &str, host: &HostInfo) -> String {
+    if vm_mode == NO_VM {
+        "no VM in this run".into()
+    } else if host.emulated_cpu {
+        "the whole run is inside QEMU's software CPU: absolute figures are emulated, \
+         only ratios between columns count"
+            .into()
+    } else if vm_mode.starts_with("emulated") {
+        "the VM runs inside an emulated machine: its times and memory include QEMU TCG \
+         and the emulating machine's kernel; VM figures are emulated, container and host \
+         figures are native"
+            .into()
+    } else if vm_mode.starts_with("kvm-any") {
+        "software-assisted KVM: guest kernel code is emulated instruction by instruction".into()
+    } else {
+        "hardware KVM: figures are real".into()
+    }
+}
+
+/// `vm_mode` when the VM is not part of the run.
+const NO_VM: &str = "not run";
+
+/// An environment ready to run workloads, or why it cannot exist here.
+type MadeEnv = Result<Box<dyn Env>, String>;
+
+fn run(args: BenchArgs) -> Result<u8, String> {
+    let start = Instant::now();
+    let plan = plan(&args)?;
+    let host = host_info();
+    let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-bench."))
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let dir = tmp.as_path().to_path_buf();
+    // The tree of the container and the host runs.
+    let root = dir.join("rootfs");
+
+    let initrd = match &args.initrd {
+        Some(i) => i.clone(),
+        None => guest::build_artefact("rootfs/build-initramfs.sh").map_err(|e| e.to_string())?,
+    };
+    eprintln!(
+        "kvmini bench: unpacking {} for the container and the host",
+        initrd.display()
+    );
+    let tree = env::extract_initramfs(&initrd, &root);
+
+    let mut envs: Vec<(EnvKind, MadeEnv)> = Vec::new();
+    let mut vm_mode = String::from(NO_VM);
+    for kind in &plan.envs {
+        let made: MadeEnv = match kind {
+            EnvKind::Vm => vm_env(&args, &plan, &host).map(|(mut v, mode)| {
+                v.initrd = initrd.clone();
+                vm_mode = mode;
+                Box::new(v) as Box<dyn Env>
+            }),
+            EnvKind::Container => tree
+                .clone()
+                .and_then(|()| {
+                    // SAFETY: geteuid has no preconditions and touches no memory.
+                    if unsafe { libc::geteuid() } != 0 {
+                        return Err("needs root: kvmini bench runs crun as root (rootless \
+                                    containers are not set up)"
+                            .into());
+                    }
+                    let (crun, version) = container::find_crun()?;
+                    let (cgroup, hide_unified) = container::cgroup_mode()?;
+                    Ok(ContainerEnv {
+                        crun,
+                        version,
+                        root: root.clone(),
+                        state: dir.join("crun-state"),
+                        bundles: dir.join("bundles"),
+                        memory_mib: plan.memory_mib,
+                        cpus: args.cpus,
+                        hide_unified,
+                        cgroup,
+                        no_pivot: container::root_is_initramfs(),
+                    })
+                })
+                .map(|c| Box::new(c) as Box<dyn Env>),
+            EnvKind::Host => tree.clone().map(|()| {
+                Box::new(HostEnv {
+                    root: root.clone(),
+                    scratch: dir.join("host"),
+                }) as Box<dyn Env>
+            }),
+        };
+        if let Err(why) = &made {
+            eprintln!("kvmini bench: {} environment skipped: {why}", kind.name());
+        }
+        envs.push((*kind, made));
+    }
+
+    let mut settings = BTreeMap::new();
+    settings.insert("repeat".to_string(), plan.repeat.to_string());
+    settings.insert("warmup".to_string(), plan.warmup.to_string());
+    settings.insert("cpus".to_string(), args.cpus.to_string());
+    settings.insert("memory_mib".to_string(), plan.memory_mib.to_string());
+    settings.insert("initrd".to_string(), initrd.display().to_string());
+    let mut meta = Meta {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        kvmini_version: env!("CARGO_PKG_VERSION").into(),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        vm_mode_note: mode_note(&vm_mode, &host),
+        vm_mode,
+        host,
+        settings,
+        ..Meta::default()
+    };
+    for (kind, e) in &envs {
+        let text = match e {
+            Ok(env) => env.describe(),
+            Err(why) => format!("not run: {why}"),
+        };
+        meta.environments.insert(*kind, text);
+    }
+
+    let ids = Ids::new();
+    let steps: usize = plan
+        .workloads
+        .iter()
+        .map(|w| {
+            envs.iter()
+                .filter(|(k, e)| e.is_ok() && w.unavailable(*k, &root).is_none())
+                .count()
+                * (plan.warmup + plan.repeat)
+        })
+        .sum();
+    let mut step = 0;
+    let mut rows = Vec::new();
+    for w in &plan.workloads {
+        let metrics = w.metrics(&plan.settings);
+        let mut cells: Vec<BTreeMap<EnvKind, Cell>> = vec![BTreeMap::new(); metrics.len()];
+        for (kind, made) in &envs {
+            let env = match made {
+                Ok(env) => env,
+                Err(why) => {
+                    for c in cells.iter_mut() {
+                        c.insert(
+                            *kind,
+                            Cell::Skipped {
+                                reason: why.clone(),
+                            },
+                        );
+                    }
+                    continue;
+                }
+            };
+            if let Some(why) = w.unavailable(*kind, &root) {
+                eprintln!(
+                    "kvmini bench: {} in {}: not run: {why}",
+                    w.name(),
+                    kind.name()
+                );
+                for c in cells.iter_mut() {
+                    c.insert(
+                        *kind,
+                        Cell::Skipped {
+                            reason: why.clone(),
+                        },
+                    );
+                }
+                continue;
+            }
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); metrics.len()];
+            let mut failure = None;
+            let total = plan.warmup + plan.repeat;
+            for i in 0..total {
+                step += 1;
+                let warm = i < plan.warmup;
+                let label = if warm {
+                    format!("warm-up {}/{}", i + 1, plan.warmup)
+                } else {
+                    format!("repeat {}/{}", i + 1 - plan.warmup, plan.repeat)
+                };
+                eprint!(
+                    "[bench {step:>3}/{steps} {:>5.0}s] {:<9} {:<8} {label} ... ",
+                    start.elapsed().as_secs_f64(),
+                    kind.name(),
+                    w.name()
+                );
+                let t = Instant::now();
+                match w.measure(env.as_ref(), &plan.settings, &ids) {
+                    Ok(values) => {
+                        let shown: Vec<String> = values
+                            .iter()
+                            .zip(&metrics)
+                            .map(|(v, m)| format!("{} {}", report::fmt_num(*v), m.unit))
+                            .collect();
+                        eprintln!(
+                            "{}{} ({:.1}s)",
+                            shown.join(", "),
+                            if warm { " (discarded)" } else { "" },
+                            t.elapsed().as_secs_f64()
+                        );
+                        if !warm {
+                            for (s, v) in samples.iter_mut().zip(values) {
+                                s.push(v);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("FAILED: {e}");
+                        failure = Some(format!("{label} failed: {e}"));
+                        step += total - i - 1;
+                        break;
+                    }
+                }
+            }
+            for (c, s) in cells.iter_mut().zip(&samples) {
+                let cell = match (&failure, Summary::of(s)) {
+                    (Some(f), _) => Cell::Failed { reason: f.clone() },
+                    (None, Some(sum)) => Cell::Measured(sum),
+                    (None, None) => Cell::Failed {
+                        reason: "no usable sample".into(),
+                    },
+                };
+                c.insert(*kind, cell);
+            }
+        }
+        for (m, c) in metrics.into_iter().zip(cells) {
+            rows.push(Row {
+                workload: w.name().into(),
+                metric: m.name,
+                unit: m.unit.into(),
+                lower_is_better: m.lower_is_better,
+                cells: c,
+            });
+        }
+    }
+    meta.duration_s = start.elapsed().as_secs_f64();
+    let report = Report {
+        meta,
+        envs: plan.envs.clone(),
+        rows,
+    };
+    println!("{}", report.to_table());
+    if let Some(p) = &args.json {
+        std::fs::write(p, report.to_json() + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        eprintln!("kvmini bench: JSON written to {}", p.display());
+    }
+    if let Some(p) = &args.chart {
+        chart::write_png(&report, p)?;
+        eprintln!("kvmini bench: chart written to {}", p.display());
+    }
+    drop(tmp);
+    Ok(if report.any_failed() {
+        code::SOME_FAILED
+    } else {
+        code::OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["kvmini", "bench"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Bench(b) => b,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_and_checks() {
+        let p = plan(&args(&[])).unwrap();
+        assert_eq!(p.workloads, Workload::ALL);
+        assert_eq!(p.envs, EnvKind::ALL);
+        assert_eq!((p.repeat, p.warmup, p.memory_mib), (5, 1, 512));
+        assert_eq!(p.settings.working_set_mib, 256);
+        let p = plan(&args(&[
+            "--envs",
+            "host,vm",
+            "--workloads",
+            "cpu",
+            "--repeat",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(p.envs, [EnvKind::Vm, EnvKind::Host]);
+        assert!(plan(&args(&["--repeat", "0"])).is_err());
+        assert!(plan(&args(&["--envs", "docker"])).is_err());
+        assert!(plan(&args(&["--working-set", "1G"]))
+            .unwrap_err()
+            .contains("does not fit"));
+        assert!(plan(&args(&["--budget", "lots"])).is_err());
+    }
+
+    #[test]
+    fn mode_notes_say_what_counts() {
+        let mut h = HostInfo::default();
+        assert!(mode_note("emulated", &h).contains("VM figures are emulated"));
+        assert!(mode_note("kvm (hardware virtualization)", &h).contains("real"));
+        h.emulated_cpu = true;
+        assert!(mode_note("kvm, nested", &h).contains("only ratios"));
+    }
+}

@@ -1,0 +1,441 @@
+//! The workloads: what each runs inside an environment (a busybox sh
+//! script, the same in all three) and how its numbers are taken.
+//!
+//! - start-up: `echo` as the workload: launch -> its first stdout line
+//!   reaching us (the workload's first act in user space), and launch ->
+//!   the launcher's exit.
+//! - memory: busybox awk builds an N-byte string (touching N bytes), reads
+//!   its own VmRSS, prints it and idles; we then read the PSS of the whole
+//!   host process tree of the instance (/proc/PID/smaps_rollup) and report
+//!   tree PSS - workload RSS: what the environment costs beyond the
+//!   workload itself. N = 0 (idle) and N = the working set.
+//! - CPU: sha256 of N MiB of zeros (busybox head | sha256sum), timed inside
+//!   the environment with /proc/uptime (10 ms resolution) so start-up is
+//!   not counted.
+//! - density: N idle instances at once (`sleep`), each tree's PSS summed;
+//!   per-instance memory and how many fit in the budget.
+//! - block I/O, network: need fio / iperf3 in the root filesystem and (for
+//!   the VM's network) a network device; without them they are skipped
+//!   visibly with the reason.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::env::{tool_in_tree, tree_memory, Env, EnvKind, Job, Launched};
+
+/// A workload's knobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cpu_mib: u64,
+    pub working_set_mib: u64,
+    pub density: usize,
+    pub budget_mib: u64,
+    pub run_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Startup,
+    Memory,
+    Cpu,
+    Block,
+    Network,
+    Density,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub lower_is_better: bool,
+}
+
+fn metric(name: impl Into<String>, unit: &'static str, lower_is_better: bool) -> Metric {
+    Metric {
+        name: name.into(),
+        unit,
+        lower_is_better,
+    }
+}
+
+/// Wait between an instance saying it is ready and measuring its memory,
+/// so the processes it starts to idle exist and have settled.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// The line every workload prints when it is up (memory, density).
+pub const READY: &str = "kvmini-bench-ready";
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Self::Startup,
+        Self::Memory,
+        Self::Cpu,
+        Self::Block,
+        Self::Network,
+        Self::Density,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Memory => "memory",
+            Self::Cpu => "cpu",
+            Self::Block => "block",
+            Self::Network => "network",
+            Self::Density => "density",
+        }
+    }
+
+    /// `startup,memory,cpu` (or `all`) -> workloads, in the given order.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        let mut out = Vec::new();
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            if w == "all" {
+                out.extend(Self::ALL);
+                continue;
+            }
+            let found = Self::ALL
+                .into_iter()
+                .find(|x| x.name() == w || (w == "start-up" && *x == Self::Startup))
+                .ok_or_else(|| {
+                    format!(
+                        "unknown workload '{w}': choose from {} or all",
+                        Self::ALL.map(Self::name).join(", ")
+                    )
+                })?;
+            if !out.contains(&found) {
+                out.push(found);
+            }
+        }
+        if out.is_empty() {
+            return Err("no workload given".into());
+        }
+        Ok(out)
+    }
+
+    pub fn metrics(self, s: &Settings) -> Vec<Metric> {
+        match self {
+            Self::Startup => vec![
+                metric("launch to first output", "ms", true),
+                metric("launch to exit", "ms", true),
+            ],
+            Self::Memory => vec![
+                metric("overhead, idle", "MiB", true),
+                metric(
+                    format!("overhead, {} MiB working set", s.working_set_mib),
+                    "MiB",
+                    true,
+                ),
+            ],
+            Self::Cpu => vec![metric(format!("sha256 of {} MiB", s.cpu_mib), "s", true)],
+            Self::Block => vec![
+                metric("sequential read", "MiB/s", false),
+                metric("sequential write", "MiB/s", false),
+                metric("4 KiB random read", "IOPS", false),
+                metric("4 KiB random write", "IOPS", false),
+            ],
+            Self::Network => vec![
+                metric("TCP throughput to host", "Mbit/s", false),
+                metric("ping RTT to host", "ms", true),
+            ],
+            Self::Density => vec![
+                metric(
+                    format!("host memory per idle instance ({} running)", s.density),
+                    "MiB",
+                    true,
+                ),
+                metric(
+                    format!("idle instances in {} MiB", s.budget_mib),
+                    "count",
+                    false,
+                ),
+            ],
+        }
+    }
+
+    /// Why this workload cannot run in `env` (shown in its cells), if so.
+    pub fn unavailable(self, env: EnvKind, root: &Path) -> Option<String> {
+        match self {
+            Self::Block => Some(match tool_in_tree(root, "fio") {
+                None => "the root filesystem has no fio: pass --initrd with an image \
+                         that has it (the guest kernel then needs SYSVIPC)"
+                    .into(),
+                Some(_) => "the fio workload is not implemented yet in kvmini bench".into(),
+            }),
+            Self::Network => Some(match (env, tool_in_tree(root, "iperf3")) {
+                (EnvKind::Vm, _) => "kvmini has no network device yet".into(),
+                (_, None) => "the root filesystem has no iperf3: pass --initrd with an \
+                              image that has it"
+                    .into(),
+                (_, Some(_)) => "the iperf3 workload is not implemented yet in kvmini bench".into(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// One measurement: a value per metric, or why not.
+    pub fn measure(self, env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
+        match self {
+            Self::Startup => startup(env, s, ids),
+            Self::Memory => Ok(vec![
+                memory_overhead(env, 0, s, ids)?,
+                memory_overhead(env, s.working_set_mib << 20, s, ids)?,
+            ]),
+            Self::Cpu => cpu(env, s, ids),
+            Self::Density => density(env, s, ids),
+            Self::Block | Self::Network => Err("not runnable here".into()),
+        }
+    }
+}
+
+/// Unique instance names for this run.
+pub struct Ids {
+    prefix: String,
+    next: AtomicUsize,
+}
+
+impl Ids {
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("kb{}", std::process::id()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn startup(env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
+    let mut run = Launched::start(env, &Job::new("echo kvmini-bench-up"), &ids.next())?;
+    let deadline = Instant::now() + s.run_timeout;
+    let first = run.wait_line("kvmini-bench-up", deadline);
+    let done = run.finish(env, deadline);
+    if !done.success() {
+        return Err(done.failure());
+    }
+    let (first, _) = first?;
+    // The line was written before the process exited; a busy host can
+    // schedule our reader thread after the exit waiter, so bound it.
+    Ok(vec![ms(first.min(done.elapsed)), ms(done.elapsed)])
+}
+
+/// The compute kernel: N MiB of zeros through busybox sha256sum, timed
+/// inside the environment.
+pub fn cpu_script(mib: u64) -> String {
+    format!(
+        "read t0 x </proc/uptime; head -c {} /dev/zero | sha256sum >/dev/null || exit 1; \
+         read t1 x </proc/uptime; echo \"cpu t0=$t0 t1=$t1\"",
+        mib << 20
+    )
+}
+
+/// Seconds between the t0= and t1= /proc/uptime readings of [`cpu_script`].
+pub fn cpu_seconds(t0: &str, t1: &str) -> Option<f64> {
+    let (a, b) = (t0.parse::<f64>().ok()?, t1.parse::<f64>().ok()?);
+    (b >= a).then_some(b - a)
+}
+
+fn cpu(env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
+    let run = Launched::start(env, &Job::new(cpu_script(s.cpu_mib)), &ids.next())?;
+    let done = run.finish(env, Instant::now() + s.run_timeout);
+    if !done.success() {
+        return Err(done.failure());
+    }
+    let (t0, t1) = (done.value("t0"), done.value("t1"));
+    match (t0, t1) {
+        (Some(a), Some(b)) => cpu_seconds(&a, &b)
+            .map(|v| vec![v])
+            .ok_or_else(|| format!("bad /proc/uptime readings t0={a} t1={b}")),
+        _ => Err("the workload printed no timing line".into()),
+    }
+}
+
+/// busybox awk touching `bytes` bytes, then reporting its own VmRSS and
+/// idling until stopped.
+pub fn memory_script(bytes: u64) -> String {
+    format!(
+        "awk -v n={bytes} 'BEGIN {{ s = \"x\"; while (length(s) < n) s = s s; \
+         while ((getline l < \"/proc/self/status\") > 0) if (l ~ /^VmRSS:/) \
+         {{ split(l, f, \" \"); rss = f[2] }} \
+         print \"{READY} rss_kb=\" rss \" len=\" length(s); fflush(); system(\"sleep 600\") }}'"
+    )
+}
+
+fn memory_overhead(env: &dyn Env, bytes: u64, s: &Settings, ids: &Ids) -> Result<f64, String> {
+    let mut run = Launched::start(env, &Job::new(memory_script(bytes)), &ids.next())?;
+    let ready = run.wait_line(READY, Instant::now() + s.run_timeout);
+    // Let the idle part (awk's `system("sleep")`) start before measuring.
+    std::thread::sleep(SETTLE);
+    let tree = tree_memory(run.pid());
+    let done = run.stop_and_finish(env);
+    let (_, line) = ready.map_err(|e| format!("{e} ({})", done.failure()))?;
+    let rss = super::env::find_value(std::iter::once(line.as_str()), "rss_kb")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("no workload RSS in '{line}'"))?;
+    Ok((tree.pss_kib as f64 - rss as f64) / 1024.0)
+}
+
+fn density(env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
+    let job = Job::new(format!("echo {READY}; exec sleep 600"));
+    let mut runs = Vec::new();
+    let mut err = None;
+    for _ in 0..s.density {
+        match Launched::start(env, &job, &ids.next()) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + s.run_timeout;
+    let mut pss_kib = 0;
+    if err.is_none() {
+        for r in runs.iter_mut() {
+            if let Err(e) = r.wait_line(READY, deadline) {
+                err = Some(format!("instance {}: {e}", r.id));
+                break;
+            }
+        }
+    }
+    if err.is_none() {
+        // All are up: measure them together.
+        std::thread::sleep(SETTLE);
+        pss_kib = runs
+            .iter()
+            .map(|r| tree_memory(r.pid()).pss_kib)
+            .sum::<u64>();
+    }
+    for r in runs {
+        let done = r.stop_and_finish(env);
+        if let Some(e) = err.as_mut() {
+            if e.starts_with("instance") && !e.contains('(') {
+                e.push_str(&format!(" ({})", done.failure()));
+            }
+        }
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let per = pss_kib as f64 / 1024.0 / s.density as f64;
+    if per <= 0.0 {
+        return Err("measured no memory for the instances".into());
+    }
+    Ok(vec![per, (s.budget_mib as f64 / per).floor()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            cpu_mib: 64,
+            working_set_mib: 256,
+            density: 3,
+            budget_mib: 4096,
+            run_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn workload_lists() {
+        assert_eq!(
+            Workload::parse_list("startup,memory,cpu").unwrap(),
+            [Workload::Startup, Workload::Memory, Workload::Cpu]
+        );
+        assert_eq!(Workload::parse_list("all").unwrap(), Workload::ALL);
+        assert_eq!(
+            Workload::parse_list("cpu, start-up,cpu").unwrap(),
+            [Workload::Cpu, Workload::Startup]
+        );
+        assert!(Workload::parse_list("gpu").unwrap_err().contains("unknown"));
+        assert!(Workload::parse_list(",").is_err());
+    }
+
+    #[test]
+    fn metrics_name_their_sizes() {
+        let s = settings();
+        let m = Workload::Memory.metrics(&s);
+        assert_eq!(m[1].name, "overhead, 256 MiB working set");
+        assert_eq!(Workload::Cpu.metrics(&s)[0].name, "sha256 of 64 MiB");
+        assert!(!Workload::Density.metrics(&s)[1].lower_is_better);
+        for w in Workload::ALL {
+            assert!(!w.metrics(&s).is_empty());
+        }
+    }
+
+    #[test]
+    fn network_and_block_say_why_they_cannot_run() {
+        let root = Path::new("/nonexistent-root");
+        assert_eq!(
+            Workload::Network.unavailable(EnvKind::Vm, root).unwrap(),
+            "kvmini has no network device yet"
+        );
+        assert!(Workload::Network
+            .unavailable(EnvKind::Host, root)
+            .unwrap()
+            .contains("iperf3"));
+        assert!(Workload::Block
+            .unavailable(EnvKind::Container, root)
+            .unwrap()
+            .contains("fio"));
+        assert!(Workload::Cpu.unavailable(EnvKind::Vm, root).is_none());
+    }
+
+    #[test]
+    fn cpu_timing() {
+        assert_eq!(cpu_seconds("100.25", "101.75"), Some(1.5));
+        assert_eq!(cpu_seconds("5", "4"), None);
+        assert_eq!(cpu_seconds("x", "4"), None);
+        assert!(cpu_script(2).contains("head -c 2097152 /dev/zero"));
+    }
+
+    /// The scripts run as they are on this host's sh (busybox is what the
+    /// environments use; any POSIX sh and awk do here).
+    #[test]
+    fn scripts_run() {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cpu_script(1)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("cpu t0="), "{text}");
+        let m = memory_script(4096).replace("sleep 600", "true");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &m])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(READY), "{text}");
+        assert!(text.contains(" len=4096"), "{text}");
+        assert!(
+            text.contains("rss_kb=") && !text.contains("rss_kb= "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let ids = Ids::new();
+        assert_ne!(ids.next(), ids.next());
+    }
+}
