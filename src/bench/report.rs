@@ -261,7 +261,7 @@ mod tests {
         net.insert(
             EnvKind::Vm,
             Cell::Skipped {
-                reason: "kvmini has no network device yet".into(),
+                reason: "the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet".into(),
             },
         );
         net.insert(
@@ -311,7 +311,7 @@ mod tests {
         // The same reason gets one footnote, shared by both rows.
         assert!(t.contains("[1] container: crun is not installed"), "{t}");
         assert!(
-            t.contains("[2] vm: kvmini has no network device yet"),
+            t.contains("[2] vm: the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet"),
             "{t}"
         );
         assert!(t.contains("FAILED [3]"), "{t}");

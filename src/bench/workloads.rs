@@ -165,7 +165,7 @@ impl Workload {
                 Some(_) => "the fio workload is not implemented yet in kvmini bench".into(),
             }),
             Self::Network => Some(match (env, tool_in_tree(root, "iperf3")) {
-                (EnvKind::Vm, _) => "kvmini has no network device yet".into(),
+                (EnvKind::Vm, _) => "the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet".into(),
                 (_, None) => "the root filesystem has no iperf3: pass --initrd with an \
                               image that has it"
                     .into(),
@@ -388,7 +388,7 @@ mod tests {
         let root = Path::new("/nonexistent-root");
         assert_eq!(
             Workload::Network.unavailable(EnvKind::Vm, root).unwrap(),
-            "kvmini has no network device yet"
+            "the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet"
         );
         assert!(Workload::Network
             .unavailable(EnvKind::Host, root)
