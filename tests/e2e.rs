@@ -696,6 +696,8 @@ fn bench_smoke() {
             c.fail(&format!("{w} / {m}: expected visible skips, got {cells:?}"));
         }
     }
-    c.shows("vm: kvmini has no network device yet")
-        .shows("the root filesystem has no fio");
+    c.shows(
+        "vm: the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet",
+    )
+    .shows("the root filesystem has no fio");
 }
