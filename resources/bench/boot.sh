@@ -3,6 +3,8 @@
 # the default guest (vmlinux + busybox initramfs), 1 vCPU, 128 MiB:
 #  - launch to exit: the VMM starts, the guest runs `true`, reboots, the VMM
 #    exits; REPEATS runs per VMM, alternating; min/median/max and ratio;
+#  - `kvmini exec -- true`, process start to exit, against QEMU doing the
+#    same job (boot, run `true`, power off); alternating, same statistics;
 #  - VMM RSS overhead: VmRSS of the VMM process minus the resident part of
 #    its guest-RAM mapping (the guest RAM touched), sampled from
 #    /proc/PID/status and /proc/PID/smaps while the booted guest sleeps.
@@ -51,7 +53,7 @@ inrun && /@@BENCH-RSS / {
     emit("rss-overhead", (vmrss - guest) / 1024)
 }
 '
-ROWS=("boot-secs|launch to exit s|lower" "rss-overhead|VMM RSS overhead MiB|lower"
+ROWS=("boot-secs|launch to exit s|lower" "exec-secs|exec -- true s|lower" "rss-overhead|VMM RSS overhead MiB|lower"
     "rss-vmrss|VmRSS MiB|lower" "rss-guest|guest RAM touched MiB|-")
 
 report() {
@@ -59,7 +61,7 @@ report() {
     values=$(bench_parse "$console" "$RSS_AWK")
     bench_table "Boot and memory: 1 vCPU, ${mem} MiB, default guest (kvmini vs QEMU microvm)" "${ROWS[@]}" <<<"$values"
     for vmm in kvmini qemu; do
-        for m in boot-secs rss-overhead; do
+        for m in boot-secs exec-secs rss-overhead; do
             grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
         done
     done
@@ -79,7 +81,7 @@ BENCH_MEM=$mem
 BENCH_VMMS="kvmini qemu"
 EOF2
 [[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-boot-$(date +%Y%m%d-%H%M%S).log
-timeout=$(((repeats * 2 + 2) * 240))
+timeout=$(((repeats * 4 + 2) * 240))
 log "running $repeats boot(s) per VMM and one RSS run each in one rig run (console: $log; up to ${timeout}s)"
 start=$SECONDS
 rig_rc=0

@@ -3,7 +3,7 @@
 # --host). Starts the same guest under kvmini or under QEMU's microvm, so a
 # benchmark scenario differs between the two VMMs in one word only.
 #
-#   bench_vm --vmm kvmini|qemu [--mem MIB] [--cpus N] [--kernel VMLINUX]
+#   bench_vm --vmm kvmini|kvmini-exec|qemu [--mem MIB] [--cpus N] [--kernel VMLINUX]
 #            [--initrd CPIO] [--kparams "KERNEL PARAMS"] [--disk IMG[,readonly=on]]...
 #            -- GUEST COMMAND...
 #
@@ -78,6 +78,14 @@ bench_vm() {
         "$KVMINI" run --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
             $_kvmini_disks --cmdline "$_kparams -- $*"
         ;;
+    kvmini-exec)
+        # `kvmini exec`: the guest runs the command under kvmini's exec init
+        # (its own quiet kernel parameters); output and status come back
+        # over virtio-consoles instead of the serial console.
+        # shellcheck disable=SC2086
+        "$KVMINI" exec --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
+            $_kvmini_disks -- sh -c "$*"
+        ;;
     qemu)
         [ -n "${QEMU:-}" ] || { echo "bench_vm: QEMU is not set (run.sh --with-qemu)" >&2; return 2; }
         # Stock QEMU settings apart from what the guest needs: KVM, microvm
@@ -96,7 +104,7 @@ bench_vm() {
             -kernel "$_kernel" $_initrd_qemu $_qemu_disks \
             -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
         ;;
-    *) echo "bench_vm: --vmm must be kvmini or qemu (got '$_vmm')" >&2; return 2 ;;
+    *) echo "bench_vm: --vmm must be kvmini, kvmini-exec or qemu (got '$_vmm')" >&2; return 2 ;;
     esac
 }
 

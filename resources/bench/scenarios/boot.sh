@@ -4,6 +4,9 @@
 # initramfs), 1 vCPU, BENCH_MEM MiB, under kvmini and QEMU's microvm:
 #  1. "boot" runs: launch to exit after the guest ran `true` and rebooted,
 #     BENCH_REPEATS times per VMM, alternating kvmini/QEMU, QEMU/kvmini, ...
+#  1b. "exec" runs: `kvmini exec -- true` (process start to exit, the
+#     command's status returned) against QEMU doing the same job (boot,
+#     run `true`, power off), alternating the same way;
 #  2. "rss" runs (one per VMM): the guest prints @@BENCH-READY and sleeps;
 #     meanwhile we read the VMM process's VmRSS and the resident part of its
 #     guest-RAM mapping from /proc/PID/smaps (@@BENCH-RSS ...).
@@ -17,6 +20,12 @@ while [ $i -le "$BENCH_REPEATS" ]; do
     if [ $((i % 2)) = 1 ]; then order=$BENCH_VMMS; else order=$(echo "$BENCH_VMMS" | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }'); fi
     for vmm in $order; do
         bench_run boot "$vmm" "$i" bench_vm --vmm "$vmm" --mem "$BENCH_MEM" --cpus 1 \
+            --kparams quiet -- true || rc=1
+    done
+    for vmm in $order; do
+        how=$vmm
+        [ "$vmm" = kvmini ] && how=kvmini-exec
+        bench_run exec "$vmm" "$i" bench_vm --vmm "$how" --mem "$BENCH_MEM" --cpus 1 \
             --kparams quiet -- true || rc=1
     done
     i=$((i + 1))
