@@ -40,6 +40,8 @@ check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
 # Boot and RSS run saved before the exec runs existed: every other figure
 # is there, exec's are "missing", exit 1.
 check boot-complete 1 boot.sh boot-rig.log
+# A complete boot + exec + RSS run (3 repeats): every figure, exit 0.
+check boot-exec-complete 0 boot.sh boot-exec-rig.log
 
 echo "$pass passed, $fail failed"
 ((fail == 0))
