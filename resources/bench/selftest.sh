@@ -42,6 +42,8 @@ check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
 check boot-complete 1 boot.sh boot-rig.log
 # A complete boot + exec + RSS run (3 repeats): every figure, exit 0.
 check boot-exec-complete 0 boot.sh boot-exec-rig.log
+# A complete network run (2 rounds): every figure, exit 0.
+check net-complete 0 net.sh net-rig.log
 
 echo "$pass passed, $fail failed"
 ((fail == 0))

@@ -5,6 +5,7 @@
 #
 #   bench_vm --vmm kvmini|kvmini-exec|qemu [--mem MIB] [--cpus N] [--kernel VMLINUX]
 #            [--initrd CPIO] [--kparams "KERNEL PARAMS"] [--disk IMG[,readonly=on]]...
+#            [--net TAP]
 #            -- GUEST COMMAND...
 #
 # The guest command runs under resources/rootfs/init (sh -c), whose
@@ -38,7 +39,7 @@ bench_qemu_mmio() {
 
 bench_vm() {
     _vmm="" _mem=512 _cpus=1 _kernel=${GUEST_VMLINUX:-} _initrd=${GUEST_INITRD:-} _kparams=""
-    _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio=""
+    _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio="" _kvmini_net="" _qemu_net="" _tap=""
     while [ $# -gt 0 ]; do
         case $1 in
         --vmm) _vmm=$2; shift 2 ;;
@@ -61,11 +62,21 @@ bench_vm() {
             _ndisk=$((_ndisk + 1))
             shift 2
             ;;
+        --net) _tap=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "bench_vm: unknown option $1" >&2; return 2 ;;
         esac
     done
     [ -n "$_kernel" ] || { echo "bench_vm: no --kernel (and no GUEST_VMLINUX)" >&2; return 2; }
+    if [ -n "$_tap" ]; then
+        # One NIC on an existing TAP, after the disks. QEMU: userspace
+        # virtio-net (vhost off, QEMU's default for -netdev tap), like
+        # kvmini's.
+        _kvmini_net="--net tap=$_tap"
+        _qemu_net="-netdev tap,id=n0,ifname=$_tap,script=no,downscript=no"
+        _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0"
+        _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk)"
+    fi
     _initrd_kvmini="" _initrd_qemu=""
     if [ -n "$_initrd" ]; then
         _initrd_kvmini="--initrd $_initrd" _initrd_qemu="-initrd $_initrd"
@@ -76,7 +87,7 @@ bench_vm() {
         # own virtio_mmio.device= parameters before "--".
         # shellcheck disable=SC2086 # word lists built above (paths have no spaces)
         "$KVMINI" run --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
-            $_kvmini_disks --cmdline "$_kparams -- $*"
+            $_kvmini_disks $_kvmini_net --cmdline "$_kparams -- $*"
         ;;
     kvmini-exec)
         # `kvmini exec`: the guest runs the command under kvmini's exec init
@@ -101,7 +112,7 @@ bench_vm() {
         "$QEMU" -M microvm,acpi=off,auto-kernel-cmdline=off -accel kvm -cpu host \
             -m "$_mem" -smp "$_cpus" -nodefaults -no-user-config -display none -no-reboot \
             -serial stdio -device i8042 -global virtio-mmio.force-legacy=false \
-            -kernel "$_kernel" $_initrd_qemu $_qemu_disks \
+            -kernel "$_kernel" $_initrd_qemu $_qemu_disks $_qemu_net \
             -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
         ;;
     *) echo "bench_vm: --vmm must be kvmini, kvmini-exec or qemu (got '$_vmm')" >&2; return 2 ;;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Network benchmark (issue 5): iperf3 and ping inside the guest, kvmini
+# against QEMU's microvm (virtio-net over virtio-mmio on a TAP on both,
+# userspace datapath on both: QEMU without vhost), same kernel, same bench
+# initramfs, same iperf3 at both ends, in one rig run, alternating.
+#
+#   resources/bench/net.sh [--kvmini PATH] [--rounds N] [--secs SECS]
+#                          [--mem MIB] [--log FILE] [--host]
+#   resources/bench/net.sh --parse CONSOLE_LOG    # table from a saved console
+#
+# --rounds  boots per VMM (default 2; order alternates each round)
+# --secs    seconds per iperf3 direction (default 8)
+# --mem     guest RAM in MiB (default 512; the bench initramfs is 85 MB)
+# --log     where to keep the console; --host: this host's /dev/kvm
+#
+# stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU); progress and
+# problems on stderr; a figure that could not be measured is "missing".
+# Exit status: 0 when every figure is there, 1 when some are missing, 2
+# usage. Rig figures are emulated (TCG under L1): only ratios mean something.
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+source "$RESOURCES_DIR/bench/lib.sh"
+
+kvmini="" rounds=2 secs=8 mem=512 log="" host=() parse=""
+while (($#)); do
+    case $1 in
+    --kvmini) kvmini=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --secs) secs=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --host) host=(--host); shift ;;
+    --parse) parse=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "net.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+for n in "$rounds" "$secs" "$mem"; do
+    [[ $n =~ ^[0-9]+$ ]] || { echo "net.sh: '$n' is not a whole number" >&2; exit 2; }
+done
+
+# iperf3 client output (-f m): the "receiver" summary line holds the rate
+# ("... 104 Mbits/sec ... receiver"); the -R run announces itself with
+# "Reverse mode", so its receiver line is host->guest. busybox ping ends
+# with "round-trip min/avg/max = a/b/c ms".
+NET_AWK='
+inrun && /Reverse mode/ { rev[vmm, round] = 1 }
+inrun && /receiver/ && /Mbits\/sec/ {
+    for (i = 2; i <= NF; i++) if ($i == "Mbits/sec") {
+        emit(rev[vmm, round] ? "net-down" : "net-up", $(i - 1)); break
+    }
+}
+inrun && /min\/avg\/max/ {
+    split(substr($0, index($0, "= ") + 2), r, "/")
+    if (r[2] != "") emit("net-rtt", r[2])
+}
+'
+ROWS=("net-up|TCP guest->host Mbit/s|higher" "net-down|TCP host->guest Mbit/s|higher"
+    "net-rtt|ping RTT avg ms|lower" "net-secs|launch to exit s|lower")
+
+report() {
+    local console=$1 values missing=0 vmm m
+    values=$(bench_parse "$console" "$NET_AWK")
+    bench_table "Network benchmark: iperf3 and ping in the guest, virtio-net on a TAP (kvmini vs QEMU microvm)" "${ROWS[@]}" <<<"$values"
+    for vmm in kvmini qemu; do
+        for m in net-up net-down net-rtt; do
+            grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
+        done
+    done
+    return "$missing"
+}
+
+if [[ -n $parse ]]; then
+    [[ -f $parse ]] || { echo "net.sh: no such console log: $parse" >&2; exit 2; }
+    report "$parse"
+    exit
+fi
+
+bench_setup "$kvmini"
+bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
+data=$BENCH_WORK/data
+cp "$bench_initrd" "$data/bench-initramfs.cpio"
+cat >"$data/params" <<EOF
+BENCH_ROUNDS=$rounds
+BENCH_SECS=$secs
+BENCH_MEM=$mem
+BENCH_VMMS="kvmini qemu"
+EOF
+[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-net-$(date +%Y%m%d-%H%M%S).log
+timeout=$((rounds * 2 * (240 + 2 * secs + 30)))
+log "running $rounds round(s) of kvmini and QEMU in one rig run (console: $log; up to ${timeout}s)"
+start=$SECONDS
+rig_rc=0
+bench_rig "$log" "$BENCH_DIR/scenarios/net.sh" "$data" "$timeout" "${host[@]}" || rig_rc=$?
+log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
+((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
+report "$log"
