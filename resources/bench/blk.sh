@@ -96,14 +96,7 @@ BENCH_SIZE_MB=$size
 BENCH_MEM=$mem
 BENCH_VMMS="kvmini qemu"
 EOF
-[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-blk-$(date +%Y%m%d-%H%M%S).log
 # Budget per boot: ~4 min to boot and exit (QEMU starts slowly under
 # emulation) plus the four fio jobs.
 timeout=$((rounds * 2 * (240 + 4 * (runtime + ramp))))
-log "running $rounds round(s) of kvmini and QEMU in one rig run (console: $log; up to ${timeout}s)"
-start=$SECONDS
-rig_rc=0
-bench_rig "$log" "$BENCH_DIR/scenarios/blk.sh" "$data" "$timeout" "${host[@]}" || rig_rc=$?
-log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
-((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
-report "$log"
+bench_go blk "$rounds round(s) of kvmini and QEMU" "$timeout" "${host[@]}"

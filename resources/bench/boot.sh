@@ -80,12 +80,5 @@ BENCH_REPEATS=$repeats
 BENCH_MEM=$mem
 BENCH_VMMS="kvmini qemu"
 EOF2
-[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-boot-$(date +%Y%m%d-%H%M%S).log
 timeout=$(((repeats * 4 + 2) * 240))
-log "running $repeats boot(s) per VMM and one RSS run each in one rig run (console: $log; up to ${timeout}s)"
-start=$SECONDS
-rig_rc=0
-bench_rig "$log" "$BENCH_DIR/scenarios/boot.sh" "$BENCH_WORK/data" "$timeout" "${host[@]}" || rig_rc=$?
-log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
-((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
-report "$log"
+bench_go boot "$repeats boot(s) and exec(s) per VMM and one RSS run each" "$timeout" "${host[@]}"

@@ -73,6 +73,23 @@ bench_rig() {
     return "$st"
 }
 
+# bench_go NAME WHAT TIMEOUT [run.sh args...]: the common end of every
+# benchmark script: runs scenarios/NAME.sh in the rig with
+# $BENCH_WORK/data, keeping the console in $log (default: a timestamped
+# file in $TMPDIR), then prints the caller's `report` of that console and
+# returns its status. WHAT says in the progress line what is being run.
+bench_go() {
+    local name=$1 what=$2 timeout=$3 start rig_rc=0
+    shift 3
+    [[ -n ${log:-} ]] || log=${TMPDIR:-/tmp}/kvmini-bench-$name-$(date +%Y%m%d-%H%M%S).log
+    log "running $what in one rig run (console: $log; up to ${timeout}s)"
+    start=$SECONDS
+    bench_rig "$log" "$BENCH_DIR/scenarios/$name.sh" "$BENCH_WORK/data" "$timeout" "$@" || rig_rc=$?
+    log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
+    ((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
+    report "$log"
+}
+
 # The generic part of every console parser (awk): strips CRs, tracks the
 # run a line belongs to (bench, vmm, round; inrun is 1 between its markers).
 # Bench-specific rules appended to it call emit(metric, value) while inrun;

@@ -86,12 +86,5 @@ BENCH_SECS=$secs
 BENCH_MEM=$mem
 BENCH_VMMS="kvmini qemu"
 EOF
-[[ -n $log ]] || log=${TMPDIR:-/tmp}/kvmini-bench-net-$(date +%Y%m%d-%H%M%S).log
 timeout=$((rounds * 2 * (240 + 2 * secs + 30)))
-log "running $rounds round(s) of kvmini and QEMU in one rig run (console: $log; up to ${timeout}s)"
-start=$SECONDS
-rig_rc=0
-bench_rig "$log" "$BENCH_DIR/scenarios/net.sh" "$data" "$timeout" "${host[@]}" || rig_rc=$?
-log "rig run finished in $((SECONDS - start))s (run.sh status $rig_rc)"
-((rig_rc == 0)) || log "the rig run failed (status $rig_rc): figures from runs that did not finish are missing"
-report "$log"
+bench_go net "$rounds round(s) of kvmini and QEMU" "$timeout" "${host[@]}"
