@@ -24,11 +24,11 @@ use std::io::{self, IsTerminal, Read};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
 
@@ -108,44 +108,26 @@ impl ExecStreams {
     }
 }
 
-/// Kills QEMU when the deadline passes.
-struct Watchdog {
-    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    fired: Arc<AtomicBool>,
-    thread: thread::JoinHandle<()>,
-}
-
-impl Watchdog {
-    fn start(pid: i32, after: Duration) -> Self {
-        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let fired = Arc::new(AtomicBool::new(false));
-        let (s, f) = (stop.clone(), fired.clone());
-        let thread = thread::spawn(move || {
-            let (lock, cv) = &*s;
-            let guard = crate::devices::bus::lock(lock);
-            let (stopped, _) = cv
-                .wait_timeout_while(guard, after, |stopped| !*stopped)
-                .unwrap_or_else(|e| e.into_inner());
-            if !*stopped {
-                f.store(true, Ordering::SeqCst);
-                // SAFETY: kill(2) on QEMU, our child, which the main thread
-                // does not reap before `stop` has joined this thread.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+/// Waits for QEMU; with a deadline, polls it instead and, once the
+/// deadline passes, tells QEMU to quit and waits for that. Returns QEMU's
+/// status and whether the deadline killed it. The child is only reaped
+/// here, on this thread, so the pid signalled is still QEMU's.
+fn wait_until(child: &mut Child, deadline: Option<Instant>) -> (io::Result<ExitStatus>, bool) {
+    let Some(deadline) = deadline else {
+        return (child.wait(), false);
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return (Ok(status), false),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                // SAFETY: kill(2) on our child, not yet reaped (try_wait
+                // just saw it running and nothing else waits for it).
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                return (child.wait(), true);
             }
-        });
-        Self {
-            stop,
-            fired,
-            thread,
+            Err(e) => return (Err(e), false),
         }
-    }
-
-    /// Stops the watchdog; returns whether it fired.
-    fn stop(self) -> bool {
-        *crate::devices::bus::lock(&self.stop.0) = true;
-        self.stop.1.notify_all();
-        let _ = self.thread.join();
-        self.fired.load(Ordering::SeqCst)
     }
 }
 
@@ -469,7 +451,7 @@ fn qemu_path(p: &Path) -> String {
 /// kvmini's exit code from inside it.
 pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     let args = inner_args(config);
-    run_inner(config, &args, None, None).map(|(code, _)| code)
+    run_inner(config, &args, false, None).map(|(code, _)| code)
 }
 
 /// `kvmini exec` inside the emulated machine: the inner kvmini runs the
@@ -499,22 +481,20 @@ pub fn run_exec(
     }
     let mut vm = config.clone();
     vm.console = console.clone();
-    let (code, report) = run_inner(&vm, &args, Some(ExecIo), timeout)?;
+    let (code, report) = run_inner(&vm, &args, true, timeout)?;
     Ok(match report.and_then(|r| r.command_status) {
         Some(status) => Outcome::Finished(status),
         None => Outcome::Failed(code),
     })
 }
 
-/// Marks a run as `kvmini exec`: the streams go through virtio-serial.
-struct ExecIo;
-
-/// Boots L1 with `inner` as the inner kvmini's arguments; returns the exit
+/// Boots L1 with `inner` as the inner kvmini's arguments (`exec`: the
+/// command's streams come back through virtio-serial); returns the exit
 /// code and, when L1 reported, its report.
 fn run_inner(
     config: &VmConfig,
     inner: &[String],
-    exec: Option<ExecIo>,
+    exec: bool,
     timeout: Option<Duration>,
 ) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
@@ -559,9 +539,10 @@ fn run_inner(
         File::open(&report_path).map_err(|e| EmulatedError::WriteArgs(report_path.clone(), e))?;
 
     let mut qemu = qemu_command(config, &vmlinuz, &initramfs, &report_path, l1_size);
-    let streams = match exec {
-        Some(ExecIo) => Some(ExecStreams::listen(dir, &mut qemu)?),
-        None => None,
+    let streams = if exec {
+        Some(ExecStreams::listen(dir, &mut qemu)?)
+    } else {
+        None
     };
     let interactive =
         streams.is_none() && config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
@@ -588,10 +569,9 @@ fn run_inner(
         thread::spawn(move || follow(report_file, done, rename))
     };
     let copiers = streams.map(ExecStreams::copy);
-    let watchdog = timeout.map(|t| Watchdog::start(child.id() as i32, t + L1_BOOT_ALLOWANCE));
-    let waited = child.wait();
+    let deadline = timeout.map(|t| Instant::now() + t + L1_BOOT_ALLOWANCE);
+    let (waited, timed_out) = wait_until(&mut child, deadline);
     QEMU_PID.store(0, Ordering::SeqCst);
-    let timed_out = watchdog.is_some_and(Watchdog::stop);
     for c in copiers.into_iter().flatten() {
         let _ = c.join();
     }
