@@ -265,7 +265,8 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1u64 << shift).ok_or_else(err)
 }
 
-fn parse_console(s: &str) -> Result<ConsoleConfig, ConfigError> {
+/// `--console`: `stdout`, `none` or `file=PATH`.
+pub fn parse_console(s: &str) -> Result<ConsoleConfig, ConfigError> {
     match s {
         "stdout" => Ok(ConsoleConfig::Stdout),
         "none" => Ok(ConsoleConfig::None),

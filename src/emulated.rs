@@ -35,6 +35,7 @@ use vmm_sys_util::tempdir::TempDir;
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
 use crate::config::{ConsoleConfig, DiskConfig, VmConfig, DEFAULT_CMDLINE};
 use crate::devices::virtio::block::backend::{self, DiskFile};
+use crate::devices::virtio::block::guest_device;
 use crate::exec::Outcome;
 use crate::guest::resources_dir;
 
@@ -407,16 +408,25 @@ fn inner_args(config: &VmConfig) -> Vec<String> {
 /// L1 sees the user's disks as virtio disks /dev/vda, /dev/vdb, ... in
 /// order (QEMU's `-drive`s below), and hands them to the inner kvmini.
 fn inner_disk_args(disks: &[DiskConfig]) -> Vec<String> {
-    (b'a'..=b'z')
-        .zip(disks)
-        .flat_map(|(letter, d)| {
-            let ro = if d.readonly { ",readonly=on" } else { "" };
-            [
-                "--disk".to_string(),
-                format!("path=/dev/vd{}{ro}", letter as char),
-            ]
+    disks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| {
+            let in_l1 = DiskConfig {
+                path: guest_device(i).into(),
+                readonly: d.readonly,
+            };
+            ["--disk".to_string(), in_l1.to_arg()]
         })
         .collect()
+}
+
+/// Says on stderr that `--accel auto` chose the emulated machine, and why.
+pub fn announce_fallback() {
+    eprintln!(
+        "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
+         running the VM inside an emulated machine (much slower). --accel=kvm refuses this."
+    );
 }
 
 fn inner_args_of(initrd: bool, memory_bytes: u64, vcpus: u8, cmdline: &str) -> Vec<String> {

@@ -94,15 +94,22 @@ fn build(script: &Path) -> Result<PathBuf, GuestError> {
         .ok_or_else(|| GuestError::NoOutput(script.to_path_buf()))
 }
 
-/// The default guest kernel (vmlinux: no decompression, the fastest boot)
-/// and initramfs, built or taken from the cache.
+/// The default guest kernel (vmlinux: no decompression, the fastest boot),
+/// built or taken from the cache.
+pub fn default_kernel() -> Result<PathBuf, GuestError> {
+    Ok(build_artefact("kernel/build.sh")?.join("vmlinux"))
+}
+
+/// The default guest's busybox initramfs, built or taken from the cache.
+pub fn default_initrd() -> Result<PathBuf, GuestError> {
+    build_artefact("rootfs/build-initramfs.sh")
+}
+
+/// The default guest: [`default_kernel`] and [`default_initrd`].
 pub fn default_guest() -> Result<(PathBuf, PathBuf), GuestError> {
-    let res = resources_dir();
     log::info!(
         "no --kernel given: using the default guest from {}",
-        res.display()
+        resources_dir().display()
     );
-    let kernel_dir = build(&res.join("kernel/build.sh"))?;
-    let initrd = build(&res.join("rootfs/build-initramfs.sh"))?;
-    Ok((kernel_dir.join("vmlinux"), initrd))
+    Ok((default_kernel()?, default_initrd()?))
 }

@@ -64,11 +64,7 @@ fn main() -> ExitCode {
                 Ok(true) => {}
                 Ok(false) => {
                     if config.accel == Accel::Auto {
-                        eprintln!(
-                            "kvmini: this host has no hardware virtualization (no vmx/svm in \
-                             /proc/cpuinfo);\n        running the VM inside an emulated machine \
-                             (much slower). --accel=kvm refuses this."
-                        );
+                        kvmini::emulated::announce_fallback();
                     }
                     return match kvmini::emulated::run(&config) {
                         Ok(code) => ExitCode::from(code),

@@ -153,9 +153,7 @@ fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, Stri
     };
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
-        None => guest::build_artefact("kernel/build.sh")
-            .map_err(|e| e.to_string())?
-            .join("vmlinux"),
+        None => guest::default_kernel().map_err(|e| e.to_string())?,
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find kvmini itself: {e}"))?;
     Ok((

@@ -27,7 +27,8 @@ use std::time::Duration;
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::cli::{ExecArgs, RunArgs};
-use crate::config::{self, ConfigError, ConsoleConfig, VmConfig, MAX_VIRTIO_DEVICES};
+use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig, MAX_VIRTIO_DEVICES};
+use crate::devices::virtio::block::guest_device;
 use crate::emulated::{self, EmulatedError};
 use crate::guest::{self, GuestError};
 use crate::vmm::{self, exit::VmExit, Extras};
@@ -153,19 +154,12 @@ fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, ExecError> {
     Ok(out)
 }
 
+/// `run`'s console destinations, but stdout: that is the command's.
 fn parse_console(s: &str) -> Result<ConsoleConfig, ExecError> {
-    match s {
-        "none" => Ok(ConsoleConfig::None),
-        _ => match s.strip_prefix("file=") {
-            Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(p))),
-            _ => Err(ExecError::Console(s.to_string())),
-        },
+    match config::parse_console(s) {
+        Ok(ConsoleConfig::Stdout) | Err(_) => Err(ExecError::Console(s.to_string())),
+        Ok(c) => Ok(c),
     }
-}
-
-/// `/dev/vda` for index 0, ... (the guest names virtio disks in order).
-fn guest_disk(index: usize) -> String {
-    format!("/dev/vd{}", (b'a' + index as u8) as char)
 }
 
 /// How a VM run ended, from exec's point of view.
@@ -225,13 +219,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .map_err(ExecError::Config)?;
     let kernel = match args.kernel.clone() {
         Some(k) => k,
-        None => guest::build_artefact("kernel/build.sh")
-            .map_err(ExecError::Guest)?
-            .join("vmlinux"),
+        None => guest::default_kernel().map_err(ExecError::Guest)?,
     };
     let base_initrd = match args.initrd.clone() {
         Some(i) => i,
-        None => guest::build_artefact("rootfs/build-initramfs.sh").map_err(ExecError::Guest)?,
+        None => guest::default_initrd().map_err(ExecError::Guest)?,
     };
 
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-exec.")).map_err(|e| {
@@ -244,22 +236,18 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
 
     // Disks in guest order: the user's, the rootfs, the shares.
     let mut disks = args.disks.clone();
-    let rootfs_dev = args.rootfs.as_ref().map(|p| {
-        disks.push(format!("path={},readonly=on", p.display()));
-        guest_disk(disks.len() - 1)
-    });
+    let mut attach = |path: PathBuf, readonly: bool| {
+        disks.push(DiskConfig { path, readonly }.to_arg());
+        guest_device(disks.len() - 1)
+    };
+    let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
     let mut guest_shares = Vec::new();
     let mut images = Vec::new();
     for (i, s) in shares.iter().enumerate() {
         let image = dir.join(format!("share{i}.img"));
         share::make_image(s, &image).map_err(ExecError::Share)?;
-        disks.push(format!(
-            "path={}{}",
-            image.display(),
-            if s.readonly { ",readonly=on" } else { "" }
-        ));
         guest_shares.push(job::GuestShare {
-            device: guest_disk(disks.len() - 1),
+            device: attach(image.clone(), s.readonly),
             path: s.guest.clone(),
             readonly: s.readonly,
         });
@@ -304,10 +292,7 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         run_kvm(&vm, timeout, &console)?
     } else {
         if vm.accel == config::Accel::Auto {
-            eprintln!(
-                "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
-                 running the VM inside an emulated machine (much slower). --accel=kvm refuses this."
-            );
+            emulated::announce_fallback();
         }
         emulated::run_exec(&vm, timeout, &console).map_err(ExecError::Emulated)?
     };
@@ -544,8 +529,8 @@ mod tests {
             parse_console("file=/tmp/c").unwrap(),
             ConsoleConfig::File("/tmp/c".into())
         );
-        assert_eq!(guest_disk(0), "/dev/vda");
-        assert_eq!(guest_disk(2), "/dev/vdc");
+        assert_eq!(guest_device(0), "/dev/vda");
+        assert_eq!(guest_device(2), "/dev/vdc");
     }
 
     #[test]

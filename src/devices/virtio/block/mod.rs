@@ -8,5 +8,20 @@ pub mod request;
 
 pub use device::{Block, BlockConfig, BlockHandler, Error};
 
+/// The name Linux gives the `index`-th virtio disk: /dev/vda, /dev/vdb, ...
+/// (in the order the devices are found; at most 26 here).
+pub fn guest_device(index: usize) -> String {
+    let letter = u8::try_from(index).map_or(b'?', |i| b'a'.saturating_add(i));
+    format!("/dev/vd{}", letter as char)
+}
+
+impl BlockConfig {
+    /// This disk as a `--disk` argument: `path=PATH[,readonly=on]`.
+    pub fn to_arg(&self) -> String {
+        let ro = if self.readonly { ",readonly=on" } else { "" };
+        format!("path={}{ro}", self.path.display())
+    }
+}
+
 #[cfg(test)]
 mod tests;
