@@ -66,16 +66,7 @@ ROWS=("seq-read|seq read 1M QD4 MiB/s|higher" "seq-write|seq write 1M QD4 MiB/s|
     "blk-secs|launch to exit s|lower")
 
 report() {
-    local console=$1 values missing
-    values=$(bench_parse "$console" "$FIO_AWK")
-    bench_table "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "${ROWS[@]}" <<<"$values"
-    missing=0
-    for vmm in kvmini qemu; do
-        for m in seq-read seq-write rand-read rand-write; do
-            grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
-        done
-    done
-    return "$missing"
+    bench_report "$1" "$FIO_AWK" "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "seq-read seq-write rand-read rand-write" "${ROWS[@]}"
 }
 
 if [[ -n $parse ]]; then

@@ -73,6 +73,23 @@ bench_rig() {
     return "$st"
 }
 
+# bench_report CONSOLE AWK_RULES TITLE "METRIC..." ROW...: the table of a
+# saved console (bench_parse with AWK_RULES, bench_table with the ROW specs);
+# returns 1, naming each on stderr, if any listed METRIC has no value under
+# kvmini or QEMU.
+bench_report() {
+    local console=$1 rules=$2 title=$3 required=$4 values missing=0 vmm m
+    shift 4
+    values=$(bench_parse "$console" "$rules")
+    bench_table "$title" "$@" <<<"$values"
+    for vmm in kvmini qemu; do
+        for m in $required; do
+            grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
+        done
+    done
+    return "$missing"
+}
+
 # bench_go NAME WHAT TIMEOUT [run.sh args...]: the common end of every
 # benchmark script: runs scenarios/NAME.sh in the rig with
 # $BENCH_WORK/data, keeping the console in $log (default: a timestamped
