@@ -137,12 +137,11 @@ cp "${scripts[@]}" "$root/opt/scenarios/"
 
 # Overall budget: L1 boot + every scenario at its full timeout + slack.
 # Scenarios may raise their own timeout (see scenario-runner.sh).
-overall=120 longest=$per_timeout
+overall=120
 for s in "${scripts[@]}"; do
     own=$(sed -n 's/^# kvmini-scenario-timeout: *\([0-9][0-9]*\).*/\1/p' "$s" | head -n 1)
     t=$((${own:-0} > per_timeout ? ${own:-0} : per_timeout))
     overall=$((overall + t))
-    ((t <= longest)) || longest=$t
 done
 log "booting L1 ($(basename "$vmlinuz"), -smp $smp, ${#scripts[@]} scenarios, timeout ${overall}s)"
 start=$SECONDS
@@ -152,30 +151,47 @@ rc=0
 # rig_timeout=... reaches L1's /init as an environment variable.
 # The console goes through a watch loop: L1's own kernel has been seen to
 # livelock under TCG (nested KVM: "watchdog: BUG: soft lockup" on every
-# CPU), which no timeout inside L1 can break. Such an L1 is stopped at
-# once (soft lockup), or after $stall s without any output, and run.sh
+# CPU, or simply silence), which no timeout inside L1 can break. L1's init
+# writes a heartbeat to its second serial port ($tmp/heartbeat here), so
+# such an L1 is stopped at once (soft lockup, or a scenario that survives
+# SIGKILL), or when its heartbeat has not moved for $stall s, and run.sh
 # exits 75 (EX_TEMPFAIL): the rig failed, not necessarily kvmini.
-stall=${KVMINI_RIG_STALL:-$((longest + 60))}
+stall=${KVMINI_RIG_STALL:-60}
 fifo=$tmp/console
 mkfifo "$fifo"
+: >"$tmp/heartbeat"
 timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -accel "tcg,thread=${KVMINI_RIG_TCG_THREAD:-multi}" -cpu max -m 2048 -smp "$smp" \
     -nographic -no-reboot -nic none \
+    -serial mon:stdio -serial "file:$tmp/heartbeat" \
     -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
-broken=""
+broken="" partial="" beat_size=0 beat_at=$SECONDS
 while :; do
-    if IFS= read -r -t "$stall" line; then
+    if IFS= read -r -t 5 line; then
+        line=$partial$line partial=""
         printf '%s\n' "$line"
         if [[ $line == *"watchdog: BUG: soft lockup"* ]]; then
             broken="L1's kernel reported a soft lockup (nested KVM under TCG)"
             break
         fi
+        if [[ $line == *"@@KVMINI-RIG-BROKEN"* ]]; then
+            broken="a scenario's processes survived SIGKILL in L1"
+            break
+        fi
+    elif (($? > 128)); then
+        partial+=$line # read timed out mid-line: keep what it got
     else
-        (($? > 128)) && broken="no console output for ${stall}s"
-        [[ -z $line ]] || printf '%s\n' "$line"
+        [[ -z $partial$line ]] || printf '%s\n' "$partial$line"
+        break # end of the console: QEMU exited
+    fi
+    size=$(stat -c %s "$tmp/heartbeat")
+    if ((size != beat_size)); then
+        beat_size=$size beat_at=$SECONDS
+    elif ((SECONDS - beat_at > stall)); then
+        broken="no heartbeat from L1 for ${stall}s"
         break
     fi
 done <"$fifo"

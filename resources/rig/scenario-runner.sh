@@ -31,6 +31,10 @@ for s in "$@"; do
         sleep "$timeout"
         echo "@@KVMINI-SCENARIO-TIMEOUT $name after ${timeout}s"
         kill -s KILL -"$pid" 2>/dev/null
+        # Still here 30 s after SIGKILL: a process is stuck in the kernel
+        # (seen when L1's KVM wedges); only a fresh L1 helps.
+        sleep 30
+        echo "@@KVMINI-RIG-BROKEN $name did not die 30s after SIGKILL"
     ) &
     watchdog=$!
     wait "$pid"
