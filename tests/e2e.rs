@@ -16,6 +16,7 @@
 //! - `KVMINI_E2E_MODE=rig|host`: force where scenarios run.
 //! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 90; the slowest scenario takes ~20 s in the rig).
 //! - `KVMINI_E2E_KVMINI=PATH`: use this static kvmini instead of building one.
+//! - `KVMINI_E2E_RIG_SMP=N`: vCPUs of the rig's L1 (default 1, see below).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -219,6 +220,7 @@ fn run_batch() -> Result<Batch, String> {
         Err(_) => host_has_hw_virt(),
     };
     let timeout = std::env::var("KVMINI_E2E_TIMEOUT").unwrap_or_else(|_| "90".into());
+    let rig_smp = std::env::var("KVMINI_E2E_RIG_SMP").unwrap_or_else(|_| "1".into());
     eprintln!(
         "e2e: running scenarios {}",
         if host {
@@ -231,6 +233,10 @@ fn run_batch() -> Result<Batch, String> {
     base.arg("--kvmini")
         .arg(&kvmini)
         .args(["--timeout", &timeout])
+        // One L1 vCPU: with two, L1 froze within 16 single-vCPU guests
+        // (nested KVM under multi-threaded TCG), and ran them slower
+        // (docs/testing.md, "Known rig problem").
+        .args(["--smp", &rig_smp])
         .env("GUEST_VMLINUX", Path::new(&kernel_dir).join("vmlinux"))
         .env("GUEST_BZIMAGE", Path::new(&kernel_dir).join("bzImage"))
         .env("GUEST_INITRD", &initrd)
