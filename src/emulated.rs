@@ -57,6 +57,13 @@ const USER_QUIT: u8 = 130;
 /// timeout itself and normally reports first.
 const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
 
+/// L1's /init writes a heartbeat to its third serial port every 5 s. Nested
+/// KVM under QEMU's software CPU sometimes livelocks the whole emulated
+/// machine (docs/testing.md, "Known rig problem"); without a heartbeat for
+/// this long (after the first one, or after L1_BOOT_ALLOWANCE before it),
+/// QEMU is stopped and the run fails instead of hanging.
+const HEARTBEAT_STALL: Duration = Duration::from_secs(60);
+
 /// The two streams of `kvmini exec`: Unix sockets QEMU connects to (its
 /// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` in L1), copied to
 /// our stdout and stderr.
@@ -109,26 +116,83 @@ impl ExecStreams {
     }
 }
 
-/// Waits for QEMU; with a deadline, polls it instead and, once the
-/// deadline passes, tells QEMU to quit and waits for that. Returns QEMU's
-/// status and whether the deadline killed it. The child is only reaped
-/// here, on this thread, so the pid signalled is still QEMU's.
-fn wait_until(child: &mut Child, deadline: Option<Instant>) -> (io::Result<ExitStatus>, bool) {
-    let Some(deadline) = deadline else {
-        return (child.wait(), false);
-    };
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return (Ok(status), false),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                // SAFETY: kill(2) on our child, not yet reaped (try_wait
-                // just saw it running and nothing else waits for it).
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                return (child.wait(), true);
-            }
-            Err(e) => return (Err(e), false),
+/// How the wait for QEMU ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// QEMU exited by itself.
+    Exited,
+    /// The deadline passed; QEMU was told to quit.
+    TimedOut,
+    /// L1's heartbeat stopped; QEMU was told to quit.
+    Froze,
+}
+
+/// Watches L1's heartbeat: a file QEMU appends to while L1 lives.
+struct Heartbeat {
+    path: PathBuf,
+    /// Longest silence allowed once the first beat came.
+    stall: Duration,
+    /// Longest wait for the first beat (L1's own boot).
+    first: Duration,
+    size: u64,
+    last_change: Instant,
+    beating: bool,
+}
+
+impl Heartbeat {
+    fn new(path: PathBuf, stall: Duration, first: Duration) -> Self {
+        Heartbeat {
+            path,
+            stall,
+            first,
+            size: 0,
+            last_change: Instant::now(),
+            beating: false,
         }
+    }
+
+    /// True once the heartbeat has been silent for too long.
+    fn stopped(&mut self) -> bool {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size != self.size {
+            self.size = size;
+            self.last_change = Instant::now();
+            self.beating = true;
+            return false;
+        }
+        let limit = if self.beating { self.stall } else { self.first };
+        self.last_change.elapsed() > limit
+    }
+}
+
+/// Waits for QEMU: polls it, and tells it to quit once the deadline passes
+/// or the heartbeat stops. The child is only reaped here, on this thread,
+/// so the pid signalled is still QEMU's.
+fn watch(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    heartbeat: &mut Heartbeat,
+) -> (io::Result<ExitStatus>, Ended) {
+    let mut checked = Instant::now();
+    loop {
+        let stop = match child.try_wait() {
+            Ok(Some(status)) => return (Ok(status), Ended::Exited),
+            Err(e) => return (Err(e), Ended::Exited),
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => Some(Ended::TimedOut),
+            Ok(None) if checked.elapsed() >= Duration::from_secs(1) => {
+                checked = Instant::now();
+                heartbeat.stopped().then_some(Ended::Froze)
+            }
+            Ok(None) => None,
+        };
+        let Some(ended) = stop else {
+            thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        // SAFETY: kill(2) on our child, not yet reaped (try_wait just saw
+        // it running and nothing else waits for it).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        return (child.wait(), ended);
     }
 }
 
@@ -150,6 +214,8 @@ pub enum EmulatedError {
     SpawnQemu(io::Error),
     /// L1's /init could not run kvmini; its reason.
     L1Setup(String),
+    /// L1 stopped its heartbeat (livelocked) and was stopped.
+    L1Froze(Duration),
     /// L1 ended without reporting kvmini's exit status.
     L1Died {
         last_step: Option<String>,
@@ -213,6 +279,14 @@ impl fmt::Display for EmulatedError {
                  Debian's qemu-system-x86"
             ),
             Self::L1Setup(why) => write!(f, "the emulated machine could not run the VM: {why}"),
+            Self::L1Froze(stall) => write!(
+                f,
+                "the emulated machine stopped responding (no heartbeat for {} s) and was \
+                 stopped: nested KVM under QEMU's software CPU sometimes freezes; this is \
+                 not the guest's doing. Run the command again (disks keep what the guest \
+                 flushed before the freeze; --share files were not copied back)",
+                stall.as_secs()
+            ),
             Self::L1Died {
                 last_step,
                 qemu,
@@ -548,7 +622,14 @@ fn run_inner(
     let report_file =
         File::open(&report_path).map_err(|e| EmulatedError::WriteArgs(report_path.clone(), e))?;
 
-    let mut qemu = qemu_command(config, &vmlinuz, &initramfs, &report_path, l1_size);
+    let heartbeat_path = dir.join("l1-heartbeat");
+    let mut qemu = qemu_command(
+        config,
+        &vmlinuz,
+        &initramfs,
+        [&report_path, &heartbeat_path],
+        l1_size,
+    );
     let streams = if exec {
         Some(ExecStreams::listen(dir, &mut qemu)?)
     } else {
@@ -580,7 +661,8 @@ fn run_inner(
     };
     let copiers = streams.map(ExecStreams::copy);
     let deadline = timeout.map(|t| Instant::now() + t + L1_BOOT_ALLOWANCE);
-    let (waited, timed_out) = wait_until(&mut child, deadline);
+    let mut heartbeat = Heartbeat::new(heartbeat_path, HEARTBEAT_STALL, L1_BOOT_ALLOWANCE);
+    let (waited, ended) = watch(&mut child, deadline, &mut heartbeat);
     QEMU_PID.store(0, Ordering::SeqCst);
     for c in copiers.into_iter().flatten() {
         let _ = c.join();
@@ -597,7 +679,10 @@ fn run_inner(
     if let Some(code) = signalled() {
         return Ok((code, None));
     }
-    if timed_out {
+    if ended == Ended::Froze {
+        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL));
+    }
+    if ended == Ended::TimedOut {
         eprintln!(
             "kvmini: the emulated machine did not finish within the --timeout (plus {}s \
              for its own start); it was killed",
@@ -659,7 +744,7 @@ fn qemu_command(
     config: &VmConfig,
     vmlinuz: &Path,
     initramfs: &Path,
-    report: &Path,
+    [report, heartbeat]: [&Path; 2],
     initramfs_bytes: u64,
 ) -> Command {
     let mib = (config.memory_bytes >> 20) + L1_OVERHEAD_MIB + 2 * (initramfs_bytes >> 20);
@@ -668,7 +753,9 @@ fn qemu_command(
     // -nodefaults/-nic none: only the devices below; L1 has no network.
     q.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
         .args(["-m", &format!("{mib}M")])
-        .args(["-smp", &l1_cpus(config.vcpus).to_string()])
+        // One vCPU whatever the guest has: with two, L1 froze far more
+        // often (docs/testing.md); the guest's vCPUs share it.
+        .args(["-smp", "1"])
         .args([
             "-nodefaults",
             "-display",
@@ -719,6 +806,9 @@ fn qemu_command(
     q.arg("-chardev")
         .arg(format!("file,id=report,path={}", qemu_path(report)))
         .args(["-serial", "chardev:report"])
+        .arg("-chardev")
+        .arg(format!("file,id=heartbeat,path={}", qemu_path(heartbeat)))
+        .args(["-serial", "chardev:heartbeat"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -740,16 +830,78 @@ fn qemu_command(
     q
 }
 
-/// L1's vCPUs: as many as the guest has, up to the host's CPUs (TCG runs one
-/// host thread per vCPU).
-fn l1_cpus(guest_vcpus: u8) -> usize {
-    let host = thread::available_parallelism().map_or(1, |n| n.get());
-    usize::from(guest_vcpus).clamp(1, host.max(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spawn_sh(script: &str) -> Child {
+        Command::new("sh").args(["-c", script]).spawn().unwrap()
+    }
+
+    fn temp_file(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("kvmini-hb-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    #[test]
+    fn watch_stops_qemu_when_the_heartbeat_stops() {
+        let path = temp_file("silent");
+        // Beats twice, then goes silent but keeps running.
+        let mut child = spawn_sh(&format!(
+            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 30",
+            p = path.display()
+        ));
+        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(5));
+        let started = Instant::now();
+        let (status, ended) = watch(&mut child, None, &mut hb);
+        assert_eq!(ended, Ended::Froze);
+        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn watch_waits_while_the_heartbeat_goes_on() {
+        let path = temp_file("beating");
+        // Runs 4 s, longer than the 2 s stall limit, beating every 0.5 s.
+        let mut child = spawn_sh(&format!(
+            "for i in 1 2 3 4 5 6 7 8; do echo . >>{}; sleep 0.5; done; exit 7",
+            path.display()
+        ));
+        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(2));
+        let (status, ended) = watch(&mut child, None, &mut hb);
+        assert_eq!(ended, Ended::Exited);
+        assert_eq!(status.unwrap().code(), Some(7));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn watch_gives_l1_time_for_its_first_beat_then_stops_it() {
+        let path = temp_file("never");
+        let mut child = spawn_sh("exec sleep 30");
+        let mut hb = Heartbeat::new(path, Duration::from_secs(1), Duration::from_secs(3));
+        let started = Instant::now();
+        let (_, ended) = watch(&mut child, None, &mut hb);
+        assert_eq!(ended, Ended::Froze);
+        // Not at the 1 s stall limit: the first beat may take 3 s.
+        assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn watch_stops_qemu_at_the_deadline() {
+        let path = temp_file("deadline");
+        let mut child = spawn_sh(&format!(
+            "while :; do echo . >>{}; sleep 0.2; done",
+            path.display()
+        ));
+        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(5), Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (status, ended) = watch(&mut child, Some(deadline), &mut hb);
+        assert_eq!(ended, Ended::TimedOut);
+        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn inner_args_drop_the_default_cmdline() {

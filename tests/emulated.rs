@@ -4,6 +4,7 @@
 //! beyond what installing QEMU on first use needs, and take ~20 s each under
 //! TCG, so they run one at a time and there are few of them.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -13,22 +14,78 @@ use std::time::{Duration, Instant};
 /// would only slow each other down past any sensible timeout.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Runs kvmini; returns its output and how long it ran.
-fn kvmini_timed(args: &[&str]) -> (Output, Duration) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmini"))
+/// What kvmini says when the emulated machine froze (src/emulated.rs): a
+/// known problem of nested KVM under TCG, not of the code under test.
+const L1_FROZE: &str = "the emulated machine stopped responding";
+
+/// No single run may take longer than this; a hang fails the test.
+const RUN_LIMIT: Duration = Duration::from_secs(900);
+
+/// Runs kvmini once, killing it after RUN_LIMIT.
+fn kvmini_once(args: &[&str]) -> Output {
+    let dir = std::env::temp_dir();
+    let tag = format!(
+        "kvmini-emulated-test-out.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    );
+    let (out_path, err_path) = (
+        dir.join(format!("{tag}.out")),
+        dir.join(format!("{tag}.err")),
+    );
+    let out_file = std::fs::File::create(&out_path).expect("cannot create a temp file");
+    let err_file = std::fs::File::create(&err_path).expect("cannot create a temp file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmini"))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(out_file)
+        .stderr(err_file)
+        .spawn()
         .expect("cannot run kvmini");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for kvmini") {
+            break status;
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvmini {args:?} did not finish within {RUN_LIMIT:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
     eprintln!(
         "---- kvmini {args:?}: {}\n---- stdout:\n{}\n---- stderr:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out, start.elapsed())
+    out
+}
+
+/// Runs kvmini; returns its output and how long it ran. A run whose
+/// emulated machine froze is run once more, with a warning on stderr (past
+/// the harness's capture); the second result is the one judged.
+fn kvmini_timed(args: &[&str]) -> (Output, Duration) {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let start = Instant::now();
+    let out = kvmini_once(args);
+    if !String::from_utf8_lossy(&out.stderr).contains(L1_FROZE) {
+        return (out, start.elapsed());
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "emulated: WARNING: the emulated machine froze running kvmini {args:?}; running it once more"
+    );
+    let start = Instant::now();
+    (kvmini_once(args), start.elapsed())
 }
 
 fn kvmini(args: &[&str]) -> Output {
