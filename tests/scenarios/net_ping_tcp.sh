@@ -42,14 +42,17 @@ echo down-secs=\$t0-\$(up)
 echo guest-down-sha=\$(cut -c1-64 /tmp/down.sum)
 GUEST
 nc -l -p 5000 <"$tmp/guest.sh" &
+script_nc=$!
 # An empty stdin that never ends: busybox nc half-closes on stdin EOF,
 # which would cut the guest's upload short.
 mkfifo "$tmp/hold"
 exec 3<>"$tmp/hold"
-nc -l -p 5001 <&3 | sha256sum >"$tmp/up.sum" &
+nc -l -p 5001 <&3 >"$tmp/up" &
+up_nc=$!
 dd if=/dev/urandom of="$tmp/down" bs=1M count="$NET_DOWN_MIB" 2>/dev/null
 echo "host-down-sha=$(sha256sum <"$tmp/down" | cut -c1-64)"
 nc -l -p 5002 <"$tmp/down" &
+down_nc=$!
 set +e
 "$KVMINI" run --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 320M \
     --net tap=ktap0,mac=52:54:00:12:34:56 \
@@ -57,7 +60,15 @@ set +e
 cat /sys/class/net/eth0/address; ping -c 3 192.168.100.1 && echo net-ping=ok; \
 nc 192.168.100.1 5000 >/tmp/s; sh /tmp/s"
 rc=$?
+# The listeners end when the guest closes its connections. A guest that
+# died mid-transfer never does: give them 10 s, then stop them, so the
+# scenario fails now instead of at its timeout.
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    kill -0 "$up_nc" 2>/dev/null || break
+    sleep 1
+done
+kill "$script_nc" "$up_nc" "$down_nc" 2>/dev/null
 wait
-echo "host-up-sha=$(cut -c1-64 "$tmp/up.sum")"
+echo "host-up-sha=$(sha256sum <"$tmp/up" | cut -c1-64)"
 rm -rf "$tmp"
 exit $rc
