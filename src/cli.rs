@@ -190,6 +190,12 @@ pub struct ExecArgs {
     #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
     pub disks: Vec<String>,
 
+    /// A virtio-net NIC on the host TAP interface NAME: `tap=NAME[,mac=MAC]`,
+    /// as for `run` (configure the guest side with `--cmdline ip=...`).
+    /// Needs hardware KVM.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+
     /// Extra kernel command line (appended to kvmini's defaults).
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
