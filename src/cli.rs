@@ -135,6 +135,20 @@ pub struct BenchArgs {
     /// Longest one instance may take (seconds, or with s, m, h).
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub timeout: String,
+
+    /// Size of the block workload's scratch file: each fio job makes one
+    /// pass over it (at most 30 s).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub io_size: String,
+
+    /// Directory for the block workload's scratch file: the host
+    /// filesystem measured. Default: the bench's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub io_dir: Option<PathBuf>,
+
+    /// iperf3's time per direction (seconds, or with s, m).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub net_time: String,
 }
 
 #[derive(Debug, Args)]
