@@ -98,9 +98,16 @@ pub struct BenchArgs {
     /// Root filesystem for all three environments: an initramfs (gzip'd or
     /// plain newc cpio) with busybox. The VM boots it; it is unpacked for
     /// the container's bundle and the host's runs. Default: kvmini's
-    /// default guest initramfs.
+    /// default guest initramfs (block and network: see --tools-initrd).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+
+    /// Root filesystem for the block and network workloads (it needs fio
+    /// and iperf3), in all three environments. Default: `--initrd` if
+    /// given, else kvmini's bench initramfs (the default guest plus fio,
+    /// iperf3 and their libraries; built on first use and cached).
+    #[arg(long, value_name = "PATH")]
+    pub tools_initrd: Option<PathBuf>,
 
     /// Guest RAM of the VM, and the container's memory limit.
     #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]

@@ -337,9 +337,16 @@ fn run(args: BenchArgs) -> Result<u8, String> {
     let lacks_tools = tree.is_ok()
         && (env::tool_in_tree(&root, "fio").is_none()
             || env::tool_in_tree(&root, "iperf3").is_none());
-    let tools = if args.initrd.is_none() && wants_tools && lacks_tools {
-        eprintln!("kvmini bench: block and network run on the bench initramfs (fio, iperf3)");
-        match guest::build_artefact("bench/build-initramfs.sh") {
+    let tools_initrd = match &args.tools_initrd {
+        Some(t) if wants_tools => Some(Ok(t.clone())),
+        None if args.initrd.is_none() && wants_tools && lacks_tools => {
+            eprintln!("kvmini bench: block and network run on the bench initramfs (fio, iperf3)");
+            Some(guest::build_artefact("bench/build-initramfs.sh").map_err(|e| e.to_string()))
+        }
+        _ => None,
+    };
+    let tools = if let Some(made) = tools_initrd {
+        match made {
             Ok(ti) => {
                 eprintln!(
                     "kvmini bench: unpacking {} for the container and the host",
@@ -586,6 +593,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::path::Path;
 
     fn args(extra: &[&str]) -> BenchArgs {
         let mut argv = vec!["kvmini", "bench"];
@@ -619,6 +627,41 @@ mod tests {
             .unwrap_err()
             .contains("does not fit"));
         assert!(plan(&args(&["--budget", "lots"])).is_err());
+    }
+
+    #[test]
+    fn io_and_net_knobs() {
+        let p = plan(&args(&[])).unwrap();
+        assert_eq!((p.settings.io_mib, p.settings.net_secs), (256, 5));
+        let p = plan(&args(&["--io-size", "8M", "--net-time", "2m"])).unwrap();
+        assert_eq!((p.settings.io_mib, p.settings.net_secs), (8, 120));
+        assert!(plan(&args(&["--io-size", "100K"]))
+            .unwrap_err()
+            .contains("--io-size"));
+        assert!(plan(&args(&["--io-size", "big"])).is_err());
+        assert!(plan(&args(&["--net-time", "0"])).is_err());
+    }
+
+    #[test]
+    fn a_vm_too_small_for_its_initramfs_says_so() {
+        let tmp = TempDir::new().unwrap();
+        let initrd = tmp.as_path().join("big.cpio");
+        let f = std::fs::File::create(&initrd).unwrap();
+        f.set_len(85 << 20).unwrap();
+        let why = vm_unfit(192, &initrd).unwrap();
+        assert!(
+            why.contains("85 MiB") && why.contains("at least 234M"),
+            "{why}"
+        );
+        assert!(vm_unfit(234, &initrd).is_none());
+        assert!(vm_unfit(64, Path::new("/nonexistent")).is_none());
+    }
+
+    #[test]
+    fn direct_io_note_names_both_cases() {
+        assert!(io_direct_note(true).contains("direct=1 on the scratch file"));
+        assert!(io_direct_note(false).contains("buffered"));
+        assert!(io_direct_note(false).contains("vm: fio direct=1"));
     }
 
     #[test]
