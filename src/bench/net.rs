@@ -581,6 +581,16 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_container_link_leaves_nothing() {
+        // No busybox to hold the namespace: fails before creating anything,
+        // with or without privilege.
+        let net = choose_nets(&[], 0, 1).unwrap()[0];
+        let e = Link::create(EnvKind::Container, net, "t1", Path::new("/nonexistent")).unwrap_err();
+        assert!(e.contains("namespace holder"), "{e}");
+        assert!(!interface_exists("kbvt1"));
+    }
+
+    #[test]
     fn host_link_is_loopback() {
         let l = Link::create(
             EnvKind::Host,
