@@ -205,14 +205,14 @@ impl Workload {
         }
         match self {
             Self::Block => tool_in_tree(&ctx.root, "fio").is_none().then(|| {
-                "the root filesystem has no fio: pass --initrd with an image that has it \
+                "the root filesystem has no fio: pass --tools-initrd with an image that has it \
                  (the guest kernel then needs SYSVIPC and AIO)"
                     .into()
             }),
             Self::Network => {
                 if tool_in_tree(&ctx.root, "iperf3").is_none() {
                     return Some(
-                        "the root filesystem has no iperf3: pass --initrd with an image that \
+                        "the root filesystem has no iperf3: pass --tools-initrd with an image that \
                          has it"
                             .into(),
                     );
