@@ -98,9 +98,16 @@ pub struct BenchArgs {
     /// Root filesystem for all three environments: an initramfs (gzip'd or
     /// plain newc cpio) with busybox. The VM boots it; it is unpacked for
     /// the container's bundle and the host's runs. Default: kvmini's
-    /// default guest initramfs.
+    /// default guest initramfs (block and network: see --tools-initrd).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+
+    /// Root filesystem for the block and network workloads (it needs fio
+    /// and iperf3), in all three environments. Default: `--initrd` if
+    /// given, else kvmini's bench initramfs (the default guest plus fio,
+    /// iperf3 and their libraries; built on first use and cached).
+    #[arg(long, value_name = "PATH")]
+    pub tools_initrd: Option<PathBuf>,
 
     /// Guest RAM of the VM, and the container's memory limit.
     #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
@@ -135,6 +142,20 @@ pub struct BenchArgs {
     /// Longest one instance may take (seconds, or with s, m, h).
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub timeout: String,
+
+    /// Size of the block workload's scratch file: each fio job makes one
+    /// pass over it (at most 30 s).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub io_size: String,
+
+    /// Directory for the block workload's scratch file: the host
+    /// filesystem measured. Default: the bench's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub io_dir: Option<PathBuf>,
+
+    /// iperf3's time per direction (seconds, or with s, m).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub net_time: String,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +210,12 @@ pub struct ExecArgs {
     /// Disks come first: /dev/vda, /dev/vdb, ... in order.
     #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
     pub disks: Vec<String>,
+
+    /// A virtio-net NIC on the host TAP interface NAME: `tap=NAME[,mac=MAC]`,
+    /// as for `run` (configure the guest side with `--cmdline ip=...`).
+    /// Needs hardware KVM.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
 
     /// Extra kernel command line (appended to kvmini's defaults).
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]

@@ -22,6 +22,10 @@
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
 # resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
 # GUEST_EXT4) are set.
+# GUEST_BENCH_INITRD (optional): the bench initramfs (fio, iperf3; from
+# resources/bench/build-initramfs.sh), carried into L1 as
+# /opt/guest/bench-initramfs.cpio for `kvmini bench`'s block and network
+# workloads; scenarios get its path in GUEST_BENCH_INITRD. Unset: not carried.
 # stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
 # Never hangs: QEMU runs under an overall timeout.
 set -euo pipefail
@@ -62,6 +66,7 @@ if ((host)); then
         log "warning: no vmx/svm in /proc/cpuinfo; /dev/kvm here may not boot Linux"
     apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
+    [[ -z ${GUEST_BENCH_INITRD:-} ]] || export GUEST_BENCH_INITRD
     KVMINI=$(realpath "$kvmini")
     if ((with_qemu)); then
         apt_install qemu-system-x86
@@ -132,6 +137,10 @@ cp "$GUEST_VMLINUX" "$root/opt/guest/vmlinux"
 cp "$GUEST_BZIMAGE" "$root/opt/guest/bzImage"
 cp "$GUEST_INITRD" "$root/opt/guest/initramfs.cpio.gz"
 cp "$GUEST_EXT4" "$root/opt/guest/rootfs.ext4"
+if [[ -n ${GUEST_BENCH_INITRD:-} ]]; then
+    [[ -f $GUEST_BENCH_INITRD ]] || die "GUEST_BENCH_INITRD names no file: $GUEST_BENCH_INITRD"
+    cp "$GUEST_BENCH_INITRD" "$root/opt/guest/bench-initramfs.cpio"
+fi
 cp "${scripts[@]}" "$root/opt/scenarios/"
 (cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
 

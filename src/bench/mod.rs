@@ -11,6 +11,8 @@
 
 pub mod chart;
 pub mod env;
+pub mod fio;
+pub mod net;
 pub mod report;
 pub mod stats;
 pub mod workloads;
@@ -31,7 +33,7 @@ use env::vm::VmEnv;
 use env::{Env, EnvKind};
 use report::{Cell, HostInfo, Meta, Report, Row};
 use stats::Summary;
-use workloads::{Ids, Settings, Workload};
+use workloads::{Context, Ids, Settings, Workload};
 
 /// `kvmini bench`'s exit codes.
 pub mod code {
@@ -98,7 +100,17 @@ fn plan(args: &BenchArgs) -> Result<Plan, String> {
         density: args.density,
         budget_mib: mib(&args.budget, "--budget")?,
         run_timeout: crate::exec::parse_duration(&args.timeout).map_err(|e| e.to_string())?,
+        io_mib: mib(&args.io_size, "--io-size")?,
+        net_secs: crate::exec::parse_duration(&args.net_time)
+            .map_err(|e| e.to_string())?
+            .as_secs(),
     };
+    if settings.io_mib == 0 {
+        return Err("--io-size must be at least 1M".into());
+    }
+    if settings.net_secs == 0 {
+        return Err("--net-time must be at least 1s".into());
+    }
     if settings.working_set_mib + 64 > memory_mib {
         return Err(format!(
             "--working-set {} MiB does not fit in --memory {memory_mib} MiB with room for \
@@ -190,6 +202,95 @@ fn mode_note(vm_mode: &str, host: &HostInfo) -> String {
     }
 }
 
+/// The environments of one root filesystem (`initrd`, unpacked in `root`
+/// unless `tree` says why not). Sets `vm_mode` when the VM can run.
+#[allow(clippy::too_many_arguments)]
+fn make_envs(
+    args: &BenchArgs,
+    plan: &Plan,
+    host: &HostInfo,
+    dir: &std::path::Path,
+    initrd: &std::path::Path,
+    root: &std::path::Path,
+    tree: &Result<(), String>,
+    vm_mode: &mut String,
+) -> Vec<(EnvKind, MadeEnv)> {
+    let mut envs: Vec<(EnvKind, MadeEnv)> = Vec::new();
+    for kind in &plan.envs {
+        let made: MadeEnv = match kind {
+            EnvKind::Vm => vm_env(args, plan, host).map(|(mut v, mode)| {
+                v.initrd = initrd.to_path_buf();
+                *vm_mode = mode;
+                Box::new(v) as Box<dyn Env>
+            }),
+            EnvKind::Container => tree
+                .clone()
+                .and_then(|()| {
+                    // SAFETY: geteuid has no preconditions and touches no memory.
+                    if unsafe { libc::geteuid() } != 0 {
+                        return Err("needs root: kvmini bench runs crun as root (rootless \
+                                    containers are not set up)"
+                            .into());
+                    }
+                    let (crun, version) = container::find_crun()?;
+                    let (cgroup, hide_unified) = container::cgroup_mode()?;
+                    Ok(ContainerEnv {
+                        crun,
+                        version,
+                        root: root.to_path_buf(),
+                        state: dir.join("crun-state"),
+                        bundles: dir.join("bundles"),
+                        memory_mib: plan.memory_mib,
+                        cpus: args.cpus,
+                        hide_unified,
+                        cgroup,
+                        no_pivot: container::root_is_initramfs(),
+                    })
+                })
+                .map(|c| Box::new(c) as Box<dyn Env>),
+            EnvKind::Host => tree.clone().map(|()| {
+                Box::new(HostEnv {
+                    root: root.to_path_buf(),
+                    scratch: dir.join("host"),
+                }) as Box<dyn Env>
+            }),
+        };
+        if let Err(why) = &made {
+            eprintln!("kvmini bench: {} environment skipped: {why}", kind.name());
+        }
+        envs.push((*kind, made));
+    }
+    envs
+}
+
+/// Why the VM cannot boot `initrd` in `memory_mib` of RAM, if so: the
+/// kernel holds the initramfs and its unpacked tree at once while booting.
+fn vm_unfit(memory_mib: u64, initrd: &std::path::Path) -> Option<String> {
+    let size_mib = std::fs::metadata(initrd).ok()?.len().div_ceil(1 << 20);
+    let need = 2 * size_mib + 64;
+    (memory_mib < need).then(|| {
+        format!(
+            "--memory {memory_mib} MiB is too small to boot the {size_mib} MiB initramfs {} \
+             (give at least {need}M)",
+            initrd.display()
+        )
+    })
+}
+
+/// What the report says about direct I/O.
+fn io_direct_note(direct: bool) -> String {
+    let rest = if direct {
+        "container, host: fio direct=1 on the scratch file (O_DIRECT, no page cache)"
+    } else {
+        "container, host: buffered (the scratch filesystem refuses O_DIRECT): their \
+         figures include the host page cache"
+    };
+    format!(
+        "vm: fio direct=1 on its virtio-blk disk, which kvmini backs with buffered I/O on \
+         the scratch file (the host page cache is between the guest and the disk); {rest}"
+    )
+}
+
 /// `vm_mode` when the VM is not part of the run.
 const NO_VM: &str = "not run";
 
@@ -215,53 +316,88 @@ fn run(args: BenchArgs) -> Result<u8, String> {
         initrd.display()
     );
     let tree = env::extract_initramfs(&initrd, &root);
-
-    let mut envs: Vec<(EnvKind, MadeEnv)> = Vec::new();
     let mut vm_mode = String::from(NO_VM);
-    for kind in &plan.envs {
-        let made: MadeEnv = match kind {
-            EnvKind::Vm => vm_env(&args, &plan, &host).map(|(mut v, mode)| {
-                v.initrd = initrd.clone();
-                vm_mode = mode;
-                Box::new(v) as Box<dyn Env>
-            }),
-            EnvKind::Container => tree
-                .clone()
-                .and_then(|()| {
-                    // SAFETY: geteuid has no preconditions and touches no memory.
-                    if unsafe { libc::geteuid() } != 0 {
-                        return Err("needs root: kvmini bench runs crun as root (rootless \
-                                    containers are not set up)"
-                            .into());
-                    }
-                    let (crun, version) = container::find_crun()?;
-                    let (cgroup, hide_unified) = container::cgroup_mode()?;
-                    Ok(ContainerEnv {
-                        crun,
-                        version,
-                        root: root.clone(),
-                        state: dir.join("crun-state"),
-                        bundles: dir.join("bundles"),
-                        memory_mib: plan.memory_mib,
-                        cpus: args.cpus,
-                        hide_unified,
-                        cgroup,
-                        no_pivot: container::root_is_initramfs(),
-                    })
-                })
-                .map(|c| Box::new(c) as Box<dyn Env>),
-            EnvKind::Host => tree.clone().map(|()| {
-                Box::new(HostEnv {
-                    root: root.clone(),
-                    scratch: dir.join("host"),
-                }) as Box<dyn Env>
-            }),
-        };
-        if let Err(why) = &made {
-            eprintln!("kvmini bench: {} environment skipped: {why}", kind.name());
+    let base = make_envs(
+        &args,
+        &plan,
+        &host,
+        &dir,
+        &initrd,
+        &root,
+        &tree,
+        &mut vm_mode,
+    );
+
+    // Block and network need fio and iperf3. Without --initrd, and when
+    // the default guest root has none, those two run on the bench
+    // initramfs (the default root plus fio, iperf3 and their libraries),
+    // so the other workloads keep measuring the small default guest.
+    let tools_root = dir.join("tools-rootfs");
+    let wants_tools = plan.workloads.iter().any(|w| w.needs_tools());
+    let lacks_tools = tree.is_ok()
+        && (env::tool_in_tree(&root, "fio").is_none()
+            || env::tool_in_tree(&root, "iperf3").is_none());
+    let tools_initrd = match &args.tools_initrd {
+        Some(t) if wants_tools => Some(Ok(t.clone())),
+        None if args.initrd.is_none() && wants_tools && lacks_tools => {
+            eprintln!("kvmini bench: block and network run on the bench initramfs (fio, iperf3)");
+            Some(guest::build_artefact("bench/build-initramfs.sh").map_err(|e| e.to_string()))
         }
-        envs.push((*kind, made));
-    }
+        _ => None,
+    };
+    let tools = if let Some(made) = tools_initrd {
+        match made {
+            Ok(ti) => {
+                eprintln!(
+                    "kvmini bench: unpacking {} for the container and the host",
+                    ti.display()
+                );
+                let tt = env::extract_initramfs(&ti, &tools_root);
+                let mut mode = String::new();
+                let envs = make_envs(&args, &plan, &host, &dir, &ti, &tools_root, &tt, &mut mode);
+                Some((ti, tools_root.clone(), envs))
+            }
+            Err(e) => {
+                eprintln!(
+                    "kvmini bench: cannot build the bench initramfs ({e}); block and network \
+                     use {}",
+                    initrd.display()
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let scratch_parent = args.io_dir.clone().unwrap_or_else(|| dir.clone());
+    let scratch =
+        TempDir::new_with_prefix(scratch_parent.join("kvmini-bench-io.")).map_err(|e| {
+            format!(
+                "cannot create a scratch directory in {}: {e}",
+                scratch_parent.display()
+            )
+        })?;
+    let direct = workloads::supports_direct(scratch.as_path());
+    let vm_no_net = (vm_mode.starts_with("emulated")).then(|| {
+        "kvmini --net needs hardware KVM: in emulated mode the VM has no link to the host".into()
+    });
+    let ctx_for = |initrd: &std::path::Path, root: &std::path::Path| Context {
+        root: root.to_path_buf(),
+        scratch: scratch.as_path().to_path_buf(),
+        direct,
+        net_admin: net::has_net_admin(),
+        vm_no_net: vm_no_net.clone(),
+        vm_unfit: vm_unfit(plan.memory_mib, initrd),
+    };
+    let base_ctx = ctx_for(&initrd, &root);
+    let tools_ctx = tools.as_ref().map(|(ti, tr, _)| ctx_for(ti, tr));
+    let set_for = |w: &Workload| -> (&Vec<(EnvKind, MadeEnv)>, &Context) {
+        match (&tools, &tools_ctx) {
+            (Some((_, _, envs)), Some(ctx)) if w.needs_tools() => (envs, ctx),
+            _ => (&base, &base_ctx),
+        }
+    };
 
     let mut settings = BTreeMap::new();
     settings.insert("repeat".to_string(), plan.repeat.to_string());
@@ -269,6 +405,30 @@ fn run(args: BenchArgs) -> Result<u8, String> {
     settings.insert("cpus".to_string(), args.cpus.to_string());
     settings.insert("memory_mib".to_string(), plan.memory_mib.to_string());
     settings.insert("initrd".to_string(), initrd.display().to_string());
+    if let Some((ti, _, _)) = &tools {
+        settings.insert("initrd_block_network".to_string(), ti.display().to_string());
+    }
+    if plan.workloads.contains(&Workload::Block) {
+        settings.insert("io_size_mib".to_string(), plan.settings.io_mib.to_string());
+        settings.insert(
+            "io_scratch".to_string(),
+            format!(
+                "{} ({})",
+                scratch_parent.display(),
+                workloads::fs_name(scratch.as_path())
+            ),
+        );
+        settings.insert("io_direct".to_string(), io_direct_note(direct));
+    }
+    if plan.workloads.contains(&Workload::Network) {
+        settings.insert("net_secs".to_string(), plan.settings.net_secs.to_string());
+        settings.insert(
+            "net_links".to_string(),
+            "vm: virtio-net on a TAP, container: veth pair, host: loopback; iperf3 server \
+             on the host side"
+                .to_string(),
+        );
+    }
     let mut meta = Meta {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         kvmini_version: env!("CARGO_PKG_VERSION").into(),
@@ -281,7 +441,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
         settings,
         ..Meta::default()
     };
-    for (kind, e) in &envs {
+    for (kind, e) in &base {
         let text = match e {
             Ok(env) => env.describe(),
             Err(why) => format!("not run: {why}"),
@@ -294,8 +454,9 @@ fn run(args: BenchArgs) -> Result<u8, String> {
         .workloads
         .iter()
         .map(|w| {
+            let (envs, ctx) = set_for(w);
             envs.iter()
-                .filter(|(k, e)| e.is_ok() && w.unavailable(*k, &root).is_none())
+                .filter(|(k, e)| e.is_ok() && w.unavailable(*k, ctx).is_none())
                 .count()
                 * (plan.warmup + plan.repeat)
         })
@@ -305,7 +466,8 @@ fn run(args: BenchArgs) -> Result<u8, String> {
     for w in &plan.workloads {
         let metrics = w.metrics(&plan.settings);
         let mut cells: Vec<BTreeMap<EnvKind, Cell>> = vec![BTreeMap::new(); metrics.len()];
-        for (kind, made) in &envs {
+        let (envs, ctx) = set_for(w);
+        for (kind, made) in envs {
             let env = match made {
                 Ok(env) => env,
                 Err(why) => {
@@ -320,7 +482,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
                     continue;
                 }
             };
-            if let Some(why) = w.unavailable(*kind, &root) {
+            if let Some(why) = w.unavailable(*kind, ctx) {
                 eprintln!(
                     "kvmini bench: {} in {}: not run: {why}",
                     w.name(),
@@ -354,7 +516,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
                     w.name()
                 );
                 let t = Instant::now();
-                match w.measure(env.as_ref(), &plan.settings, &ids) {
+                match w.measure(env.as_ref(), &plan.settings, &ids, ctx) {
                     Ok(values) => {
                         let shown: Vec<String> = values
                             .iter()
@@ -418,6 +580,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
         chart::write_png(&report, p)?;
         eprintln!("kvmini bench: chart written to {}", p.display());
     }
+    drop(scratch);
     drop(tmp);
     Ok(if report.any_failed() {
         code::SOME_FAILED
@@ -430,6 +593,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::path::Path;
 
     fn args(extra: &[&str]) -> BenchArgs {
         let mut argv = vec!["kvmini", "bench"];
@@ -463,6 +627,41 @@ mod tests {
             .unwrap_err()
             .contains("does not fit"));
         assert!(plan(&args(&["--budget", "lots"])).is_err());
+    }
+
+    #[test]
+    fn io_and_net_knobs() {
+        let p = plan(&args(&[])).unwrap();
+        assert_eq!((p.settings.io_mib, p.settings.net_secs), (256, 5));
+        let p = plan(&args(&["--io-size", "8M", "--net-time", "2m"])).unwrap();
+        assert_eq!((p.settings.io_mib, p.settings.net_secs), (8, 120));
+        assert!(plan(&args(&["--io-size", "100K"]))
+            .unwrap_err()
+            .contains("--io-size"));
+        assert!(plan(&args(&["--io-size", "big"])).is_err());
+        assert!(plan(&args(&["--net-time", "0"])).is_err());
+    }
+
+    #[test]
+    fn a_vm_too_small_for_its_initramfs_says_so() {
+        let tmp = TempDir::new().unwrap();
+        let initrd = tmp.as_path().join("big.cpio");
+        let f = std::fs::File::create(&initrd).unwrap();
+        f.set_len(85 << 20).unwrap();
+        let why = vm_unfit(192, &initrd).unwrap();
+        assert!(
+            why.contains("85 MiB") && why.contains("at least 234M"),
+            "{why}"
+        );
+        assert!(vm_unfit(234, &initrd).is_none());
+        assert!(vm_unfit(64, Path::new("/nonexistent")).is_none());
+    }
+
+    #[test]
+    fn direct_io_note_names_both_cases() {
+        assert!(io_direct_note(true).contains("direct=1 on the scratch file"));
+        assert!(io_direct_note(false).contains("buffered"));
+        assert!(io_direct_note(false).contains("vm: fio direct=1"));
     }
 
     #[test]

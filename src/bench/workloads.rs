@@ -14,15 +14,27 @@
 //!   not counted.
 //! - density: N idle instances at once (`sleep`), each tree's PSS summed;
 //!   per-instance memory and how many fit in the budget.
-//! - block I/O, network: need fio / iperf3 in the root filesystem and (for
-//!   the VM's network) a network device; without them they are skipped
-//!   visibly with the reason.
+//! - block I/O: fio ([`super::fio`]) on a scratch file of the host
+//!   filesystem: the VM's first virtio-blk disk, the container's
+//!   bind-mounted file, the host's file.
+//! - network: iperf3 both ways and ping to a server on the host
+//!   ([`super::net`]): over a TAP (VM), a veth pair (container), loopback
+//!   (host).
+//!
+//! Block and network need fio / iperf3 in the root filesystem, and the
+//! network CAP_NET_ADMIN for the VM's and the container's links; without
+//! them they are skipped visibly with the reason.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::env::{tool_in_tree, tree_memory, Env, EnvKind, Job, Launched};
+use super::{fio, net};
 
 /// A workload's knobs.
 #[derive(Debug, Clone)]
@@ -32,6 +44,29 @@ pub struct Settings {
     pub density: usize,
     pub budget_mib: u64,
     pub run_timeout: Duration,
+    /// Size of the block workload's scratch file (and fio's span).
+    pub io_mib: u64,
+    /// Seconds of iperf3 per direction.
+    pub net_secs: u64,
+}
+
+/// What the block and network workloads need from the run: where things
+/// are and what this host allows.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The root tree the container and the host run (the host-side iperf3
+    /// server comes from it too).
+    pub root: PathBuf,
+    /// Directory of the scratch files (the host filesystem measured).
+    pub scratch: PathBuf,
+    /// Whether that filesystem takes O_DIRECT (the container's and the
+    /// host's fio then bypass the page cache).
+    pub direct: bool,
+    pub net_admin: bool,
+    /// Why the VM can have no NIC here, if so (emulated mode).
+    pub vm_no_net: Option<String>,
+    /// Why the VM cannot boot this root filesystem, if so (too little RAM).
+    pub vm_unfit: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +173,7 @@ impl Workload {
             ],
             Self::Network => vec![
                 metric("TCP throughput to host", "Mbit/s", false),
+                metric("TCP throughput from host", "Mbit/s", false),
                 metric("ping RTT to host", "ms", true),
             ],
             Self::Density => vec![
@@ -155,28 +191,51 @@ impl Workload {
         }
     }
 
+    /// Whether this workload runs tools (fio, iperf3) beyond busybox.
+    pub fn needs_tools(self) -> bool {
+        matches!(self, Self::Block | Self::Network)
+    }
+
     /// Why this workload cannot run in `env` (shown in its cells), if so.
-    pub fn unavailable(self, env: EnvKind, root: &Path) -> Option<String> {
+    pub fn unavailable(self, env: EnvKind, ctx: &Context) -> Option<String> {
+        if env == EnvKind::Vm {
+            if let Some(why) = &ctx.vm_unfit {
+                return Some(why.clone());
+            }
+        }
         match self {
-            Self::Block => Some(match tool_in_tree(root, "fio") {
-                None => "the root filesystem has no fio: pass --initrd with an image \
-                         that has it (the guest kernel then needs SYSVIPC)"
-                    .into(),
-                Some(_) => "the fio workload is not implemented yet in kvmini bench".into(),
+            Self::Block => tool_in_tree(&ctx.root, "fio").is_none().then(|| {
+                "the root filesystem has no fio: pass --tools-initrd with an image that has it \
+                 (the guest kernel then needs SYSVIPC and AIO)"
+                    .into()
             }),
-            Self::Network => Some(match (env, tool_in_tree(root, "iperf3")) {
-                (EnvKind::Vm, _) => "the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet".into(),
-                (_, None) => "the root filesystem has no iperf3: pass --initrd with an \
-                              image that has it"
-                    .into(),
-                (_, Some(_)) => "the iperf3 workload is not implemented yet in kvmini bench".into(),
-            }),
+            Self::Network => {
+                if tool_in_tree(&ctx.root, "iperf3").is_none() {
+                    return Some(
+                        "the root filesystem has no iperf3: pass --tools-initrd with an image that \
+                         has it"
+                            .into(),
+                    );
+                }
+                match env {
+                    EnvKind::Host => None,
+                    EnvKind::Vm if ctx.vm_no_net.is_some() => ctx.vm_no_net.clone(),
+                    _ if !ctx.net_admin => Some(net::NEEDS_NET_ADMIN.into()),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }
 
     /// One measurement: a value per metric, or why not.
-    pub fn measure(self, env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
+    pub fn measure(
+        self,
+        env: &dyn Env,
+        s: &Settings,
+        ids: &Ids,
+        ctx: &Context,
+    ) -> Result<Vec<f64>, String> {
         match self {
             Self::Startup => startup(env, s, ids),
             Self::Memory => Ok(vec![
@@ -185,7 +244,8 @@ impl Workload {
             ]),
             Self::Cpu => cpu(env, s, ids),
             Self::Density => density(env, s, ids),
-            Self::Block | Self::Network => Err("not runnable here".into()),
+            Self::Block => block(env, s, ids, ctx),
+            Self::Network => network(env, s, ids, ctx),
         }
     }
 }
@@ -342,6 +402,128 @@ fn density(env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
     Ok(vec![per, (s.budget_mib as f64 / per).floor()])
 }
 
+/// A scratch file of the host filesystem, filled with data (no holes: reads
+/// must reach the disk), flushed, and dropped from the page cache; removed
+/// on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn create(path: &Path, bytes: u64) -> Result<Self, String> {
+        let err =
+            |e: std::io::Error| format!("cannot write the scratch file {}: {e}", path.display());
+        let mut f = File::create(path).map_err(err)?;
+        let scratch = Scratch(path.to_path_buf());
+        let chunk = vec![0x5a_u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).map_err(err)?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(err)?;
+        // SAFETY: posix_fadvise only reads its arguments; `f` is an open
+        // file. Clean pages of this file leave the cache, no other's.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT.
+pub fn supports_direct(dir: &Path) -> bool {
+    let probe = dir.join(".kvmini-odirect-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The type of the filesystem holding `path` (for the report).
+pub fn fs_name(path: &Path) -> String {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return "unknown filesystem".into();
+    };
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid statfs that
+    // lives across the call; statfs writes only into it.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown filesystem".into();
+    }
+    match st.f_type as u64 {
+        0xef53 => "ext2/3/4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x8584_58f6 => "ramfs (initramfs)".into(),
+        0x794c_7630 => "overlayfs".into(),
+        0x2fc1_2fc1 => "zfs".into(),
+        t => format!("filesystem type {t:#x}"),
+    }
+}
+
+fn output_text(done: &super::env::Finished) -> Vec<&str> {
+    done.lines.iter().map(|(_, l)| l.as_str()).collect()
+}
+
+fn block(env: &dyn Env, s: &Settings, ids: &Ids, ctx: &Context) -> Result<Vec<f64>, String> {
+    let id = ids.next();
+    let path = ctx.scratch.join(format!("{id}.img"));
+    let scratch = Scratch::create(&path, s.io_mib << 20)?;
+    // The VM's fio runs on a block device, where O_DIRECT always works.
+    let direct = env.kind() == EnvKind::Vm || ctx.direct;
+    let mut job = Job::new(fio::command(s.io_mib, direct));
+    job.disk = Some(path);
+    let run = Launched::start(env, &job, &id)?;
+    let done = run.finish(env, Instant::now() + s.run_timeout);
+    drop(scratch);
+    if !done.success() {
+        return Err(done.failure());
+    }
+    fio::parse(&output_text(&done).join("\n")).map(|v| v.to_vec())
+}
+
+fn network(env: &dyn Env, s: &Settings, ids: &Ids, ctx: &Context) -> Result<Vec<f64>, String> {
+    let id = ids.next();
+    let subnet = net::host_nets(1)?[0];
+    let tag = id.strip_prefix("kb").unwrap_or(&id);
+    // Dropped in reverse order: the server, then the link.
+    let link = net::Link::create(env.kind(), subnet, tag, &ctx.root)?;
+    let host = link.host.ok_or("the link has no host address")?;
+    let server = net::Server::start(&ctx.root, host)?;
+    let mut job = Job::new(net::script(s.net_secs));
+    job.vars = vec![
+        ("BENCH_SERVER".into(), host.to_string()),
+        ("BENCH_PORT".into(), server.port.to_string()),
+    ];
+    job.tap = link.tap.clone().zip(link.guest_ip_param.clone());
+    job.netns = link.netns_path();
+    let run = Launched::start(env, &job, &id)?;
+    let done = run.finish(env, Instant::now() + s.run_timeout);
+    drop(server);
+    drop(link);
+    let parsed = net::parse(&output_text(&done));
+    if !done.success() {
+        return Err(match parsed {
+            Err(why) => format!("{} ({why})", done.failure()),
+            Ok(_) => done.failure(),
+        });
+    }
+    parsed.map(|v| v.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +535,8 @@ mod tests {
             density: 3,
             budget_mib: 4096,
             run_timeout: Duration::from_secs(60),
+            io_mib: 16,
+            net_secs: 1,
         }
     }
 
@@ -385,20 +569,68 @@ mod tests {
 
     #[test]
     fn network_and_block_say_why_they_cannot_run() {
-        let root = Path::new("/nonexistent-root");
+        let mut ctx = Context {
+            root: "/nonexistent-root".into(),
+            ..Context::default()
+        };
+        assert!(Workload::Network
+            .unavailable(EnvKind::Host, &ctx)
+            .unwrap()
+            .contains("no iperf3"));
+        assert!(Workload::Block
+            .unavailable(EnvKind::Container, &ctx)
+            .unwrap()
+            .contains("no fio"));
+        assert!(Workload::Cpu.unavailable(EnvKind::Vm, &ctx).is_none());
+        // A tree with the tools.
+        let tmp = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let bin = tmp.as_path().join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("fio"), "").unwrap();
+        std::fs::write(bin.join("iperf3"), "").unwrap();
+        ctx.root = tmp.as_path().to_path_buf();
+        assert!(Workload::Block.unavailable(EnvKind::Vm, &ctx).is_none());
+        assert!(Workload::Network.unavailable(EnvKind::Host, &ctx).is_none());
+        for env in [EnvKind::Vm, EnvKind::Container] {
+            assert_eq!(
+                Workload::Network.unavailable(env, &ctx).unwrap(),
+                "needs CAP_NET_ADMIN (run as root)"
+            );
+        }
+        ctx.net_admin = true;
+        assert!(Workload::Network.unavailable(EnvKind::Vm, &ctx).is_none());
+        ctx.vm_no_net = Some("emulated".into());
         assert_eq!(
-            Workload::Network.unavailable(EnvKind::Vm, root).unwrap(),
-            "the network workload (kvmini --net over a TAP) is not wired into kvmini bench yet"
+            Workload::Network.unavailable(EnvKind::Vm, &ctx).as_deref(),
+            Some("emulated")
         );
         assert!(Workload::Network
-            .unavailable(EnvKind::Host, root)
-            .unwrap()
-            .contains("iperf3"));
-        assert!(Workload::Block
-            .unavailable(EnvKind::Container, root)
-            .unwrap()
-            .contains("fio"));
-        assert!(Workload::Cpu.unavailable(EnvKind::Vm, root).is_none());
+            .unavailable(EnvKind::Container, &ctx)
+            .is_none());
+        ctx.vm_unfit = Some("too small".into());
+        assert_eq!(
+            Workload::Cpu.unavailable(EnvKind::Vm, &ctx).as_deref(),
+            Some("too small")
+        );
+    }
+
+    #[test]
+    fn scratch_files_are_filled_and_removed() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let p = tmp.as_path().join("s.img");
+        let s = Scratch::create(&p, (1 << 20) + 512).unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert_eq!(meta.len(), (1 << 20) + 512);
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 >= meta.len(), "no holes");
+        drop(s);
+        assert!(!p.exists());
+        assert!(Scratch::create(Path::new("/nonexistent/x.img"), 1).is_err());
+        assert_ne!(fs_name(tmp.as_path()), "unknown filesystem");
+        assert_eq!(fs_name(Path::new("/nonexistent")), "unknown filesystem");
+        // Either answer is fine; it must not leave its probe behind.
+        let _ = supports_direct(tmp.as_path());
+        assert!(!tmp.as_path().join(".kvmini-odirect-probe").exists());
     }
 
     #[test]

@@ -209,7 +209,8 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .map(|s| ShareSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ExecError::Share)?;
-    let devices = args.disks.len() + usize::from(args.rootfs.is_some()) + shares.len();
+    let devices =
+        args.disks.len() + args.nets.len() + usize::from(args.rootfs.is_some()) + shares.len();
     if devices + EXEC_CONSOLES > MAX_VIRTIO_DEVICES {
         return Err(ExecError::TooManyDevices(devices));
     }
@@ -334,7 +335,7 @@ fn vm_config(
         cmdline: Some(cmdline),
         accel: args.accel.clone(),
         disks,
-        nets: Vec::new(),
+        nets: args.nets.clone(),
         console: "none".into(),
     };
     VmConfig::from_run_args(&run, config::host_memory_bytes()).map_err(ExecError::Config)

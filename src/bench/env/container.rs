@@ -14,7 +14,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use super::{host_output, Env, EnvKind, Job};
+use super::{host_output, Env, EnvKind, Job, TARGET_VAR};
 
 pub struct ContainerEnv {
     pub crun: PathBuf,
@@ -90,17 +90,26 @@ pub fn find_crun() -> Result<(PathBuf, String), String> {
     Ok((crun, version))
 }
 
+/// Where the block workload's scratch directory appears in the container.
+pub const SCRATCH_MOUNT: &str = "/kvmini-scratch";
+
 /// The OCI runtime config for one instance.
-pub fn oci_config(root: &Path, script: &str, memory_mib: u64, cpus: u32, id: &str) -> String {
+pub fn oci_config(root: &Path, job: &Job, memory_mib: u64, cpus: u32, id: &str) -> String {
+    let script = job.script.as_str();
     let period: u64 = 100_000;
-    let config = json!({
+    let mut env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "HOME=/root".into(),
+        "TERM=dumb".into(),
+    ];
+    env.extend(job.vars.iter().map(|(k, v)| format!("{k}={v}")));
+    let mut config = json!({
         "ociVersion": "1.0.0",
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
             "args": ["/bin/sh", "-c", script],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "HOME=/root", "TERM=dumb"],
+            "env": env,
             "cwd": "/",
             "capabilities": {
                 "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"],
@@ -147,6 +156,29 @@ pub fn oci_config(root: &Path, script: &str, memory_mib: u64, cpus: u32, id: &st
                               "/proc/sys", "/proc/sysrq-trigger"]
         }
     });
+    if let Some(disk) = &job.disk {
+        // The scratch file's directory, read-write, on the host's filesystem.
+        if let (Some(dir), Some(name)) = (disk.parent(), disk.file_name()) {
+            if let Some(m) = config["mounts"].as_array_mut() {
+                m.push(json!({"destination": SCRATCH_MOUNT, "type": "bind",
+                              "source": dir.display().to_string(),
+                              "options": ["rbind", "rw", "nosuid", "nodev"]}));
+            }
+            if let Some(e) = config["process"]["env"].as_array_mut() {
+                e.push(json!(format!(
+                    "{TARGET_VAR}={SCRATCH_MOUNT}/{}",
+                    name.to_string_lossy()
+                )));
+            }
+        }
+    }
+    if let Some(ns) = &job.netns {
+        if let Some(list) = config["linux"]["namespaces"].as_array_mut() {
+            for n in list.iter_mut().filter(|n| n["type"] == "network") {
+                n["path"] = json!(ns.display().to_string());
+            }
+        }
+    }
     serde_json::to_string_pretty(&config).unwrap_or_default()
 }
 
@@ -197,7 +229,10 @@ impl Env for ContainerEnv {
         let bundle = self.bundles.join(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| format!("cannot create {}: {e}", bundle.display()))?;
-        let config = oci_config(&self.root, &job.script, self.memory_mib, self.cpus, id);
+        if job.tap.is_some() {
+            return Err("a TAP is for the VM, not the container".into());
+        }
+        let config = oci_config(&self.root, job, self.memory_mib, self.cpus, id);
         std::fs::write(bundle.join("config.json"), config)
             .map_err(|e| format!("cannot write the OCI config: {e}"))?;
         let mut cmd = self.crun_cmd();
@@ -235,7 +270,7 @@ mod tests {
 
     #[test]
     fn config_carries_limits_and_namespaces() {
-        let c = oci_config(Path::new("/r"), "echo 'hi'", 512, 2, "b1");
+        let c = oci_config(Path::new("/r"), &Job::new("echo 'hi'"), 512, 2, "b1");
         let v: serde_json::Value = serde_json::from_str(&c).unwrap();
         assert_eq!(v["process"]["args"][2], "echo 'hi'");
         assert_eq!(v["root"]["path"], "/r");
@@ -252,5 +287,43 @@ mod tests {
         for want in ["pid", "mount", "network", "ipc", "uts", "cgroup"] {
             assert!(ns.contains(&want), "{want} missing in {ns:?}");
         }
+        assert!(v["linux"]["namespaces"][4].get("path").is_none());
+    }
+
+    #[test]
+    fn config_carries_scratch_netns_and_vars() {
+        let job = Job {
+            script: "fio".into(),
+            vars: vec![("BENCH_PORT".into(), "5201".into())],
+            disk: Some("/tmp/b/io/x.img".into()),
+            netns: Some("/proc/42/ns/net".into()),
+            tap: None,
+        };
+        let c = oci_config(Path::new("/r"), &job, 512, 1, "b2");
+        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+        let env: Vec<&str> = v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert!(env.contains(&"BENCH_PORT=5201"), "{env:?}");
+        assert!(
+            env.contains(&"BENCH_TARGET=/kvmini-scratch/x.img"),
+            "{env:?}"
+        );
+        let mounts = v["mounts"].as_array().unwrap();
+        let m = mounts
+            .iter()
+            .find(|m| m["destination"] == SCRATCH_MOUNT)
+            .unwrap();
+        assert_eq!(m["source"], "/tmp/b/io");
+        let net = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap();
+        assert_eq!(net["path"], "/proc/42/ns/net");
     }
 }

@@ -44,19 +44,34 @@ impl EnvKind {
     }
 }
 
-/// What to run: a sh script (`sh -c SCRIPT` inside the environment).
-#[derive(Debug, Clone)]
+/// What to run: a sh script (`sh -c SCRIPT` inside the environment), with
+/// what it needs from the host.
+#[derive(Debug, Clone, Default)]
 pub struct Job {
     pub script: String,
+    /// Environment variables the script reads.
+    pub vars: Vec<(String, String)>,
+    /// A scratch file on the host: the VM gets it as its first virtio-blk
+    /// disk, the container bind-mounted, the host as it is. The script
+    /// finds the device or file in `$BENCH_TARGET`.
+    pub disk: Option<PathBuf>,
+    /// VM: the TAP interface for its NIC and the guest's `ip=` parameter.
+    pub tap: Option<(String, String)>,
+    /// Container: the network namespace to join.
+    pub netns: Option<PathBuf>,
 }
 
 impl Job {
     pub fn new(script: impl Into<String>) -> Self {
         Self {
             script: script.into(),
+            ..Self::default()
         }
     }
 }
+
+/// The variable that names the block workload's target.
+pub const TARGET_VAR: &str = "BENCH_TARGET";
 
 /// One environment: turns a job into a command and stops/cleans instances.
 pub trait Env: Send + Sync {
@@ -396,6 +411,39 @@ pub fn extract_initramfs(initrd: &Path, dir: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The root tree's dynamic loader, and its library path, if it has one.
+pub fn tree_loader(root: &Path) -> Option<(PathBuf, String)> {
+    let ld = root.join("lib64/ld-linux-x86-64.so.2");
+    ld.exists().then(|| {
+        let libs = [
+            "lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu",
+            "lib",
+            "usr/lib",
+        ]
+        .iter()
+        .map(|d| root.join(d).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+        (ld, libs)
+    })
+}
+
+/// A host command running the tree's `tool` with the tree's own loader and
+/// libraries (not the host's): the same bytes as inside the VM and the
+/// container.
+pub fn tree_command(root: &Path, tool: &str) -> Option<Command> {
+    let bin = tool_in_tree(root, tool)?;
+    Some(match tree_loader(root) {
+        Some((ld, libs)) => {
+            let mut c = Command::new(ld);
+            c.arg("--library-path").arg(libs).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    })
 }
 
 /// Finds `name` in the root tree's usual binary directories.

@@ -8,7 +8,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::{Env, EnvKind, Job};
+use super::{Env, EnvKind, Job, TARGET_VAR};
+use crate::config::DiskConfig;
+use crate::devices::virtio::block::guest_device;
 
 pub struct VmEnv {
     pub exe: PathBuf,
@@ -41,6 +43,9 @@ impl Env for VmEnv {
     }
 
     fn command(&self, job: &Job, _id: &str) -> Result<Command, String> {
+        if job.netns.is_some() {
+            return Err("a network namespace is for the container, not the VM".into());
+        }
         let mut cmd = Command::new(&self.exe);
         cmd.arg("exec")
             .arg("--kernel")
@@ -50,8 +55,26 @@ impl Env for VmEnv {
             .args(["--memory", &format!("{}M", self.memory_mib)])
             .args(["--cpus", &self.cpus.to_string()])
             .args(["--accel", &self.accel])
-            .args(["--timeout", &format!("{}s", self.timeout_s)])
-            .args(["--", "/bin/sh", "-c", &job.script])
+            .args(["--timeout", &format!("{}s", self.timeout_s)]);
+        for (k, v) in &job.vars {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        if let Some(disk) = &job.disk {
+            // exec puts our disks first: this one is the first device.
+            let arg = DiskConfig {
+                path: disk.clone(),
+                readonly: false,
+            }
+            .to_arg();
+            cmd.args(["--disk", &arg])
+                .arg("--env")
+                .arg(format!("{TARGET_VAR}={}", guest_device(0)));
+        }
+        if let Some((tap, ip)) = &job.tap {
+            cmd.args(["--net", &format!("tap={tap}")])
+                .args(["--cmdline", ip]);
+        }
+        cmd.args(["--", "/bin/sh", "-c", &job.script])
             .process_group(0);
         Ok(cmd)
     }
