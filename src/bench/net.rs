@@ -26,6 +26,7 @@ use serde_json::Value;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_val};
 
 use super::env::{host_output, tree_command, EnvKind};
+use crate::devices::virtio::net::tap::{interface_exists, tap_ifreq};
 
 /// The markers between the parts of the network script's output.
 pub const UP: &str = "@@kvmini-bench-iperf3-up";
@@ -228,21 +229,6 @@ fn ip(netns_pid: Option<u32>, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn tun_ifreq(name: &str) -> Result<libc::ifreq, String> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!("bad interface name '{name}'"));
-    }
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    // Shorter than IFNAMSIZ (checked above): the name stays NUL-terminated.
-    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // The flags kvmini's virtio-net attaches with.
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
-    Ok(ifr)
-}
-
 /// Makes the TAP interface `name` persistent (`persist`) or not: a new one
 /// is created by attaching; dropping persistence on close deletes it.
 fn tap_persist(name: &str, persist: bool) -> Result<(), String> {
@@ -252,7 +238,7 @@ fn tap_persist(name: &str, persist: bool) -> Result<(), String> {
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/net/tun")
         .map_err(|e| format!("cannot open /dev/net/tun: {e}"))?;
-    let mut ifr = tun_ifreq(name)?;
+    let mut ifr = tap_ifreq(name).map_err(|e| e.to_string())?;
     // SAFETY: TUNSETIFF reads and may update `ifr`, a valid ifreq that lives
     // across the call; `file` is an open TUN fd.
     if unsafe { ioctl_with_mut_ref(&file, libc::TUNSETIFF, &mut ifr) } < 0 {
@@ -278,10 +264,6 @@ fn interface_up(name: &str) -> bool {
         .ok()
         .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
         .is_some_and(|f| f & libc::IFF_UP as u32 != 0)
-}
-
-fn interface_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
 }
 
 /// How an environment reaches the host, and what to undo afterwards.

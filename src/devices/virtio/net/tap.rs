@@ -128,7 +128,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Whether an interface called `name` exists in this network namespace.
-fn interface_exists(name: &str) -> bool {
+pub fn interface_exists(name: &str) -> bool {
     let Ok(c) = CString::new(name) else {
         return false;
     };
@@ -148,6 +148,22 @@ fn current_user() -> String {
                 .map(|m| m.uid().to_string())
         })
         .unwrap_or_else(|| "$USER".into())
+}
+
+/// The TUNSETIFF request for the TAP `name` in the mode kvmini uses
+/// (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+pub fn tap_ifreq(name: &str) -> Result<libc::ifreq, Error> {
+    if !valid_name(name) {
+        return Err(Error::InvalidName(name.into()));
+    }
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // valid_name: shorter than IFNAMSIZ, so the name stays NUL-terminated.
+    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
+    Ok(ifr)
 }
 
 /// An open TAP interface in `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` mode with
@@ -185,13 +201,7 @@ impl Tap {
             return Err(Error::NoVnetHdr);
         }
 
-        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        // valid_name: shorter than IFNAMSIZ, so the name stays NUL-terminated.
-        for (dst, &src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-            *dst = src as libc::c_char;
-        }
-        ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
+        let mut ifr = tap_ifreq(name)?;
         // SAFETY: TUNSETIFF reads and may update `ifr`, a valid ifreq that
         // lives across the call.
         if unsafe { ioctl_with_mut_ref(&file, libc::TUNSETIFF, &mut ifr) } < 0 {
