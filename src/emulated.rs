@@ -25,7 +25,7 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::devices::virtio::block::guest_device;
 use crate::exec::Outcome;
 use crate::guest::resources_dir;
+use crate::stop;
 
 /// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
 /// the inner kvmini. The initramfs comes on top, twice (archive + unpacked).
@@ -321,46 +322,6 @@ fn describe(s: ExitStatus) -> String {
     }
 }
 
-/// A signal we were sent (SIGINT, SIGTERM, SIGHUP); 0 if none.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// QEMU's pid while it runs, else 0.
-static QEMU_PID: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(num: libc::c_int) {
-    SIGNAL.store(num, Ordering::SeqCst);
-    let pid = QEMU_PID.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill(2) is async-signal-safe; `pid` is our QEMU child,
-        // which is not reaped (so the pid is not reused) until QEMU_PID has
-        // been reset to 0.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
-/// Turns SIGINT/SIGTERM/SIGHUP into a clean stop: QEMU is told to quit,
-/// and we then clean up and exit 128+signal.
-fn install_signal_handlers() -> io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value.
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        act.sa_flags = libc::SA_RESTART;
-        // SAFETY: `act` is fully initialised and `on_signal` only does
-        // async-signal-safe work; the old action is not needed.
-        if unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn signalled() -> Option<u8> {
-    match SIGNAL.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(128u8.saturating_add(s as u8)),
-    }
-}
-
 /// Saves the terminal settings of stdin and puts them back on drop, in case
 /// QEMU dies without restoring them itself.
 struct SavedTerminal(Option<libc::termios>);
@@ -595,7 +556,7 @@ fn run_inner(
     for d in &config.disks {
         drop(DiskFile::open(&d.path, d.readonly).map_err(EmulatedError::Disk)?);
     }
-    install_signal_handlers().map_err(EmulatedError::Signals)?;
+    stop::install().map_err(EmulatedError::Signals)?;
     let exe = std::env::current_exe().map_err(EmulatedError::CurrentExe)?;
 
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-emulated."))
@@ -613,7 +574,7 @@ fn run_inner(
     }
 
     let (vmlinuz, initramfs) = prepare(dir, &exe, config)?;
-    if let Some(code) = signalled() {
+    if let Some(code) = stop::signalled() {
         return Ok((code, None));
     }
     let l1_size = std::fs::metadata(&initramfs).map_or(0, |m| m.len());
@@ -640,8 +601,8 @@ fn run_inner(
     log::info!("starting the emulated machine: {qemu:?}");
     let terminal = SavedTerminal::save();
     let mut child = qemu.spawn().map_err(EmulatedError::SpawnQemu)?;
-    QEMU_PID.store(child.id() as i32, Ordering::SeqCst);
-    if signalled().is_some() {
+    stop::set_child(child.id() as i32);
+    if stop::signalled().is_some() {
         // The signal came while we were spawning; the handler missed QEMU.
         // SAFETY: the child is not reaped yet, so the pid is still QEMU's.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -663,7 +624,7 @@ fn run_inner(
     let deadline = timeout.map(|t| Instant::now() + t + L1_BOOT_ALLOWANCE);
     let mut heartbeat = Heartbeat::new(heartbeat_path, HEARTBEAT_STALL, L1_BOOT_ALLOWANCE);
     let (waited, ended) = watch(&mut child, deadline, &mut heartbeat);
-    QEMU_PID.store(0, Ordering::SeqCst);
+    stop::set_child(0);
     for c in copiers.into_iter().flatten() {
         let _ = c.join();
     }
@@ -676,7 +637,7 @@ fn run_inner(
     if let Some(status) = report.status {
         return Ok((status, Some(report)));
     }
-    if let Some(code) = signalled() {
+    if let Some(code) = stop::signalled() {
         return Ok((code, None));
     }
     if ended == Ended::Froze {

@@ -14,4 +14,5 @@ pub mod exec;
 pub mod guest;
 pub mod kvm;
 pub mod logger;
+pub mod stop;
 pub mod vmm;

@@ -300,6 +300,10 @@ type MadeEnv = Result<Box<dyn Env>, String>;
 fn run(args: BenchArgs) -> Result<u8, String> {
     let start = Instant::now();
     let plan = plan(&args)?;
+    // Ctrl-C or SIGTERM between or during measurements: stop after the
+    // current one and remove what this run made (TAPs, veths, scratch
+    // files, unpacked trees) on the way out, then exit 128 + signal.
+    crate::stop::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let host = host_info();
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-bench."))
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
@@ -502,6 +506,10 @@ fn run(args: BenchArgs) -> Result<u8, String> {
             let mut failure = None;
             let total = plan.warmup + plan.repeat;
             for i in 0..total {
+                if let Some(code) = crate::stop::signalled() {
+                    eprintln!("kvmini bench: interrupted; removing what this run made");
+                    return Ok(code);
+                }
                 step += 1;
                 let warm = i < plan.warmup;
                 let label = if warm {
