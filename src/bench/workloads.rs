@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::env::{tool_in_tree, tree_memory, Env, EnvKind, Job, Launched};
+use super::env::{tool_in_tree, tree_memory, Env, EnvKind, Job, Launched, TreeMemory};
 use super::{fio, net};
 
 /// A workload's knobs.
@@ -163,6 +163,7 @@ impl Workload {
                     "MiB",
                     true,
                 ),
+                metric("of idle: VMM/runtime outside guest RAM", "MiB", true),
             ],
             Self::Cpu => vec![metric(format!("sha256 of {} MiB", s.cpu_mib), "s", true)],
             Self::Block => vec![
@@ -238,10 +239,11 @@ impl Workload {
     ) -> Result<Vec<f64>, String> {
         match self {
             Self::Startup => startup(env, s, ids),
-            Self::Memory => Ok(vec![
-                memory_overhead(env, 0, s, ids)?,
-                memory_overhead(env, s.working_set_mib << 20, s, ids)?,
-            ]),
+            Self::Memory => {
+                let idle = memory_overhead(env, 0, s, ids)?;
+                let busy = memory_overhead(env, s.working_set_mib << 20, s, ids)?;
+                Ok(vec![idle.total, busy.total, idle.outside_guest_ram])
+            }
             Self::Cpu => cpu(env, s, ids),
             Self::Density => density(env, s, ids),
             Self::Block => block(env, s, ids, ctx),
@@ -339,7 +341,17 @@ pub fn memory_script(bytes: u64) -> String {
     )
 }
 
-fn memory_overhead(env: &dyn Env, bytes: u64, s: &Settings, ids: &Ids) -> Result<f64, String> {
+/// Host memory of an environment beyond its workload's own, in MiB.
+struct Overhead {
+    /// The whole process tree's PSS minus the workload's RSS.
+    total: f64,
+    /// What its processes cost outside guest RAM: the VMM process itself
+    /// (its guest RAM, holding the guest kernel and the workload, left
+    /// out); for a container or the host, the same as `total`.
+    outside_guest_ram: f64,
+}
+
+fn memory_overhead(env: &dyn Env, bytes: u64, s: &Settings, ids: &Ids) -> Result<Overhead, String> {
     let mut run = Launched::start(env, &Job::new(memory_script(bytes)), &ids.next())?;
     let ready = run.wait_line(READY, Instant::now() + s.run_timeout);
     // Let the idle part (awk's `system("sleep")`) start before measuring.
@@ -350,7 +362,28 @@ fn memory_overhead(env: &dyn Env, bytes: u64, s: &Settings, ids: &Ids) -> Result
     let rss = super::env::find_value(std::iter::once(line.as_str()), "rss_kb")
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| format!("no workload RSS in '{line}'"))?;
-    Ok((tree.pss_kib as f64 - rss as f64) / 1024.0)
+    if env.kind() == EnvKind::Vm && tree.guest_ram_pss_kib == 0 {
+        return Err(format!(
+            "found no guest RAM mapping in the VMM's memory map ({} processes, {} KiB PSS)",
+            tree.processes, tree.pss_kib
+        ));
+    }
+    Ok(split_overhead(&tree, rss, env.kind()))
+}
+
+fn split_overhead(tree: &TreeMemory, workload_rss_kib: u64, kind: EnvKind) -> Overhead {
+    let mib = |kib: f64| kib / 1024.0;
+    let total = tree.pss_kib as f64 - workload_rss_kib as f64;
+    let outside_guest_ram = if kind == EnvKind::Vm {
+        // The workload lives in guest RAM.
+        tree.pss_kib.saturating_sub(tree.guest_ram_pss_kib) as f64
+    } else {
+        total
+    };
+    Overhead {
+        total: mib(total),
+        outside_guest_ram: mib(outside_guest_ram),
+    }
 }
 
 fn density(env: &dyn Env, s: &Settings, ids: &Ids) -> Result<Vec<f64>, String> {
@@ -553,6 +586,20 @@ mod tests {
         );
         assert!(Workload::parse_list("gpu").unwrap_err().contains("unknown"));
         assert!(Workload::parse_list(",").is_err());
+    }
+
+    #[test]
+    fn overhead_splits_off_guest_ram_for_the_vm_only() {
+        let tree = TreeMemory {
+            pss_kib: 40 * 1024,
+            rss_kib: 50 * 1024,
+            processes: 1,
+            guest_ram_pss_kib: 30 * 1024,
+        };
+        let vm = split_overhead(&tree, 2 * 1024, EnvKind::Vm);
+        assert_eq!((vm.total, vm.outside_guest_ram), (38.0, 10.0));
+        let ct = split_overhead(&tree, 2 * 1024, EnvKind::Container);
+        assert_eq!((ct.total, ct.outside_guest_ram), (38.0, 38.0));
     }
 
     #[test]

@@ -274,6 +274,92 @@ pub struct TreeMemory {
     pub pss_kib: u64,
     pub rss_kib: u64,
     pub processes: usize,
+    /// Of `pss_kib`, what lies in guest RAM: the anonymous mappings of a
+    /// VMM process (kvmini, or the emulated machine's QEMU) whose sizes are
+    /// those of the RAM its command line asks for.
+    pub guest_ram_pss_kib: u64,
+}
+
+/// One mapping of /proc/PID/smaps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mapping {
+    pub bytes: u64,
+    /// No file behind it (anonymous memory, or `[anon:...]`).
+    pub anon: bool,
+    pub pss_kib: u64,
+}
+
+/// The mappings of a /proc/PID/smaps text.
+pub fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                // start-end perms offset dev inode [path]
+                let path = words.nth(4);
+                out.push(Mapping {
+                    bytes: b.saturating_sub(a),
+                    anon: path.map_or(true, |p| p.starts_with("[anon:")),
+                    pss_kib: 0,
+                });
+                continue;
+            }
+        }
+        if let (Some(m), Some(v)) = (out.last_mut(), line.strip_prefix("Pss:")) {
+            m.pss_kib = v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// The guest RAM mapping sizes a VMM command line asks for: kvmini's
+/// `--memory`/`-m` (split around the MMIO gap as kvmini lays it out), or
+/// QEMU's `-m` (one block). Empty for anything else.
+pub fn guest_ram_sizes(argv: &[String]) -> Vec<u64> {
+    let Some(program) = argv.first().map(|p| p.rsplit('/').next().unwrap_or(p)) else {
+        return Vec::new();
+    };
+    let value = |flags: &[&str]| {
+        argv.windows(2)
+            .find(|w| flags.contains(&w[0].as_str()))
+            .and_then(|w| crate::config::parse_size(w[1].split(',').next()?).ok())
+    };
+    if program.starts_with("qemu-system") {
+        value(&["-m"]).into_iter().collect()
+    } else if program == "kvmini" {
+        value(&["--memory", "-m"])
+            .map(|bytes| {
+                crate::arch::x86_64::layout::ram_regions(bytes)
+                    .into_iter()
+                    .map(|(_, len)| len as u64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}
+
+/// PSS of the anonymous mappings that are guest RAM of `sizes` (each size
+/// claims one mapping of exactly that size).
+pub fn guest_ram_pss(mappings: &[Mapping], sizes: &[u64]) -> u64 {
+    let mut taken = vec![false; mappings.len()];
+    let mut pss = 0;
+    for &size in sizes {
+        if let Some(i) = (0..mappings.len())
+            .find(|&i| !taken[i] && mappings[i].anon && mappings[i].bytes == size && size > 0)
+        {
+            taken[i] = true;
+            pss += mappings[i].pss_kib;
+        }
+    }
+    pss
 }
 
 /// `root` and all its descendants (found through the parent field of
@@ -333,6 +419,20 @@ pub fn tree_memory(root: u32) -> TreeMemory {
             m.pss_kib += pss;
             m.rss_kib += rss;
             m.processes += 1;
+        }
+        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sizes = guest_ram_sizes(&argv);
+        if !sizes.is_empty() {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
+                m.guest_ram_pss_kib += guest_ram_pss(&parse_smaps(&text), &sizes);
+            }
         }
     }
     m
@@ -472,6 +572,63 @@ mod tests {
                  Pss_Anon:   1 kB\n";
         assert_eq!(parse_rollup(t), (8000, 10240));
         assert_eq!(parse_rollup(""), (0, 0));
+    }
+
+    const SMAPS: &str = "\
+00400000-00500000 r-xp 00000000 fe:00 123  /usr/bin/kvmini
+Rss:                 800 kB
+Pss:                 400 kB
+7f0000000000-7f0010000000 rw-p 00000000 00:00 0 
+Size:             262144 kB
+Pss:               30000 kB
+7f0010000000-7f0020000000 rw-p 00000000 00:00 0
+Pss:                 100 kB
+7f0020000000-7f0020001000 rw-p 00000000 00:00 0                          [anon:x]
+Pss:                   4 kB
+7f0030000000-7f0040000000 rw-p 00000000 fe:00 9  /tmp/a file
+Pss:                  50 kB
+";
+
+    #[test]
+    fn smaps_mappings_and_guest_ram() {
+        let m = parse_smaps(SMAPS);
+        assert_eq!(m.len(), 5);
+        assert_eq!(
+            m[0],
+            Mapping {
+                bytes: 1 << 20,
+                anon: false,
+                pss_kib: 400
+            }
+        );
+        assert!(m[1].anon && m[2].anon && m[3].anon && !m[4].anon);
+        assert_eq!(m[1].bytes, 256 << 20);
+        // One 256 MiB region claims one mapping: the first anonymous one.
+        assert_eq!(guest_ram_pss(&m, &[256 << 20]), 30000);
+        // Two regions of that size claim both anonymous ones, not the file.
+        assert_eq!(guest_ram_pss(&m, &[256 << 20, 256 << 20]), 30100);
+        assert_eq!(guest_ram_pss(&m, &[128 << 20]), 0);
+        assert_eq!(guest_ram_pss(&m, &[]), 0);
+    }
+
+    #[test]
+    fn guest_ram_sizes_from_command_lines() {
+        let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            guest_ram_sizes(&argv("/x/kvmini exec --memory 512M -- sh -c -m")),
+            [512 << 20]
+        );
+        // Above the MMIO gap kvmini splits RAM in two.
+        let big = guest_ram_sizes(&argv("kvmini run -m 5G"));
+        assert_eq!(big.len(), 2);
+        assert_eq!(big.iter().sum::<u64>(), 5 << 30);
+        assert_eq!(
+            guest_ram_sizes(&argv("qemu-system-x86_64 -accel tcg -m 648M -smp 1")),
+            [648 << 20]
+        );
+        assert!(guest_ram_sizes(&argv("crun run x")).is_empty());
+        assert!(guest_ram_sizes(&argv("kvmini exec --memory")).is_empty());
+        assert!(guest_ram_sizes(&[]).is_empty());
     }
 
     #[test]
