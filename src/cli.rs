@@ -126,8 +126,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SIZE", default_value = "64M")]
     pub cpu_work: String,
 
-    /// Working set of the memory workload's second measurement.
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    /// Working set of the memory workload's second measurement (building
+    /// it takes up to twice this much: at most (--memory - 64 MiB) / 2).
+    #[arg(long, value_name = "SIZE", default_value = "128M")]
     pub working_set: String,
 
     /// Idle instances started at once by the density workload.

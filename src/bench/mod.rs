@@ -111,11 +111,14 @@ fn plan(args: &BenchArgs) -> Result<Plan, String> {
     if settings.net_secs == 0 {
         return Err("--net-time must be at least 1s".into());
     }
-    if settings.working_set_mib + 64 > memory_mib {
+    // awk doubles its string up to the working set, holding both copies at
+    // the last step: up to twice the working set, plus the guest kernel.
+    if 2 * settings.working_set_mib + 64 > memory_mib {
         return Err(format!(
-            "--working-set {} MiB does not fit in --memory {memory_mib} MiB with room for \
-             the guest kernel (leave 64 MiB)",
-            settings.working_set_mib
+            "--working-set {} MiB does not fit in --memory {memory_mib} MiB: building it \
+             takes up to twice its size, plus 64 MiB for the guest kernel (use at most {} MiB)",
+            settings.working_set_mib,
+            memory_mib.saturating_sub(64) / 2
         ));
     }
     Ok(Plan {
@@ -618,7 +621,7 @@ mod tests {
         assert_eq!(p.workloads, Workload::ALL);
         assert_eq!(p.envs, EnvKind::ALL);
         assert_eq!((p.repeat, p.warmup, p.memory_mib), (5, 1, 512));
-        assert_eq!(p.settings.working_set_mib, 256);
+        assert_eq!(p.settings.working_set_mib, 128);
         let p = plan(&args(&[
             "--envs",
             "host,vm",
@@ -634,6 +637,11 @@ mod tests {
         assert!(plan(&args(&["--working-set", "1G"]))
             .unwrap_err()
             .contains("does not fit"));
+        // Twice the set plus 64 MiB: 224 fits 512, 225 does not.
+        assert!(plan(&args(&["--working-set", "224M"])).is_ok());
+        assert!(plan(&args(&["--working-set", "225M"]))
+            .unwrap_err()
+            .contains("at most 224 MiB"));
         assert!(plan(&args(&["--budget", "lots"])).is_err());
     }
 
