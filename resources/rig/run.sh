@@ -177,7 +177,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
-broken="" partial="" beat_size=0 beat_at=$SECONDS
+broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1
 while :; do
     if IFS= read -r -t 5 line; then
         line=$partial$line partial=""
@@ -196,6 +196,9 @@ while :; do
         [[ -z $partial$line ]] || printf '%s\n' "$partial$line"
         break # end of the console: QEMU exited
     fi
+    # At most once a second (not per console line: stat is a fork).
+    ((SECONDS != checked)) || continue
+    checked=$SECONDS
     size=$(stat -c %s "$tmp/heartbeat")
     if ((size != beat_size)); then
         beat_size=$size beat_at=$SECONDS
