@@ -135,7 +135,7 @@ const RIG_BROKE: i32 = 75;
 
 /// How many times at most the rig is booted for one batch: the first run of
 /// every scenario plus reruns in fresh L1s after failures or rig breakage.
-const MAX_RIG_RUNS: u32 = 4;
+const MAX_RIG_RUNS: u32 = 5;
 
 /// Writes a message straight to stderr, past the test harness's output
 /// capture: what the rig did wrong must be seen even when the tests pass.
