@@ -69,11 +69,7 @@ report() {
     bench_report "$1" "$FIO_AWK" "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "seq-read seq-write rand-read rand-write" "${ROWS[@]}"
 }
 
-if [[ -n $parse ]]; then
-    [[ -f $parse ]] || { echo "blk.sh: no such console log: $parse" >&2; exit 2; }
-    report "$parse"
-    exit
-fi
+bench_parse_only "$parse"
 
 bench_setup "$kvmini"
 bench_initrd=$("$BENCH_DIR/build-initramfs.sh")

@@ -60,11 +60,7 @@ report() {
     bench_report "$1" "$RSS_AWK" "Boot and memory: 1 vCPU, ${mem} MiB, default guest (kvmini vs QEMU microvm)" "boot-secs exec-secs rss-overhead" "${ROWS[@]}"
 }
 
-if [[ -n $parse ]]; then
-    [[ -f $parse ]] || { echo "boot.sh: no such console log: $parse" >&2; exit 2; }
-    report "$parse"
-    exit
-fi
+bench_parse_only "$parse"
 
 bench_setup "$kvmini"
 cat >"$BENCH_WORK/data/params" <<EOF2

@@ -132,6 +132,15 @@ function emit(metric, value) { runbuf = runbuf vmm " " round " " metric " " valu
 END { if (inrun) printf "bench: %s %s round %s did not finish (console ends)\n", bench, vmm, round > "/dev/stderr" }
 '
 
+# bench_parse_only LOG: with --parse LOG (non-empty), print the script's
+# `report` of that saved console log and exit with its status.
+bench_parse_only() {
+    [[ -n $1 ]] || return 0
+    [[ -f $1 ]] || { echo "$(basename "$0"): no such console log: $1" >&2; exit 2; }
+    report "$1"
+    exit
+}
+
 # bench_parse LOG AWK_RULES: value lines "<vmm> <round> <metric> <value>".
 bench_parse() {
     awk "$BENCH_AWK_RUNS $2" "$1"

@@ -62,11 +62,7 @@ report() {
     bench_report "$1" "$NET_AWK" "Network benchmark: iperf3 and ping in the guest, virtio-net on a TAP (kvmini vs QEMU microvm)" "net-up net-down net-rtt" "${ROWS[@]}"
 }
 
-if [[ -n $parse ]]; then
-    [[ -f $parse ]] || { echo "net.sh: no such console log: $parse" >&2; exit 2; }
-    report "$parse"
-    exit
-fi
+bench_parse_only "$parse"
 
 bench_setup "$kvmini"
 bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
