@@ -38,10 +38,41 @@ content_hash() {
     done | sha256sum | cut -c1-16
 }
 
+# Every script that sources this file says where it failed (the command, its
+# exit status and its line) when `set -e` ends it: never a silent exit. The
+# ERR trap only records (it also fires in subshells whose failure is handled);
+# the EXIT trap prints when the script really ends in failure. Scripts add
+# their own clean-up with on_exit, not with `trap ... EXIT`.
+set -o errtrace
+_failed_at=""
+_exit_cmds=()
+trap '_failed_at="line $LINENO: \`$BASH_COMMAND\` exited with status $?"' ERR
+_on_exit() {
+    local rc=$? cmd
+    EXIT_STATUS=$rc
+    for cmd in "${_exit_cmds[@]}"; do eval "$cmd" || true; done
+    if ((rc != 0)) && [[ -n $_failed_at ]]; then
+        echo "[$(basename "$0")] FAILED at $_failed_at" >&2
+    fi
+    exit "$rc"
+}
+trap _on_exit EXIT
+# on_exit CMD: run CMD (a shell string) when the script exits, however it ends;
+# EXIT_STATUS holds the script's exit status then.
+on_exit() {
+    _exit_cmds+=("$1")
+}
+
+# dpkg_status PKG...: "NAME STATUS-WORDS VERSION" for each named package dpkg
+# knows. dpkg-query exits 1 when any of them was never installed (the usual
+# case on a new machine), which is not an error here.
+dpkg_status() {
+    dpkg-query -W -f='${Package} ${Status} ${Version}\n' "$@" 2>/dev/null || true
+}
+
 # Installed version of a Debian package, or empty.
 pkg_version() {
-    dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null |
-        awk '$1 == "install" && $3 == "installed" { print $4 }'
+    dpkg_status "$1" | awk '$3 == "ok" && $4 == "installed" { print $5 }'
 }
 
 # apt_install PKG...: install the packages that are missing. Runs
@@ -50,7 +81,7 @@ pkg_version() {
 apt_install() {
     local missing=() p installed
     # One dpkg-query for all of them: this runs on every (cached) kvmini run.
-    installed=$(dpkg-query -W -f='${Package} ${Status}\n' "$@" 2>/dev/null |
+    installed=$(dpkg_status "$@" |
         awk '$3 == "ok" && $4 == "installed" { sub(/:.*/, "", $1); print $1 }')
     for p in "$@"; do
         grep -qxF "$p" <<<"$installed" || missing+=("$p")
@@ -63,10 +94,25 @@ apt_install() {
             die "need root or sudo to install: ${missing[*]} (apt-get install ${missing[*]})"
         sudo=(sudo)
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-        die "apt-get install ${missing[*]} failed"
+    local out rc=0
+    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq 2>&1) || rc=$?
+    if ((rc != 0)); then
+        tail -n 15 <<<"$out" >&2
+        die "apt-get update failed (exit status $rc; its last lines are above): check the apt sources and the network"
+    fi
+    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}" 2>&1) || rc=$?
+    if ((rc != 0)); then
+        tail -n 15 <<<"$out" >&2
+        local unknown=()
+        for p in "${missing[@]}"; do
+            apt-cache show "$p" >/dev/null 2>&1 || unknown+=("$p")
+        done
+        ((${#unknown[@]} == 0)) ||
+            die "apt has no package named ${unknown[*]} (exit status $rc of apt-get install ${missing[*]}): check the apt sources (Debian 12 bookworm expected)"
+        die "apt-get install ${missing[*]} failed with exit status $rc; its last lines are above"
+    fi
+    log "installed: ${missing[*]}"
 }
 
 # run_logged LOGFILE LABEL CMD...: run CMD with its output in LOGFILE and print

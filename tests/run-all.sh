@@ -18,7 +18,8 @@ step() {
 step_done() {
     timings+=("$(printf '%6ss  %s' $((SECONDS - step_start)) "$step_name")")
 }
-trap 'echo "==> FAILED during: ${step_name:-setup}" >&2' ERR
+step_name=setup
+on_exit '((EXIT_STATUS == 0)) || echo "==> FAILED during: $step_name (exit status $EXIT_STATUS)" >&2'
 
 step "host packages"
 # Kernel build dependencies are installed by resources/kernel/build.sh itself.
@@ -60,6 +61,5 @@ step "cargo test"
 cargo test
 step_done
 
-trap - ERR
 echo "==> all tests passed; step timings:" >&2
 printf '%s\n' "${timings[@]}" >&2

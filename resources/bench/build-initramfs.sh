@@ -51,7 +51,7 @@ if [[ -f $out ]]; then
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-bench-initramfs.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+on_exit 'rm -rf "$tmp"'
 log "downloading ${#pkgs[@]} Debian packages (${TOOLS[*]} and their libraries; once, then cached)"
 mkdir -p "$tmp/debs" "$tmp/x"
 # shellcheck disable=SC2086 # one word per package=version

@@ -46,8 +46,7 @@ bench_setup() {
     export GUEST_INITRD
     KVMINI_BENCH_BIN=$(bench_kvmini "${1:-}")
     BENCH_WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-bench.XXXXXX")
-    # shellcheck disable=SC2064 # expand now: the path is fixed
-    trap "rm -rf '$BENCH_WORK'" EXIT
+    on_exit 'rm -rf "$BENCH_WORK"'
     mkdir -p "$BENCH_WORK/data"
     cp "$BENCH_DIR/vm.sh" "$BENCH_WORK/data/"
 }

@@ -91,7 +91,7 @@ moddir=$(echo "$l1"/lib/modules/*/kernel)
 # L1 initramfs: rebuilt every run (kvmini and scenarios change every time;
 # it takes a second). Uncompressed: L1 unpacks it under emulation.
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-rig.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+on_exit 'rm -rf "$tmp"'
 root=$tmp/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,lib/modules,opt/kvmini,opt/guest,opt/rig,opt/scenarios}
 cp /bin/busybox "$root/bin/"

@@ -19,7 +19,7 @@ if [[ -f $out ]]; then
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-ext4.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+on_exit 'rm -rf "$tmp"'
 log "assembling root tree"
 make_rootfs_tree "$tmp/root"
 log "creating $SIZE ext4 image"

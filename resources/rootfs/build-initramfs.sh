@@ -17,7 +17,7 @@ if [[ -f $out ]]; then
 fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-initramfs.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
+on_exit 'rm -rf "$tmp"'
 log "assembling root tree"
 make_rootfs_tree "$tmp/root"
 log "packing cpio"
