@@ -323,6 +323,17 @@ impl Worker {
                         self.stats.rx_dropped += 1;
                         continue;
                     }
+                    // TUN returns a frame's whole length even when only the
+                    // start of it fitted the buffer: that frame is cut short.
+                    Ok(n) if n > self.rx_buf.len() => {
+                        log::debug!(
+                            "virtio-net {}: dropped a {n}-byte frame larger than {}",
+                            self.name,
+                            self.rx_buf.len()
+                        );
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
