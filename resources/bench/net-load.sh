@@ -111,8 +111,8 @@ summary() {
 
 if ((${#parse[@]})); then
     for f in "${parse[@]}"; do [[ -f $f ]] || { echo "net-load.sh: no such console log: $f" >&2; exit 2; }; done
-    summary "${parse[@]}"
-    exit
+    summary "${parse[@]}" || exit 1
+    exit 0
 fi
 
 case " $vmms " in
@@ -177,4 +177,4 @@ EOF
     ((rc == 0)) || log "the rig run ended with status $rc (75: L1 froze or broke; see $console.stderr)"
     first=$((first + n))
 done
-summary "${logs[@]}"
+summary "${logs[@]}" || exit 1
