@@ -7,11 +7,13 @@
 # runs ended with a triple fault (KVM_EXIT_SHUTDOWN), a stalled transfer
 # (killed after --run-timeout s), another failure, or a frozen L1 (the rig
 # stopped it: no heartbeat or a soft lockup; charged to the VMM whose run
-# was under way).
+# was under way), and in how many runs the guest counted receive length
+# errors (frames it found cut short: "rx error: N buffers ... missing").
 #
 #   resources/bench/net-load.sh [--runs N] [--chunk N] [--secs S] [--mem MIB]
 #       [--vmms "kvmini firecracker"] [--smp N] [--run-timeout S]
-#       [--kvmini PATH] [--firecracker PATH] [--log-dir DIR] [--no-lock]
+#       [--kvmini PATH] [--firecracker PATH] [--log-dir DIR] [--no-lock] [--trace]
+#       [--variant NAME=KVMINI]...
 #   resources/bench/net-load.sh --parse CONSOLE_LOG...   # counts from saved logs
 #
 # --runs      runs (guest boots) per VMM in all (default 100)
@@ -24,6 +26,10 @@
 # --run-timeout  seconds before a run counts as stalled and is killed
 #             (default 150)
 # --log-dir   where the consoles go (default: a new directory in $TMPDIR)
+# --trace     record L1's KVM trace and print its tail after a failed run
+#             (the faulting RIP of a triple fault survives only there on AMD)
+# --variant   also run another static kvmini binary, as VMM "kvmini-NAME",
+#             in the same L1s (e.g. the build before a fix)
 #
 # stdout: the table; progress on stderr. Exit status 0 when every run of
 # every VMM was ok, 1 otherwise, 2 usage.
@@ -33,6 +39,7 @@ source "$RESOURCES_DIR/bench/lib.sh"
 
 runs=100 chunk=12 secs=3 mem=512 vmms="kvmini firecracker" smp=1 run_timeout=150
 kvmini="" firecracker=/work/shared/peers/firecracker/firecracker log_dir="" lock=/tmp/kvmini-heavy.lock
+trace=0 variants=()
 parse=()
 while (($#)); do
     case $1 in
@@ -47,6 +54,8 @@ while (($#)); do
     --firecracker) firecracker=$2; shift 2 ;;
     --log-dir) log_dir=$2; shift 2 ;;
     --no-lock) lock=""; shift ;;
+    --trace) trace=1; shift ;;
+    --variant) variants+=("$2"); shift 2 ;;
     --parse) shift; parse=("$@"); break ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "net-load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
@@ -70,6 +79,7 @@ summary() {
         for (i = 4; i <= NF; i++) {
             split(w[i], kv, "=")
             if (kv[1] == "result") res[v, kv[2]]++
+            if (kv[1] == "rxlen" && kv[2] != "-") { rxruns[v]++; if (kv[2] > 0) { rxbad[v]++; rxsum[v] += kv[2] } }
             if (kv[1] == "up" && kv[2] != "-" && w[4] == "result=ok") { nu[v]++; up[v, nu[v]] = kv[2] + 0 }
             if (kv[1] == "down" && kv[2] != "-" && w[4] == "result=ok") { nd[v]++; dn[v, nd[v]] = kv[2] + 0 }
         }
@@ -92,18 +102,20 @@ summary() {
         return (n % 2) ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
     }
     END {
-        printf "| %-14s | %5s | %5s | %13s | %17s | %14s | %10s | %12s | %14s |\n", "VMM", "runs", "ok", "triple faults", "stalled transfers", "other failures", "L1 freezes", "up Mbit/s", "down Mbit/s"
-        printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------", "-------", "-------", "---------------", "-------------------", "----------------", "------------", "--------------", "----------------"
+        printf "| %-14s | %5s | %5s | %13s | %17s | %14s | %10s | %16s | %12s | %14s |\n", "VMM", "runs", "ok", "triple faults", "stalled transfers", "other failures", "L1 freezes", "rx length errors", "up Mbit/s", "down Mbit/s"
+        printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------", "-------", "-------", "---------------", "-------------------", "----------------", "------------", "------------------", "--------------", "----------------"
         bad = 0; nv = 0
         for (v in seen) if (v == "kvmini") order[++nv] = v
         for (v in seen) if (v == "firecracker") order[++nv] = v
-        for (v in seen) if (v != "kvmini" && v != "firecracker") order[++nv] = v
+        for (v in seen) if (v ~ /^kvmini-/) order[++nv] = v
+        for (v in seen) if (v != "kvmini" && v != "firecracker" && v !~ /^kvmini-/) order[++nv] = v
         for (k = 1; k <= nv; k++) {
             v = order[k]
-            printf "| %-14s | %5d | %5d | %13d | %17d | %14d | %10d | %12s | %14s |\n", v, total[v], res[v, "ok"], res[v, "triple-fault"], res[v, "stall"], res[v, "fail"], freeze[v], median(up, v, nu[v]), median(dn, v, nd[v])
+            rx = (rxruns[v] > 0) ? sprintf("%d/%d (%d)", rxbad[v], rxruns[v], rxsum[v]) : "-"
+            printf "| %-14s | %5d | %5d | %13d | %17d | %14d | %10d | %16s | %12s | %14s |\n", v, total[v], res[v, "ok"], res[v, "triple-fault"], res[v, "stall"], res[v, "fail"], freeze[v], rx, median(up, v, nu[v]), median(dn, v, nd[v])
             if (total[v] != res[v, "ok"] || freeze[v]) bad = 1
         }
-        printf "\nruns: guest boots (an L1 freeze ends its run); rates: median of the ok runs (rig figures: only ratios mean something).\n"
+        printf "\nruns: guest boots (an L1 freeze ends its run); rx length errors: runs where the guest counted any / runs that reported (errors in all); rates: median of the ok runs (rig figures: only ratios mean something).\n"
         for (v in other_rig) printf "note: %d rig run(s) under %s ended with a status other than 0 or 75 (a rig timeout?)\n", other_rig[v], v
         exit bad
     }' "$@"
@@ -140,6 +152,13 @@ exec "\$d/$loader" --library-path "\$d" "\$d/firecracker" "\$@"
 EOF
     chmod +x "$data/fc/firecracker.sh"
 fi
+for v in "${variants[@]}"; do
+    name=${v%%=*} bin=${v#*=}
+    [[ $name =~ ^[a-z0-9]+$ && -x $bin ]] ||
+        die "--variant wants NAME=PATH (NAME: a-z0-9, PATH: a static kvmini), got '$v'"
+    cp "$bin" "$data/kvmini-$name"
+    vmms="$vmms kvmini-$name"
+done
 [[ -n $log_dir ]] || log_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-net-load.XXXXXX")
 mkdir -p "$log_dir"
 nvmm=$(wc -w <<<"$vmms")
@@ -157,6 +176,7 @@ NETLOAD_SECS=$secs
 NETLOAD_MEM=$mem
 NETLOAD_VMMS="$vmms"
 NETLOAD_RUN_TIMEOUT=$run_timeout
+NETLOAD_TRACE=$trace
 EOF
     console=$log_dir/net-load-$(printf '%04d' "$first").log
     logs+=("$console")
