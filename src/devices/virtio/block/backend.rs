@@ -5,7 +5,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,10 +84,23 @@ pub struct DiskFile {
 impl DiskFile {
     /// Opens and locks `path`: exclusively when writable, shared when not,
     /// so two VMs never write the same image.
+    ///
+    /// Only regular files and block devices are opened: the type is checked
+    /// before the open (opening a FIFO would block, opening a character
+    /// device such as /dev/watchdog has side effects) and again on the open
+    /// file, which is opened non-blocking in case the path changed between.
     pub fn open(path: &Path, readonly: bool) -> Result<Self, Error> {
+        let not_found = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(path.into()),
+            _ => Error::Metadata(path.into(), e),
+        };
+        if !is_disk_type(std::fs::metadata(path).map_err(not_found)?.file_type()) {
+            return Err(Error::NotADisk(path.into()));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => Error::NotFound(path.into()),
@@ -97,9 +110,10 @@ impl DiskFile {
             .metadata()
             .map_err(|e| Error::Metadata(path.into(), e))?;
         let ft = meta.file_type();
-        if !ft.is_file() && !ft.is_block_device() {
+        if !is_disk_type(ft) {
             return Err(Error::NotADisk(path.into()));
         }
+        clear_nonblocking(&file).map_err(|e| Error::Open(path.into(), e))?;
         lock(&file, readonly).map_err(|e| match e.raw_os_error() {
             Some(libc::EWOULDBLOCK) => Error::Locked(path.into()),
             _ => Error::Lock(path.into(), e),
@@ -261,6 +275,26 @@ impl Drop for DiskFile {
     }
 }
 
+/// Regular files and block devices are disks; FIFOs, sockets, character
+/// devices and directories are not.
+fn is_disk_type(ft: std::fs::FileType) -> bool {
+    ft.is_file() || ft.is_block_device()
+}
+
+/// Back to blocking I/O once the file is known to be a disk.
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL on a file descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL with an integer argument on a file descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn lock(file: &File, shared: bool) -> io::Result<()> {
     let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
     // SAFETY: flock only takes a file descriptor, which `file` keeps open for
@@ -374,5 +408,54 @@ impl WriteVolatile for FileAt<'_> {
             )
         };
         self.advance(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use vmm_sys_util::tempdir::TempDir;
+
+    /// Runs `open` on another thread: a FIFO opened for I/O would block
+    /// forever, which must show as a failed test, not a hung one.
+    fn open_within(path: &Path, readonly: bool, limit: Duration) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(DiskFile::open(&p, readonly).map(|_| ()));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("open blocked".into()),
+        }
+    }
+
+    #[test]
+    fn only_regular_files_and_block_devices_are_opened() {
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
+        let fifo = dir.as_path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for readonly in [true, false] {
+            let e = open_within(&fifo, readonly, Duration::from_secs(5)).unwrap_err();
+            assert!(e.contains("not a regular file or block device"), "{e}");
+        }
+        // A character device is refused before it is opened at all.
+        let e = open_within(Path::new("/dev/null"), true, Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("not a regular file or block device"), "{e}");
+        let e = open_within(dir.as_path(), true, Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("not a regular file or block device"), "{e}");
+        let img = dir.as_path().join("disk.img");
+        std::fs::write(&img, vec![0u8; 1024]).unwrap();
+        open_within(&img, false, Duration::from_secs(5)).unwrap();
+        // The disk is back in blocking mode for its I/O.
+        let d = DiskFile::open(&img, true).unwrap();
+        // SAFETY: F_GETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(d.file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
     }
 }
