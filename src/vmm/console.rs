@@ -1,17 +1,21 @@
 //! The host side of the guest console: where output goes, raw mode for an
 //! interactive terminal (restored on every exit path), and host signals
-//! turned into a clean VM stop.
+//! turned into a clean VM stop (for a guest with ACPI, first a press of its
+//! power button).
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::exit::{ExitSignal, VmExit};
 use crate::config::ConsoleConfig;
@@ -92,16 +96,32 @@ extern "C" fn on_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     }
 }
 
+/// What SIGTERM does to a guest that can shut down by itself.
+pub struct GracefulStop {
+    /// Presses the guest's power button if it has one (it runs ACPI), for
+    /// the given signal; false when it has none.
+    pub press: Box<dyn FnMut(i32) -> bool + Send>,
+    /// How long the guest gets before it is killed.
+    pub timeout: Duration,
+}
+
 /// Turns SIGTERM, SIGINT and SIGHUP into a clean VM stop, so in-flight work
-/// finishes and the terminal is restored.
+/// finishes and the terminal is restored. With a [`GracefulStop`], the first
+/// SIGTERM asks the guest to shut down instead (ACPI power button) and
+/// stops it only after the timeout or a second SIGTERM/SIGINT.
 pub struct HostSignals {
     evt: EventFd,
     exit: Arc<ExitSignal>,
+    graceful: Option<GracefulStop>,
+    timer: TimerFd,
+    /// The signal that pressed the power button, once it has.
+    pressed_by: Option<i32>,
 }
 
 impl HostSignals {
-    pub fn install(exit: Arc<ExitSignal>) -> io::Result<Self> {
+    pub fn install(exit: Arc<ExitSignal>, graceful: Option<GracefulStop>) -> io::Result<Self> {
         let evt = EventFd::new(EFD_NONBLOCK)?;
+        let timer = TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         // Published for the handler; this duplicate is deliberately leaked so
         // the handler never writes to a closed (or reused) descriptor.
         let fd = std::os::fd::IntoRawFd::into_raw_fd(evt.try_clone()?);
@@ -110,20 +130,62 @@ impl HostSignals {
             register_signal_handler(sig, on_signal)
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         }
-        Ok(Self { evt, exit })
+        Ok(Self {
+            evt,
+            exit,
+            graceful,
+            timer,
+            pressed_by: None,
+        })
+    }
+
+    /// One signal (or `count` of them since the last look) arrived.
+    fn on_signal(&mut self, sig: i32, count: u64) {
+        if self.pressed_by.is_none() && count == 1 && sig == libc::SIGTERM {
+            if let Some(g) = self.graceful.as_mut().filter(|g| !g.timeout.is_zero()) {
+                if (g.press)(sig) {
+                    let timeout = g.timeout;
+                    match self.timer.reset(timeout, None) {
+                        Ok(()) => {
+                            self.pressed_by = Some(sig);
+                            log::warn!(
+                                "signal {sig}: pressed the guest's ACPI power button; waiting up \
+                                 to {}s for it to shut down (--shutdown-timeout; SIGTERM or \
+                                 SIGINT again stops it now)",
+                                timeout.as_secs()
+                            );
+                            return;
+                        }
+                        Err(e) => log::warn!("cannot arm the shutdown timer ({e}); stopping now"),
+                    }
+                }
+            }
+        }
+        self.exit.raise(VmExit::HostSignal(sig));
     }
 }
 
 impl MutEventSubscriber for HostSignals {
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.evt.read();
-        self.exit
-            .raise(VmExit::HostSignal(LAST_SIGNAL.load(Ordering::SeqCst)));
+    fn process(&mut self, events: Events, _: &mut EventOps) {
+        if events.fd() == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            if let (Some(signal), Some(g)) = (self.pressed_by, &self.graceful) {
+                self.exit.raise(VmExit::ShutdownTimedOut {
+                    signal,
+                    after: g.timeout,
+                });
+            }
+            return;
+        }
+        let count = self.evt.read().unwrap_or(1);
+        self.on_signal(LAST_SIGNAL.load(Ordering::SeqCst), count);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("cannot watch for host signals: {e}");
+        for fd in [self.evt.as_raw_fd(), self.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, 0, EventSet::IN)) {
+                log::error!("cannot watch for host signals: {e}");
+            }
         }
     }
 }
