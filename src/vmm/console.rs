@@ -163,18 +163,23 @@ impl HostSignals {
         }
         self.exit.raise(VmExit::HostSignal(sig));
     }
+
+    /// The guest had `--shutdown-timeout` to shut down and did not.
+    fn on_timeout(&mut self) {
+        if let (Some(signal), Some(g)) = (self.pressed_by, &self.graceful) {
+            self.exit.raise(VmExit::ShutdownTimedOut {
+                signal,
+                after: g.timeout,
+            });
+        }
+    }
 }
 
 impl MutEventSubscriber for HostSignals {
     fn process(&mut self, events: Events, _: &mut EventOps) {
         if events.fd() == self.timer.as_raw_fd() {
             let _ = self.timer.wait();
-            if let (Some(signal), Some(g)) = (self.pressed_by, &self.graceful) {
-                self.exit.raise(VmExit::ShutdownTimedOut {
-                    signal,
-                    after: g.timeout,
-                });
-            }
+            self.on_timeout();
             return;
         }
         let count = self.evt.read().unwrap_or(1);
@@ -186,6 +191,88 @@ impl MutEventSubscriber for HostSignals {
             if let Err(e) = ops.add(Events::with_data_raw(fd, 0, EventSet::IN)) {
                 log::error!("cannot watch for host signals: {e}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// HostSignals without installing handlers; `acpi`: whether the guest
+    /// has a power button. Returns it, the exit signal and the press count.
+    fn signals(acpi: bool, timeout: u64) -> (HostSignals, Arc<ExitSignal>, Arc<AtomicUsize>) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let presses = Arc::new(AtomicUsize::new(0));
+        let p = presses.clone();
+        let graceful = GracefulStop {
+            press: Box::new(move |_| {
+                p.fetch_add(1, Ordering::SeqCst);
+                acpi
+            }),
+            timeout: Duration::from_secs(timeout),
+        };
+        let s = HostSignals {
+            evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            exit: exit.clone(),
+            graceful: Some(graceful),
+            timer: TimerFd::new().unwrap(),
+            pressed_by: None,
+        };
+        (s, exit, presses)
+    }
+
+    #[test]
+    fn sigterm_presses_the_button_and_a_second_signal_stops_at_once() {
+        let (mut s, exit, presses) = signals(true, 30);
+        s.on_signal(libc::SIGTERM, 1);
+        assert!(!exit.is_raised(), "the guest gets time to shut down");
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        s.on_signal(libc::SIGINT, 1);
+        assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGINT)));
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_timeout_stops_a_guest_that_did_not_shut_down() {
+        let (mut s, exit, _) = signals(true, 30);
+        s.on_timeout();
+        assert!(
+            !exit.is_raised(),
+            "no button pressed yet: nothing to time out"
+        );
+        s.on_signal(libc::SIGTERM, 1);
+        s.on_timeout();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::ShutdownTimedOut {
+                signal: libc::SIGTERM,
+                after: Duration::from_secs(30)
+            })
+        );
+    }
+
+    #[test]
+    fn guests_without_acpi_and_other_signals_stop_at_once() {
+        let (mut s, exit, presses) = signals(false, 30);
+        s.on_signal(libc::SIGTERM, 1);
+        assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGTERM)));
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        for (sig, count, timeout) in [
+            (libc::SIGINT, 1, 30),
+            (libc::SIGHUP, 1, 30),
+            (libc::SIGTERM, 2, 30),
+            (libc::SIGTERM, 1, 0),
+        ] {
+            let (mut s, exit, presses) = signals(true, timeout);
+            s.on_signal(sig, count);
+            assert_eq!(
+                exit.reason(),
+                Some(VmExit::HostSignal(sig)),
+                "{sig} x{count}"
+            );
+            assert_eq!(presses.load(Ordering::SeqCst), 0);
         }
     }
 }
