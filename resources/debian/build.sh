@@ -19,7 +19,8 @@
 # stdout: the directory holding rootfs.ext4, vmlinuz, initrd.img (cached by
 # content hash under the kvmini cache; the key includes the kernel package's
 # version, so a Debian kernel update makes a new image).
-# Cold build: a few minutes (downloads ~90 MB of packages; see docs/testing.md).
+# Cold build: ~1 minute on a quiet host, ~4 with other builds running
+# (it downloads the packages each time; see docs/testing.md).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 HERE=$RESOURCES_DIR/debian
@@ -58,7 +59,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-debian.XXXXXX")
 # tree: never delete through them.
 on_exit 'awk -v t="$tmp/" "index(\$2, t) == 1 { print \$2 }" /proc/mounts | sort -r | xargs -r umount -l; rm -rf --one-file-system "$tmp"'
 start=$SECONDS
-log "building a Debian 12 tree with $kpkg ($kver) in $tmp (mmdebstrap, minbase; a few minutes cold)"
+log "building a Debian 12 tree with $kpkg ($kver) in $tmp (mmdebstrap, minbase; 1-4 minutes)"
 # Leave out what a test VM never reads: documentation, man pages, locales.
 excludes=()
 for p in /usr/share/doc/\* /usr/share/man/\* /usr/share/info/\* /usr/share/locale/\* \
