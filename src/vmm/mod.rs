@@ -121,9 +121,9 @@ struct Deadline {
     pressed: bool,
 }
 
-impl MutEventSubscriber for Deadline {
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.timer.wait();
+impl Deadline {
+    /// The limit (or the grace after it) passed.
+    fn expired(&mut self) {
         let grace = self.graceful.timeout;
         if !self.pressed
             && !grace.is_zero()
@@ -140,6 +140,13 @@ impl MutEventSubscriber for Deadline {
             return;
         }
         self.exit.raise(VmExit::TimedOut(self.limit));
+    }
+}
+
+impl MutEventSubscriber for Deadline {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.timer.wait();
+        self.expired();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -313,4 +320,46 @@ fn power_button(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(acpi: bool) -> (Deadline, Arc<ExitSignal>) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let d = Deadline {
+            timer: TimerFd::new().unwrap(),
+            limit: Duration::from_secs(8),
+            exit: exit.clone(),
+            graceful: GracefulStop {
+                press: Box::new(move |_| acpi),
+                timeout: Duration::from_secs(30),
+            },
+            pressed: false,
+        };
+        (d, exit)
+    }
+
+    #[test]
+    fn exec_timeout_asks_an_acpi_guest_first() {
+        let (mut d, exit) = deadline(true);
+        d.expired();
+        assert!(!exit.is_raised(), "the guest gets its grace period");
+        d.expired();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::TimedOut(Duration::from_secs(8)))
+        );
+    }
+
+    #[test]
+    fn exec_timeout_kills_a_guest_without_acpi_at_once() {
+        let (mut d, exit) = deadline(false);
+        d.expired();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::TimedOut(Duration::from_secs(8)))
+        );
+    }
 }
