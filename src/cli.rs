@@ -240,6 +240,13 @@ pub struct ExecArgs {
     #[arg(long, hide = true, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
 
+    /// When --timeout expires or kvmini gets SIGTERM, a guest that runs ACPI
+    /// gets its power button pressed and this long to shut down before it is
+    /// killed (seconds, or with s, m). kvmini's own guest has no ACPI and is
+    /// killed at once.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: String,
+
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -301,4 +308,14 @@ pub struct RunArgs {
     /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
     #[arg(long, value_name = "DEST", default_value = "stdout")]
     pub console: String,
+
+    /// On SIGTERM, a guest that runs ACPI gets its power button pressed and
+    /// this long to shut down (seconds, or with s, m); then it is killed. A
+    /// second SIGTERM or SIGINT kills it at once; a guest without ACPI is
+    /// stopped at once. kvmini exits 143 either way and says which.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: String,
 }
+
+/// `--shutdown-timeout`'s default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::cli::RunArgs;
 
@@ -170,6 +171,9 @@ pub struct VmConfig {
     pub accel: Accel,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// How long a guest with ACPI gets to shut down after its power button
+    /// was pressed (SIGTERM, `exec --timeout`).
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -187,6 +191,7 @@ pub enum ConfigError {
     NoKernel,
     KernelMissing(PathBuf, String),
     InitrdMissing(PathBuf, String),
+    ShutdownTimeout(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -233,6 +238,11 @@ impl fmt::Display for ConfigError {
             Self::InitrdMissing(p, e) => {
                 write!(f, "cannot read initrd '{}': {e}", p.display())
             }
+            Self::ShutdownTimeout(s) => write!(
+                f,
+                "invalid --shutdown-timeout '{s}': use seconds, or a number with s, m or h \
+                 (e.g. 30s, 2m; 0 kills the guest at once)"
+            ),
         }
     }
 }
@@ -241,6 +251,21 @@ impl std::error::Error for ConfigError {}
 
 /// Parses a size such as `512M`, `2G`, `131072K`, `1048576B` or `256`
 /// (bare numbers are MiB, as with QEMU's `-m`).
+/// A duration: seconds, or a number with s, m or h; 0 is allowed.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let t = s.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b's') => (&t[..t.len() - 1], 1),
+        Some(b'm') => (&t[..t.len() - 1], 60),
+        Some(b'h') => (&t[..t.len() - 1], 3600),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .map(Duration::from_secs)
+}
+
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let err = || ConfigError::MemorySize(s.to_string());
     let t = s.trim();
@@ -344,7 +369,10 @@ impl VmConfig {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
+        let shutdown_timeout = parse_duration(&args.shutdown_timeout)
+            .ok_or_else(|| ConfigError::ShutdownTimeout(args.shutdown_timeout.clone()))?;
         Ok(VmConfig {
+            shutdown_timeout,
             kernel,
             initrd: args.initrd.clone(),
             memory_bytes,
@@ -374,6 +402,7 @@ mod tests {
             accel: "auto".into(),
             disks: vec![],
             nets: vec![],
+            shutdown_timeout: crate::cli::DEFAULT_SHUTDOWN_TIMEOUT.into(),
         }
     }
 
@@ -522,6 +551,24 @@ mod tests {
         assert_eq!(c.cmdline, format!("{DEFAULT_CMDLINE} root=/dev/vda"));
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.memory_bytes, 128 << 20);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn shutdown_timeouts() {
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration(" 45s"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "s", "-1", "1d", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+        let k = TempFile::new().unwrap();
+        let mut a = args(k.as_path());
+        a.shutdown_timeout = "soon".into();
+        let e = VmConfig::from_run_args(&a, None).unwrap_err();
+        assert_eq!(e, ConfigError::ShutdownTimeout("soon".into()));
+        assert!(e.to_string().contains("--shutdown-timeout"));
     }
 
     #[test]

@@ -80,10 +80,10 @@ fn main() -> ExitCode {
                 }
                 Ok(exit) => {
                     eprintln!("kvmini: {exit}");
-                    ExitCode::from(match exit {
-                        vmm::exit::VmExit::UserQuit => code::USER_QUIT,
-                        vmm::exit::VmExit::GuestPanic(_) => code::GUEST_PANIC,
-                        vmm::exit::VmExit::HostSignal(s) => (128 + s) as u8,
+                    ExitCode::from(match (&exit, exit.host_signal()) {
+                        (_, Some(s)) => 128u8.saturating_add(s as u8),
+                        (vmm::exit::VmExit::UserQuit, _) => code::USER_QUIT,
+                        (vmm::exit::VmExit::GuestPanic(_), _) => code::GUEST_PANIC,
                         _ => code::GUEST_CRASH,
                     })
                 }

@@ -210,6 +210,8 @@ fn run_batch() -> Result<Batch, String> {
     let ext4 = build_artefact("resources/rootfs/build-ext4.sh")?;
     // fio and iperf3 for kvmini bench's block and network workloads.
     let bench_initrd = build_artefact("resources/bench/build-initramfs.sh")?;
+    // Debian 12 with its own kernel and initrd (the debian_* scenarios).
+    let debian = build_artefact("resources/debian/build.sh")?;
     let kvmini = build_static_kvmini()?;
     let host = match std::env::var("KVMINI_E2E_MODE").as_deref() {
         Ok("host") => true,
@@ -243,7 +245,8 @@ fn run_batch() -> Result<Batch, String> {
         .env("GUEST_BZIMAGE", Path::new(&kernel_dir).join("bzImage"))
         .env("GUEST_INITRD", &initrd)
         .env("GUEST_EXT4", &ext4)
-        .env("GUEST_BENCH_INITRD", &bench_initrd);
+        .env("GUEST_BENCH_INITRD", &bench_initrd)
+        .env("GUEST_DEBIAN", &debian);
     // Before the scenarios, and on their own (two L1s at once would slow
     // both on small hosts): the rig's freeze detection, which the reruns
     // below rely on. It needs no hardware, so it runs in host mode too.
@@ -796,4 +799,94 @@ fn bench_smoke() {
     }
     // Block and network ran on the bench initramfs, the rest on the default.
     c.shows("initrd_block_network=");
+}
+
+/// The value of the Debian test unit's `kvmini-debian: KEY=VALUE` line
+/// (systemd prefixes it on the console: `[  44.9] kvmini-test[203]: `).
+fn debian(c: &Check, key: &str) -> String {
+    let marker = format!("kvmini-debian: {key}=");
+    c.s.lines
+        .iter()
+        .find_map(|l| l.split_once(&marker).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| c.fail(&format!("no line with {marker:?}")))
+}
+
+/// Debian's own kernel finds its 2 CPUs, disk and NIC through kvmini's ACPI
+/// tables, reaches multi-user, keeps the host's time, ignores console words
+/// a user process prints, and powers off through ACPI (exit 0).
+#[test]
+fn debian_poweroff() {
+    let c = scenario("debian_poweroff");
+    c.rc(0)
+        .shows("ACPI: Using ACPI (MADT) for SMP configuration information")
+        .shows("kvmini-debian: still-running-after-fake-words");
+    assert_kvmini_rc(&c, "0");
+    for (key, want) in [
+        ("ready state", "running"),
+        ("cpus", "2"),
+        ("root", "/dev/vda"),
+        ("nic", "eth0 mac=52:54:00:de:b1:0a"),
+        ("pvpanic-driver", "pvpanic-mmio"),
+        ("action", "poweroff"),
+    ] {
+        let got = debian(&c, key);
+        if got != want {
+            c.fail(&format!("{key}={got}, expected {want}"));
+        }
+    }
+    let sent = c.after("token-sent=");
+    expect(&c, "token-on-disk=", &sent);
+    expect(&c, "e2fsck-rc=", "0");
+    let secs = |v: String| {
+        v.parse::<i64>()
+            .unwrap_or_else(|_| c.fail(&format!("not a time: {v:?}")))
+    };
+    let host = secs(c.after("host-epoch="));
+    // The guest's system clock, and kvmini's CMOS RTC as the guest reads it.
+    for key in ["epoch", "rtc-epoch"] {
+        let guest = secs(debian(&c, key));
+        if (guest - host).abs() > 5 {
+            c.fail(&format!(
+                "guest {key} {guest}, host clock {host}: more than 5 s apart"
+            ));
+        }
+    }
+}
+
+#[test]
+fn debian_reboot() {
+    let c = scenario("debian_reboot");
+    c.rc(0);
+    if debian(&c, "action") != "reboot" {
+        c.fail("the guest did not run `systemctl reboot`");
+    }
+    assert_kvmini_rc(&c, "0");
+}
+
+/// SIGTERM: the guest's systemd shuts down (through the ACPI power button),
+/// kvmini exits 143 and says so, the disk is clean.
+#[test]
+fn debian_sigterm() {
+    let c = scenario("debian_sigterm");
+    c.rc(0)
+        .shows("pressed the guest's ACPI power button")
+        .shows("poweroff.target")
+        .shows("Stopped")
+        .shows("the guest shut down cleanly after kvmini pressed its ACPI power button");
+    assert_kvmini_rc(&c, "143");
+    expect(&c, "e2fsck-rc=", "0");
+    eprintln!(
+        "debian_sigterm: the guest shut down in {} s",
+        c.after("shutdown-secs=")
+    );
+}
+
+/// A Debian guest's panic reaches kvmini through pvpanic: exit 4.
+#[test]
+fn debian_panic() {
+    let c = scenario("debian_panic");
+    c.rc(0)
+        .shows("the guest kernel panicked")
+        .shows("sysrq triggered crash");
+    assert_kvmini_rc(&c, "4");
 }

@@ -47,6 +47,9 @@ step "guest root filesystems"
 resources/rootfs/build-initramfs.sh
 resources/rootfs/build-ext4.sh
 step_done
+step "Debian 12 guest image (mmdebstrap; 1-4 min cold, then cached)"
+resources/debian/build.sh
+step_done
 if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
     step "rig L1 kernel (no vmx/svm here: end-to-end tests run nested)"
     resources/rig/l1-kernel.sh

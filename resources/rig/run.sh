@@ -22,6 +22,12 @@
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
 # resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
 # GUEST_EXT4) are set.
+# GUEST_DEBIAN (optional): a directory from resources/debian/build.sh
+# (vmlinuz, initrd.img, rootfs.ext4). Its kernel and initrd go into L1; its
+# disk image reaches L1 as a QEMU virtio disk (snapshot=on: the cached image
+# is never written), /dev/vda there. Scenarios get GUEST_DEBIAN_KERNEL,
+# GUEST_DEBIAN_INITRD and GUEST_DEBIAN_DISK (the host's file with --host:
+# copy it before writing). Unset: not carried.
 # GUEST_BENCH_INITRD (optional): the bench initramfs (fio, iperf3; from
 # resources/bench/build-initramfs.sh), carried into L1 as
 # /opt/guest/bench-initramfs.cpio for `kvmini bench`'s block and network
@@ -67,6 +73,10 @@ if ((host)); then
     apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
     [[ -z ${GUEST_BENCH_INITRD:-} ]] || export GUEST_BENCH_INITRD
+    if [[ -n ${GUEST_DEBIAN:-} ]]; then
+        export GUEST_DEBIAN_KERNEL=$GUEST_DEBIAN/vmlinuz GUEST_DEBIAN_INITRD=$GUEST_DEBIAN/initrd.img
+        export GUEST_DEBIAN_DISK=$GUEST_DEBIAN/rootfs.ext4
+    fi
     KVMINI=$(realpath "$kvmini")
     if ((with_qemu)); then
         apt_install qemu-system-x86
@@ -98,13 +108,16 @@ cp /bin/busybox "$root/bin/"
 while read -r applet; do
     [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done < <(/bin/busybox --list-full)
+# virtio_pci and virtio_blk: L1's view of a --disk given to QEMU (GUEST_DEBIAN).
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
-    drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge; do
+    drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge \
+    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
 # e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump),
 # in place of busybox's much smaller mke2fs applet.
-for tool in mke2fs debugfs; do
+for tool in mke2fs debugfs e2fsck; do
     rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/$tool
     bin=$(PATH=/usr/sbin:/sbin:$PATH command -v $tool) || die "$tool missing (e2fsprogs)"
     copy_with_libs "$root" "$bin"
@@ -142,6 +155,16 @@ if [[ -n ${GUEST_BENCH_INITRD:-} ]]; then
     cp "$GUEST_BENCH_INITRD" "$root/opt/guest/bench-initramfs.cpio"
 fi
 cp "${scripts[@]}" "$root/opt/scenarios/"
+disk=()
+if [[ -n ${GUEST_DEBIAN:-} ]]; then
+    for f in vmlinuz initrd.img rootfs.ext4; do
+        [[ -f $GUEST_DEBIAN/$f ]] || die "GUEST_DEBIAN has no $f: $GUEST_DEBIAN (see resources/debian/build.sh)"
+    done
+    mkdir -p "$root/opt/guest/debian"
+    cp "$GUEST_DEBIAN/vmlinuz" "$GUEST_DEBIAN/initrd.img" "$root/opt/guest/debian/"
+    # snapshot=on: L1's writes go to a throwaway overlay, never the cache.
+    disk=(-drive "file=$GUEST_DEBIAN/rootfs.ext4,if=virtio,format=raw,snapshot=on")
+fi
 (cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
 
 # Overall budget: L1 boot + every scenario at its full timeout + slack.
@@ -173,7 +196,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -accel "tcg,thread=${KVMINI_RIG_TCG_THREAD:-multi}" -cpu max -m 2048 -smp "$smp" \
     -nographic -no-reboot -nic none \
     -serial mon:stdio -serial "file:$tmp/heartbeat" \
-    -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
+    "${disk[@]}" -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!

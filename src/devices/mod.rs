@@ -2,6 +2,8 @@
 //! port and MMIO accesses through [`bus::Bus`], and they raise interrupts
 //! through eventfds that the VM wires to irqfds.
 
+pub mod acpi;
 pub mod bus;
+pub mod events;
 pub mod legacy;
 pub mod virtio;

@@ -337,6 +337,7 @@ fn vm_config(
         disks,
         nets: args.nets.clone(),
         console: "none".into(),
+        shutdown_timeout: args.shutdown_timeout.clone(),
     };
     VmConfig::from_run_args(&run, config::host_memory_bytes()).map_err(ExecError::Config)
 }
@@ -422,6 +423,11 @@ fn interpret(exit: &VmExit, status: Option<Status>, tail: &Tail) -> Outcome {
         (VmExit::HostSignal(s), _) => {
             eprintln!("kvmini: {exit}");
             Outcome::Failed(128u8.saturating_add(*s as u8))
+        }
+        // SIGTERM pressed an ACPI guest's power button (issue 15).
+        (VmExit::GuestShutDown { signal } | VmExit::ShutdownTimedOut { signal, .. }, _) => {
+            eprintln!("kvmini: {exit}");
+            Outcome::Failed(128u8.saturating_add(*signal as u8))
         }
         (VmExit::Reset | VmExit::PowerOff, Some(Status::Error(why))) => {
             eprintln!("kvmini: the guest could not run the command: {why}");

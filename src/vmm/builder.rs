@@ -10,6 +10,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::exit::{ExitSignal, VmExit};
 use super::Error;
+use crate::arch::x86_64::acpi::{self, AcpiConfig, VirtioMmioDevice};
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
 use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::devices::virtio::block::Block;
@@ -21,8 +22,12 @@ use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 
 use super::Subscriber;
+use crate::devices::acpi::AcpiPower;
 use crate::devices::bus::Bus;
+use crate::devices::events::GuestEvents;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::pvpanic::PvPanic;
+use crate::devices::legacy::rtc::{Rtc, RTC_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_PORT, COM1_PORT_LEN};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::Vm;
@@ -41,12 +46,15 @@ pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
         .map_err(|e| Error::Cmdline(e.to_string()))
 }
 
-/// Loads kernel, initrd and command line, and writes the zero page and MP
-/// table. Returns the 64-bit entry point.
+/// Loads kernel, initrd and command line, and writes the boot tables: ACPI
+/// (for kernels with ACPI: CPUs, `virtio` devices and the fixed ones), the
+/// zero page (pointing at the RSDP) and the MP table (for kernels without).
+/// Returns the 64-bit entry point.
 pub fn load_guest(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     cmdline: &Cmdline,
+    virtio: Vec<VirtioMmioDevice>,
 ) -> Result<GuestAddress, Error> {
     let open = |p: &std::path::Path| File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e));
     let kernel = boot::load_kernel(mem, &mut open(&config.kernel)?)
@@ -63,7 +71,13 @@ pub fn load_guest(
         .map_err(|e| Error::Cmdline(e.to_string()))?
         .as_bytes_with_nul()
         .len();
-    boot::configure_system(mem, cmdline_size, initrd, kernel.setup_header).map_err(Error::Boot)?;
+    let acpi = AcpiConfig {
+        vcpus: config.vcpus,
+        virtio,
+    };
+    let rsdp = acpi::setup_acpi(mem, &acpi).map_err(Error::Acpi)?;
+    boot::configure_system(mem, cmdline_size, initrd, kernel.setup_header, Some(rsdp))
+        .map_err(Error::Boot)?;
     mptable::setup_mptable(mem, config.vcpus).map_err(Error::Mptable)?;
     Ok(kernel.entry)
 }
@@ -80,18 +94,22 @@ impl Trigger for ResetTrigger {
     }
 }
 
-/// The legacy port-I/O devices: COM1 (IRQ 4) and the i8042 reset.
+/// The port-I/O devices: COM1 (IRQ 4), the i8042 reset, the CMOS RTC,
+/// pvpanic and the ACPI power block (its GED interrupt on an irqfd).
 pub struct LegacyDevices {
     pub pio: Bus,
     pub serial: Arc<Mutex<SerialDevice>>,
     /// Readable when the guest drained the UART's receive FIFO.
     pub serial_wake: EventFd,
+    /// The ACPI power block, for pressing the power button.
+    pub acpi: Arc<Mutex<AcpiPower>>,
 }
 
 pub fn legacy_devices(
     vm: &Vm,
     console: Box<dyn std::io::Write + Send>,
     exit: &Arc<ExitSignal>,
+    guest: Arc<dyn GuestEvents>,
 ) -> Result<LegacyDevices, Error> {
     let irq = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
     vm.register_irqfd(&irq, layout::SERIAL_IRQ)
@@ -104,17 +122,41 @@ pub fn legacy_devices(
         .map_err(Error::Bus)?;
     pio.insert(i8042, I8042_PORT, I8042_PORT_LEN)
         .map_err(Error::Bus)?;
+    pio.insert(
+        Arc::new(Mutex::new(Rtc::new())),
+        u64::from(layout::RTC_PORT),
+        RTC_PORT_LEN,
+    )
+    .map_err(Error::Bus)?;
+    pio.insert(
+        Arc::new(Mutex::new(PvPanic::new(guest.clone()))),
+        u64::from(layout::PVPANIC_PORT),
+        1,
+    )
+    .map_err(Error::Bus)?;
+    let ged_irq = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&ged_irq, layout::GED_IRQ)
+        .map_err(Error::Vm)?;
+    let acpi = Arc::new(Mutex::new(AcpiPower::new(guest, ged_irq)));
+    pio.insert(
+        acpi.clone(),
+        u64::from(layout::ACPI_PORT),
+        u64::from(layout::ACPI_PORT_LEN),
+    )
+    .map_err(Error::Bus)?;
     Ok(LegacyDevices {
         pio,
         serial,
         serial_wake,
+        acpi,
     })
 }
 
 /// Places virtio devices on the virtio-mmio transport, one slot after the
 /// other: MMIO window and IRQ from the layout, queue notifications through
 /// ioeventfds, interrupts through an irqfd, the device's queue handler on
-/// the event loop, and the device announced on the kernel command line.
+/// the event loop, and the device announced on the kernel command line
+/// (kernels without ACPI) and recorded for the DSDT (kernels with ACPI).
 /// Every device type (block, net, console) goes through [`Self::add`].
 pub struct VirtioSlots<'a> {
     pub vm: &'a Vm,
@@ -123,6 +165,7 @@ pub struct VirtioSlots<'a> {
     pub mmio: &'a mut Bus,
     pub events: &'a mut EventManager<Subscriber>,
     next: u32,
+    placed: Vec<VirtioMmioDevice>,
 }
 
 impl<'a> VirtioSlots<'a> {
@@ -140,7 +183,14 @@ impl<'a> VirtioSlots<'a> {
             mmio,
             events,
             next: 0,
+            placed: Vec::new(),
         }
+    }
+
+    /// The devices placed so far, in slot order, as the ACPI tables
+    /// describe them.
+    pub fn placed(&self) -> Vec<VirtioMmioDevice> {
+        self.placed.clone()
     }
 
     /// Adds `device` in the next free slot, with `handler` (the subscriber
@@ -167,6 +217,12 @@ impl<'a> VirtioSlots<'a> {
         self.cmdline
             .add_virtio_mmio_device(mmio::MMIO_SIZE, base, irq, None)
             .map_err(|e| Error::Cmdline(e.to_string()))?;
+        self.placed.push(VirtioMmioDevice {
+            // The slots lie in the 32-bit MMIO gap (layout.rs checks it).
+            base: base.0 as u32,
+            size: mmio::MMIO_SIZE as u32,
+            irq,
+        });
         self.next += 1;
         Ok(())
     }

@@ -1,17 +1,21 @@
 //! The host side of the guest console: where output goes, raw mode for an
 //! interactive terminal (restored on every exit path), and host signals
-//! turned into a clean VM stop.
+//! turned into a clean VM stop (for a guest with ACPI, first a press of its
+//! power button).
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::exit::{ExitSignal, VmExit};
 use crate::config::ConsoleConfig;
@@ -92,16 +96,32 @@ extern "C" fn on_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     }
 }
 
+/// What SIGTERM does to a guest that can shut down by itself.
+pub struct GracefulStop {
+    /// Presses the guest's power button if it has one (it runs ACPI), for
+    /// the given signal; false when it has none.
+    pub press: Box<dyn FnMut(i32) -> bool + Send>,
+    /// How long the guest gets before it is killed.
+    pub timeout: Duration,
+}
+
 /// Turns SIGTERM, SIGINT and SIGHUP into a clean VM stop, so in-flight work
-/// finishes and the terminal is restored.
+/// finishes and the terminal is restored. With a [`GracefulStop`], the first
+/// SIGTERM asks the guest to shut down instead (ACPI power button) and
+/// stops it only after the timeout or a second SIGTERM/SIGINT.
 pub struct HostSignals {
     evt: EventFd,
     exit: Arc<ExitSignal>,
+    graceful: Option<GracefulStop>,
+    timer: TimerFd,
+    /// The signal that pressed the power button, once it has.
+    pressed_by: Option<i32>,
 }
 
 impl HostSignals {
-    pub fn install(exit: Arc<ExitSignal>) -> io::Result<Self> {
+    pub fn install(exit: Arc<ExitSignal>, graceful: Option<GracefulStop>) -> io::Result<Self> {
         let evt = EventFd::new(EFD_NONBLOCK)?;
+        let timer = TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         // Published for the handler; this duplicate is deliberately leaked so
         // the handler never writes to a closed (or reused) descriptor.
         let fd = std::os::fd::IntoRawFd::into_raw_fd(evt.try_clone()?);
@@ -110,20 +130,149 @@ impl HostSignals {
             register_signal_handler(sig, on_signal)
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
         }
-        Ok(Self { evt, exit })
+        Ok(Self {
+            evt,
+            exit,
+            graceful,
+            timer,
+            pressed_by: None,
+        })
+    }
+
+    /// One signal (or `count` of them since the last look) arrived.
+    fn on_signal(&mut self, sig: i32, count: u64) {
+        if self.pressed_by.is_none() && count == 1 && sig == libc::SIGTERM {
+            if let Some(g) = self.graceful.as_mut().filter(|g| !g.timeout.is_zero()) {
+                if (g.press)(sig) {
+                    let timeout = g.timeout;
+                    match self.timer.reset(timeout, None) {
+                        Ok(()) => {
+                            self.pressed_by = Some(sig);
+                            log::warn!(
+                                "signal {sig}: pressed the guest's ACPI power button; waiting up \
+                                 to {}s for it to shut down (--shutdown-timeout; SIGTERM or \
+                                 SIGINT again stops it now)",
+                                timeout.as_secs()
+                            );
+                            return;
+                        }
+                        Err(e) => log::warn!("cannot arm the shutdown timer ({e}); stopping now"),
+                    }
+                }
+            }
+        }
+        self.exit.raise(VmExit::HostSignal(sig));
+    }
+
+    /// The guest had `--shutdown-timeout` to shut down and did not.
+    fn on_timeout(&mut self) {
+        if let (Some(signal), Some(g)) = (self.pressed_by, &self.graceful) {
+            self.exit.raise(VmExit::ShutdownTimedOut {
+                signal,
+                after: g.timeout,
+            });
+        }
     }
 }
 
 impl MutEventSubscriber for HostSignals {
-    fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.evt.read();
-        self.exit
-            .raise(VmExit::HostSignal(LAST_SIGNAL.load(Ordering::SeqCst)));
+    fn process(&mut self, events: Events, _: &mut EventOps) {
+        if events.fd() == self.timer.as_raw_fd() {
+            let _ = self.timer.wait();
+            self.on_timeout();
+            return;
+        }
+        let count = self.evt.read().unwrap_or(1);
+        self.on_signal(LAST_SIGNAL.load(Ordering::SeqCst), count);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
-            log::error!("cannot watch for host signals: {e}");
+        for fd in [self.evt.as_raw_fd(), self.timer.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, 0, EventSet::IN)) {
+                log::error!("cannot watch for host signals: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// HostSignals without installing handlers; `acpi`: whether the guest
+    /// has a power button. Returns it, the exit signal and the press count.
+    fn signals(acpi: bool, timeout: u64) -> (HostSignals, Arc<ExitSignal>, Arc<AtomicUsize>) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let presses = Arc::new(AtomicUsize::new(0));
+        let p = presses.clone();
+        let graceful = GracefulStop {
+            press: Box::new(move |_| {
+                p.fetch_add(1, Ordering::SeqCst);
+                acpi
+            }),
+            timeout: Duration::from_secs(timeout),
+        };
+        let s = HostSignals {
+            evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            exit: exit.clone(),
+            graceful: Some(graceful),
+            timer: TimerFd::new().unwrap(),
+            pressed_by: None,
+        };
+        (s, exit, presses)
+    }
+
+    #[test]
+    fn sigterm_presses_the_button_and_a_second_signal_stops_at_once() {
+        let (mut s, exit, presses) = signals(true, 30);
+        s.on_signal(libc::SIGTERM, 1);
+        assert!(!exit.is_raised(), "the guest gets time to shut down");
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        s.on_signal(libc::SIGINT, 1);
+        assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGINT)));
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn the_timeout_stops_a_guest_that_did_not_shut_down() {
+        let (mut s, exit, _) = signals(true, 30);
+        s.on_timeout();
+        assert!(
+            !exit.is_raised(),
+            "no button pressed yet: nothing to time out"
+        );
+        s.on_signal(libc::SIGTERM, 1);
+        s.on_timeout();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::ShutdownTimedOut {
+                signal: libc::SIGTERM,
+                after: Duration::from_secs(30)
+            })
+        );
+    }
+
+    #[test]
+    fn guests_without_acpi_and_other_signals_stop_at_once() {
+        let (mut s, exit, presses) = signals(false, 30);
+        s.on_signal(libc::SIGTERM, 1);
+        assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGTERM)));
+        assert_eq!(presses.load(Ordering::SeqCst), 1);
+        for (sig, count, timeout) in [
+            (libc::SIGINT, 1, 30),
+            (libc::SIGHUP, 1, 30),
+            (libc::SIGTERM, 2, 30),
+            (libc::SIGTERM, 1, 0),
+        ] {
+            let (mut s, exit, presses) = signals(true, timeout);
+            s.on_signal(sig, count);
+            assert_eq!(
+                exit.reason(),
+                Some(VmExit::HostSignal(sig)),
+                "{sig} x{count}"
+            );
+            assert_eq!(presses.load(Ordering::SeqCst), 0);
         }
     }
 }

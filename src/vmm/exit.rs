@@ -33,12 +33,31 @@ pub enum VmExit {
     GuestCrash { cpu: u8, detail: String },
     /// `KVM_RUN` itself failed.
     VcpuError { cpu: u8, detail: String },
+    /// A host signal pressed the guest's ACPI power button and the guest
+    /// shut down (powered off or reset) by itself.
+    GuestShutDown { signal: i32 },
+    /// A host signal pressed the guest's ACPI power button and the guest
+    /// had not shut down `after` that long (`--shutdown-timeout`).
+    ShutdownTimedOut {
+        signal: i32,
+        after: std::time::Duration,
+    },
 }
 
 impl VmExit {
     /// True when the guest stopped the way guests are meant to.
     pub fn is_clean(&self) -> bool {
         matches!(self, Self::Reset | Self::PowerOff)
+    }
+
+    /// The host signal that stopped the VM, however the guest took it.
+    pub fn host_signal(&self) -> Option<i32> {
+        match self {
+            Self::HostSignal(s)
+            | Self::GuestShutDown { signal: s }
+            | Self::ShutdownTimedOut { signal: s, .. } => Some(*s),
+            _ => None,
+        }
     }
 }
 
@@ -73,6 +92,17 @@ impl fmt::Display for VmExit {
             ),
             Self::GuestCrash { cpu, detail } => write!(f, "vcpu{cpu}: {detail}"),
             Self::VcpuError { cpu, detail } => write!(f, "vcpu{cpu}: {detail}"),
+            Self::GuestShutDown { signal } => write!(
+                f,
+                "stopped by signal {signal}: the guest shut down cleanly after kvmini pressed \
+                 its ACPI power button"
+            ),
+            Self::ShutdownTimedOut { signal, after } => write!(
+                f,
+                "stopped by signal {signal}: the guest did not shut down within {}s of kvmini \
+                 pressing its ACPI power button (--shutdown-timeout); the VM was killed",
+                after.as_secs()
+            ),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod builder;
 pub mod console;
 pub mod console_watch;
 pub mod exit;
+pub mod guest_state;
 
 use std::fmt;
 use std::io::Write;
@@ -18,10 +19,13 @@ use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber
 
 use crate::arch::x86_64 as arch;
 use crate::config::VmConfig;
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::acpi::AcpiPower;
+use crate::devices::bus::{lock, Bus, BusError};
 use crate::devices::legacy::serial::ConsoleInput;
 use crate::kvm::{self, vm::Vm, KvmError};
+use console::GracefulStop;
 use exit::{ExitSignal, VmExit};
+use guest_state::{GuestState, StopRequest};
 
 #[derive(Debug)]
 pub enum Error {
@@ -34,6 +38,7 @@ pub enum Error {
     Boot(arch::boot::BootError),
     Cmdline(String),
     Mptable(arch::mptable::MptableError),
+    Acpi(arch::acpi::AcpiError),
     EventFd(std::io::Error),
     Console(std::io::Error),
     Bus(BusError),
@@ -65,6 +70,7 @@ impl fmt::Display for Error {
                 arch::layout::CMDLINE_MAX_SIZE - 1
             ),
             Self::Mptable(e) => write!(f, "cannot write the MP table: {e}"),
+            Self::Acpi(e) => write!(f, "cannot write the ACPI tables: {e}"),
             Self::EventFd(e) => write!(f, "cannot create an eventfd: {e}"),
             Self::Console(e) => write!(f, "console: {e}"),
             Self::Bus(e) => write!(f, "cannot place a device: {e}"),
@@ -105,17 +111,42 @@ impl MutEventSubscriber for ExitWatcher {
 
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
-/// Stops the VM when the run's time limit passes.
+/// Stops the VM when the run's time limit passes; a guest with ACPI first
+/// gets its power button pressed and `graceful.timeout` to shut down.
 struct Deadline {
     timer: TimerFd,
     limit: Duration,
     exit: Arc<ExitSignal>,
+    graceful: GracefulStop,
+    pressed: bool,
+}
+
+impl Deadline {
+    /// The limit (or the grace after it) passed.
+    fn expired(&mut self) {
+        let grace = self.graceful.timeout;
+        if !self.pressed
+            && !grace.is_zero()
+            && (self.graceful.press)(0)
+            && self.timer.reset(grace, None).is_ok()
+        {
+            self.pressed = true;
+            log::warn!(
+                "time limit of {}s reached: pressed the guest's ACPI power button; \
+                 killing it in {}s unless it shuts down first",
+                self.limit.as_secs(),
+                grace.as_secs()
+            );
+            return;
+        }
+        self.exit.raise(VmExit::TimedOut(self.limit));
+    }
 }
 
 impl MutEventSubscriber for Deadline {
     fn process(&mut self, _: Events, _: &mut EventOps) {
         let _ = self.timer.wait();
-        self.exit.raise(VmExit::TimedOut(self.limit));
+        self.expired();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -163,17 +194,20 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     virtio.add_disks(&config.disks)?;
     virtio.add_nets(&config.nets)?;
     virtio.add_consoles(extras.consoles)?;
-    let entry = builder::load_guest(&mem, config, &cmdline)?;
+    let placed = virtio.placed();
+    let entry = builder::load_guest(&mem, config, &cmdline, placed)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
+    let guest = Arc::new(GuestState::new(exit.clone()));
     let out = match extras.serial_out {
         Some(out) => out,
         None => console::output(&config.console).map_err(Error::Console)?,
     };
-    let power_off = exit.clone();
+    // The console's power-off words count only for guests without ACPI.
+    let watching = guest.clone();
     let (out, panic_line) =
-        console_watch::ConsoleWatch::new(out, Box::new(move || power_off.raise(VmExit::PowerOff)));
-    let legacy = builder::legacy_devices(&vm, Box::new(out), &exit)?;
+        console_watch::ConsoleWatch::new(out, Box::new(move || watching.console_power_down()));
+    let legacy = builder::legacy_devices(&vm, Box::new(out), &exit, guest.clone())?;
     let vcpus = builder::create_vcpus(
         &kvm,
         &vm,
@@ -186,8 +220,12 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     )?;
 
     events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    let on_signal = GracefulStop {
+        press: power_button(&guest, &legacy.acpi, StopRequest::Signal),
+        timeout: config.shutdown_timeout,
+    };
     events.add_subscriber(Box::new(
-        console::HostSignals::install(exit.clone()).map_err(Error::EventFd)?,
+        console::HostSignals::install(exit.clone(), Some(on_signal)).map_err(Error::EventFd)?,
     ));
     if let Some(limit) = extras.timeout {
         let errno = |e: vmm_sys_util::errno::Error| {
@@ -199,6 +237,11 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
             timer,
             limit,
             exit: exit.clone(),
+            graceful: GracefulStop {
+                press: power_button(&guest, &legacy.acpi, move |_| StopRequest::Timeout(limit)),
+                timeout: config.shutdown_timeout,
+            },
+            pressed: false,
         }));
     }
     let interactive = !extras.no_console_input && console::interactive(&config.console);
@@ -250,9 +293,73 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         return Err(Error::EventLoop(e));
     }
     let reason = exit.reason().unwrap_or(VmExit::PowerOff);
-    let panic = crate::devices::bus::lock(&panic_line).take();
-    Ok(match (reason, panic) {
-        (VmExit::Reset | VmExit::PowerOff, Some(line)) => VmExit::GuestPanic(line),
-        (reason, _) => reason,
+    let panic = lock(&panic_line).take();
+    Ok(guest.verdict(reason, panic))
+}
+
+/// Presses the guest's ACPI power button, if the guest runs ACPI, and
+/// records why (`why` of the signal number); false when it has no button.
+fn power_button(
+    guest: &Arc<GuestState>,
+    acpi: &Arc<std::sync::Mutex<AcpiPower>>,
+    why: impl Fn(i32) -> StopRequest + Send + 'static,
+) -> Box<dyn FnMut(i32) -> bool + Send> {
+    let (guest, acpi) = (guest.clone(), acpi.clone());
+    Box::new(move |signal| {
+        if !guest.runs_acpi() {
+            return false;
+        }
+        match lock(&acpi).press_power_button() {
+            Ok(()) => {
+                guest.stop_requested(why(signal));
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot press the guest's power button: {e}");
+                false
+            }
+        }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(acpi: bool) -> (Deadline, Arc<ExitSignal>) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let d = Deadline {
+            timer: TimerFd::new().unwrap(),
+            limit: Duration::from_secs(8),
+            exit: exit.clone(),
+            graceful: GracefulStop {
+                press: Box::new(move |_| acpi),
+                timeout: Duration::from_secs(30),
+            },
+            pressed: false,
+        };
+        (d, exit)
+    }
+
+    #[test]
+    fn exec_timeout_asks_an_acpi_guest_first() {
+        let (mut d, exit) = deadline(true);
+        d.expired();
+        assert!(!exit.is_raised(), "the guest gets its grace period");
+        d.expired();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::TimedOut(Duration::from_secs(8)))
+        );
+    }
+
+    #[test]
+    fn exec_timeout_kills_a_guest_without_acpi_at_once() {
+        let (mut d, exit) = deadline(false);
+        d.expired();
+        assert_eq!(
+            exit.reason(),
+            Some(VmExit::TimedOut(Duration::from_secs(8)))
+        );
+    }
 }

@@ -445,16 +445,18 @@ fn boot_header(
     Ok(hdr)
 }
 
-/// Writes `boot_params` (setup header, command line and initrd location, e820 map) at
-/// [`ZERO_PAGE_START`].
+/// Writes `boot_params` (setup header, command line and initrd location, e820 map, and
+/// where the ACPI RSDP is, if there is one) at [`ZERO_PAGE_START`].
 pub fn configure_system(
     mem: &GuestMemoryMmap,
     cmdline_size: usize,
     initrd: Option<(GuestAddress, usize)>,
     setup_header: Option<setup_header>,
+    acpi_rsdp: Option<GuestAddress>,
 ) -> Result<(), BootError> {
     let mut params = boot_params {
         hdr: boot_header(cmdline_size, initrd, setup_header)?,
+        acpi_rsdp_addr: acpi_rsdp.map_or(0, |a| a.0),
         ..Default::default()
     };
     let mut regions: Vec<(GuestAddress, u64)> =
@@ -611,7 +613,7 @@ mod tests {
     fn configure_system_writes_zero_page() {
         let m = mem(128 * MIB);
         let initrd = Some((GuestAddress(0x700_0000), 0x1234));
-        configure_system(&m, 42, initrd, None).unwrap();
+        configure_system(&m, 42, initrd, None, Some(GuestAddress(0xe0000))).unwrap();
         let p: boot_params = m.read_obj(ZERO_PAGE_START).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, 0x5372_6448);
@@ -624,6 +626,7 @@ mod tests {
             (0x700_0000, 0x1234)
         );
         assert_eq!(p.e820_entries, 2);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
         assert_eq!({ p.e820_table[1].addr }, 0x10_0000);
     }
 
@@ -637,12 +640,13 @@ mod tests {
             type_of_loader: 0,
             ..Default::default()
         };
-        configure_system(&m, 10, None, Some(hdr)).unwrap();
+        configure_system(&m, 10, None, Some(hdr), None).unwrap();
         let p: boot_params = m.read_obj(ZERO_PAGE_START).unwrap();
         assert_eq!({ p.hdr.version }, 0x020f);
         assert_eq!({ p.hdr.kernel_alignment }, 0x20_0000);
         assert_eq!({ p.hdr.type_of_loader }, 0xff);
         assert_eq!((p.hdr.ramdisk_image, p.hdr.ramdisk_size), (0, 0));
+        assert_eq!({ p.acpi_rsdp_addr }, 0);
     }
 
     #[test]

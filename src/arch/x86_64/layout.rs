@@ -10,6 +10,7 @@
 //! 0x0000_b000  PDE (1 GiB, 2 MiB pages)  (PDE_START)
 //! 0x0002_0000  kernel command line       (CMDLINE_START, CMDLINE_MAX_SIZE)
 //! 0x0009_fc00  EBDA, MP table            (EBDA_START) .. 0xa0000, reserved to 1 MiB
+//! 0x000e_0000  ACPI: RSDP, then tables   (ACPI_START) .. 1 MiB (BIOS area)
 //! 0x0010_0000  kernel                    (HIMEM_START) .. end of low RAM
 //! 0xd000_0000  MMIO gap: virtio-mmio slots (VIRTIO_MMIO_START)
 //! 0xfec0_0000  IOAPIC                    (IOAPIC_START)
@@ -43,6 +44,12 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: GuestAddress = GuestAddress(0x9fc00);
 /// End (exclusive) of the area available for the MP table (start of the VGA hole).
 pub const EBDA_END: GuestAddress = GuestAddress(0xa0000);
+/// ACPI tables: the RSDP first (the spec has OSes search the BIOS area
+/// 0xe0000..0xfffff for it on a 16-byte boundary), then XSDT, FADT, MADT
+/// and DSDT. Outside e820 RAM, like everything in [EBDA_START, HIMEM_START).
+pub const ACPI_START: GuestAddress = GuestAddress(0xe0000);
+/// End (exclusive) of the ACPI area.
+pub const ACPI_END: GuestAddress = GuestAddress(0x10_0000);
 /// Start of high memory: the kernel is loaded here.
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
 /// Start of the 32-bit MMIO gap: no RAM between here and [`MMIO_GAP_END`].
@@ -68,6 +75,21 @@ pub const VIRTIO_IRQ_BASE: u32 = 5;
 pub const IRQ_MAX: u32 = 23;
 /// Maximum number of virtio-mmio devices (one IRQ each).
 pub const VIRTIO_MAX_DEVICES: u32 = IRQ_MAX - VIRTIO_IRQ_BASE + 1;
+/// IRQ of the ACPI Generic Event Device (the power button). ISA IRQ 3
+/// (COM2's) is free: kvmini has one serial port.
+pub const GED_IRQ: u32 = 3;
+
+// Port I/O, in address order.
+/// CMOS RTC: index port 0x70, data port 0x71.
+pub const RTC_PORT: u16 = 0x70;
+/// pvpanic (QEMU's ISA port): the guest's driver reads it at probe and
+/// writes 1 when the kernel panics.
+pub const PVPANIC_PORT: u16 = 0x505;
+/// ACPI power block: sleep control (+0), sleep status (+1), reset (+2),
+/// "the guest's ACPI interpreter runs" probe (+3), GED event (+4).
+pub const ACPI_PORT: u16 = 0x600;
+/// Length of the ACPI power block.
+pub const ACPI_PORT_LEN: u16 = 5;
 
 // Layout invariants, checked at compile time: the GDT fits before the IDT, the page tables
 // are one page each, nothing runs into the command line, the command line ends before the
@@ -81,6 +103,10 @@ const _: () = {
     assert!(PDE_START.0 - PDPTE_START.0 == 0x1000);
     assert!(PDE_START.0 + 0x1000 <= CMDLINE_START.0);
     assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
+    assert!(EBDA_END.0 <= ACPI_START.0 && ACPI_END.0 <= HIMEM_START.0);
+    assert!(ACPI_START.0 % 16 == 0);
+    assert!(GED_IRQ != SERIAL_IRQ && GED_IRQ < VIRTIO_IRQ_BASE);
+    assert!((RTC_PORT as u32) + 2 <= PVPANIC_PORT as u32 && PVPANIC_PORT < ACPI_PORT);
     assert!(
         VIRTIO_MMIO_START.0 + VIRTIO_MAX_DEVICES as u64 * VIRTIO_MMIO_SLOT_SIZE <= IOAPIC_START.0
     );
@@ -141,6 +167,7 @@ mod tests {
             CMDLINE_START.0,
             EBDA_START.0,
             EBDA_END.0,
+            ACPI_START.0,
             HIMEM_START.0,
             MMIO_GAP_START,
             IOAPIC_START.0,

@@ -2,9 +2,11 @@
 //!
 //! The VMM builder uses it in this order: [`layout::ram_regions`] to create guest memory,
 //! [`boot::load_kernel`], [`boot::load_initrd`], [`boot::load_cmdline`],
-//! [`boot::configure_system`], [`mptable::setup_mptable`], then per vCPU
+//! [`acpi::setup_acpi`], [`boot::configure_system`] (with the RSDP's address),
+//! [`mptable::setup_mptable`], then per vCPU
 //! [`cpuid::filter_cpuid`] and [`configure_vcpu`].
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
@@ -214,7 +216,7 @@ mod tests {
         let mut cmdline = linux_loader::cmdline::Cmdline::new(layout::CMDLINE_MAX_SIZE).unwrap();
         cmdline.insert_str("console=ttyS0").unwrap();
         boot::load_cmdline(&mem, &cmdline).unwrap();
-        boot::configure_system(&mem, 14, None, kernel.setup_header).unwrap();
+        boot::configure_system(&mem, 14, None, kernel.setup_header, None).unwrap();
         mptable::setup_mptable(&mem, 1).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
         let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();

@@ -1,6 +1,9 @@
-//! Legacy PC devices: the 16550 serial console and the i8042 reset line.
+//! Legacy PC devices: the 16550 serial console, the i8042 reset line, the
+//! CMOS RTC and the pvpanic port.
 
 pub mod i8042;
+pub mod pvpanic;
+pub mod rtc;
 pub mod serial;
 
 use vm_superio::Trigger;
