@@ -240,6 +240,11 @@ pub struct ExecArgs {
     #[arg(long, hide = true, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
 
+    /// Internal: write the guest's share archive (its fourth console) to
+    /// this file (the emulated machine's port for it).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub share_stream: Option<PathBuf>,
+
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
