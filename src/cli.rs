@@ -247,6 +247,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: String,
 
+    /// Internal: write the guest's share archive (its fourth console) to
+    /// this file (the emulated machine's port for it).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub share_stream: Option<PathBuf>,
+
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -65,23 +65,38 @@ const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
 /// QEMU is stopped and the run fails instead of hanging.
 const HEARTBEAT_STALL: Duration = Duration::from_secs(60);
 
-/// The two streams of `kvmini exec`: Unix sockets QEMU connects to (its
-/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` in L1), copied to
-/// our stdout and stderr.
+/// The streams of `kvmini exec`: Unix sockets QEMU connects to (its
+/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` and, with writable
+/// shares, `kvmini.share` in L1), copied to our stdout, stderr and the
+/// share archive's spool.
 struct ExecStreams {
     out: UnixListener,
     err: UnixListener,
+    share: Option<(UnixListener, Box<dyn io::Write + Send>)>,
 }
 
 impl ExecStreams {
-    fn listen(dir: &Path, qemu: &mut Command) -> Result<Self, EmulatedError> {
+    fn listen(
+        dir: &Path,
+        qemu: &mut Command,
+        share: Option<Box<dyn io::Write + Send>>,
+    ) -> Result<Self, EmulatedError> {
         let bind = |name: &str| {
-            let p = dir.join(name);
+            let p = dir.join(format!("{name}.sock"));
             UnixListener::bind(&p).map_err(|e| EmulatedError::WriteArgs(p, e))
         };
-        let (out, err) = (bind("stdout.sock")?, bind("stderr.sock")?);
+        let (out, err) = (bind("stdout")?, bind("stderr")?);
+        let share = match share {
+            Some(to) => Some((bind("share")?, to)),
+            None => None,
+        };
         qemu.args(["-device", "virtio-serial-pci,id=kvmini-serial"]);
-        for name in ["stdout", "stderr"] {
+        let names: &[&str] = if share.is_some() {
+            &["stdout", "stderr", "share"]
+        } else {
+            &["stdout", "stderr"]
+        };
+        for name in names {
             qemu.arg("-chardev")
                 .arg(format!(
                     "socket,id={name},path={}",
@@ -94,7 +109,7 @@ impl ExecStreams {
                     ),
                 ]);
         }
-        Ok(Self { out, err })
+        Ok(Self { out, err, share })
     }
 
     /// One thread per stream: accept QEMU's connection, copy until it
@@ -110,10 +125,14 @@ impl ExecStreams {
                 }
             })
         };
-        vec![
+        let mut copiers = vec![
             pipe(self.out, Box::new(io::stdout())),
             pipe(self.err, Box::new(io::stderr())),
-        ]
+        ];
+        if let Some((l, to)) = self.share {
+            copiers.push(pipe(l, to));
+        }
+        copiers
     }
 }
 
@@ -496,16 +515,18 @@ fn qemu_path(p: &Path) -> String {
 /// kvmini's exit code from inside it.
 pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     let args = inner_args(config);
-    run_inner(config, &args, false, None).map(|(code, _)| code)
+    run_inner(config, &args, None, None).map(|(code, _)| code)
 }
 
 /// `kvmini exec` inside the emulated machine: the inner kvmini runs the
 /// prepared VM (`exec --prepared`), the command's stdout and stderr come
-/// back on two virtio-serial ports of L1, separately and byte for byte.
+/// back on two virtio-serial ports of L1, separately and byte for byte,
+/// and the share archive (if `share` is given) on a third, into `share`.
 pub fn run_exec(
     config: &VmConfig,
     timeout: Option<Duration>,
     console: &ConsoleConfig,
+    share: Option<Box<dyn io::Write + Send>>,
 ) -> Result<Outcome, EmulatedError> {
     let mut args = inner_args(config);
     args[0] = "exec".into();
@@ -524,22 +545,27 @@ pub fn run_exec(
         // L1's first serial port, which QEMU writes to the user's file.
         args.extend(["--console".into(), "file=/dev/ttyS0".into()]);
     }
+    if share.is_some() {
+        // emulated-init links this to the port kvmini.share.
+        args.extend(["--share-stream".into(), "/dev/kvmini-share".into()]);
+    }
     let mut vm = config.clone();
     vm.console = console.clone();
-    let (code, report) = run_inner(&vm, &args, true, timeout)?;
+    let (code, report) = run_inner(&vm, &args, Some(share), timeout)?;
     Ok(match report.and_then(|r| r.command_status) {
         Some(status) => Outcome::Finished(status),
         None => Outcome::Failed(code),
     })
 }
 
-/// Boots L1 with `inner` as the inner kvmini's arguments (`exec`: the
-/// command's streams come back through virtio-serial); returns the exit
-/// code and, when L1 reported, its report.
+/// Boots L1 with `inner` as the inner kvmini's arguments (`exec` is given
+/// for `kvmini exec`: the command's streams come back through virtio-serial,
+/// the share archive into the writer inside, if any); returns the exit code
+/// and, when L1 reported, its report.
 fn run_inner(
     config: &VmConfig,
     inner: &[String],
-    exec: bool,
+    exec: Option<Option<Box<dyn io::Write + Send>>>,
     timeout: Option<Duration>,
 ) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
@@ -591,10 +617,9 @@ fn run_inner(
         [&report_path, &heartbeat_path],
         l1_size,
     );
-    let streams = if exec {
-        Some(ExecStreams::listen(dir, &mut qemu)?)
-    } else {
-        None
+    let streams = match exec {
+        Some(share) => Some(ExecStreams::listen(dir, &mut qemu, share)?),
+        None => None,
     };
     let interactive =
         streams.is_none() && config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();

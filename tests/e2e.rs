@@ -651,6 +651,40 @@ fn exec_share() {
     expect(&c, "host-input=", "changed");
     expect(&c, "host-bin=", "0001ff0d0a");
     expect(&c, "host-ro=", "keep.txt");
+    // Deleted (del.txt, gone/), renamed (old-name.txt, olddir/), a
+    // directory replaced by a file (dirfile), no lost+found or staging dir.
+    expect(
+        &c,
+        "host-tree=",
+        ". ./dirfile ./input.txt ./new-name.txt ./newdir ./newdir/sub ./newdir/sub/y ./out \
+         ./out/bin ./out/deeper ./out/deeper/result.txt ./script.sh",
+    );
+    expect(&c, "host-moved=", "moved y now-a-file");
+    expect(&c, "host-mode=", "755");
+}
+
+/// Issue 13: a hostile guest's symlinks come back as symlinks and are
+/// never followed, a hand-made `../` archive entry is refused whole, and
+/// nothing outside the share changes.
+#[test]
+fn exec_share_attacks() {
+    let c = scenario("exec_share_attacks");
+    c.rc(0).shows(
+        "refused the guest's changes to the shares, nothing was copied back: archive entry \
+         '1/upper/../../../../tmp/attack/canary/evil'",
+    );
+    expect(&c, "plant-rc=", "0");
+    expect(
+        &c,
+        "host-d=",
+        "/tmp/attack/canary/.ssh host-copy=/tmp/attack/victim",
+    );
+    expect(&c, "write-rc=", "0");
+    expect(&c, "host-written=", "pwned directory pwned");
+    expect(&c, "raw-rc=", "125");
+    expect(&c, "canary=", "unchanged");
+    expect(&c, "host-raw=", "1");
+    expect(&c, "host-outside=", ". .. canary share victim");
 }
 
 #[test]

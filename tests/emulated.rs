@@ -384,6 +384,7 @@ fn exec_share_stderr_and_status_through_the_fallback() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("in.txt"), "host-bytes").unwrap();
+    std::fs::write(dir.join("gone.txt"), "deleted by the guest").unwrap();
     let share = format!("{}:/mnt/work", dir.display());
     let out = kvmini(&[
         "exec",
@@ -396,9 +397,10 @@ fn exec_share_stderr_and_status_through_the_fallback() {
         "--",
         "sh",
         "-c",
-        "cat in.txt; echo to-stderr >&2; printf 'new\\0file' > out.bin; exit 42",
+        "cat in.txt; echo to-stderr >&2; printf 'new\\0file' > out.bin; rm gone.txt; exit 42",
     ]);
     let written = std::fs::read(dir.join("out.bin"));
+    let deleted = !dir.join("gone.txt").exists();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.status.code(), Some(42));
     assert_eq!(text(&out.stdout), "host-bytes");
@@ -408,6 +410,10 @@ fn exec_share_stderr_and_status_through_the_fallback() {
         text(&out.stderr)
     );
     assert_eq!(written.expect("out.bin not copied back"), b"new\0file");
+    assert!(
+        deleted,
+        "gone.txt, deleted in the guest, is still on the host"
+    );
 }
 
 #[test]

@@ -115,8 +115,9 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tu
     drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
-# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump),
-# in place of busybox's much smaller mke2fs applet.
+# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d), in place of
+# busybox's much smaller mke2fs applet; debugfs for scenarios that look
+# into an image; e2fsck for the Debian scenarios' clean-filesystem check.
 for tool in mke2fs debugfs e2fsck; do
     rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/$tool
     bin=$(PATH=/usr/sbin:/sbin:$PATH command -v $tool) || die "$tool missing (e2fsprogs)"

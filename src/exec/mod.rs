@@ -6,11 +6,13 @@
 //! - in: an extra initramfs archive appended to the guest's initrd carries
 //!   the exec init (`resources/rootfs/exec-init`, run with
 //!   `rdinit=/kvmini/init`), the disks to mount ([`job`]) and the command;
-//! - shares: host directories packed into ext4 images on virtio-blk disks,
-//!   copied back afterwards ([`share`]);
-//! - out: three single-port virtio-consoles, /dev/hvc0 = the command's
-//!   stdout, /dev/hvc1 = its stderr, /dev/hvc2 = `exit N` from the init;
-//!   the serial console (kernel log) stays apart ([`capture`]).
+//! - shares: host directories packed into ext4 images on virtio-blk disks;
+//!   what the command changed in a writable one comes back as an archive
+//!   that is checked before it is applied ([`share`]);
+//! - out: four single-port virtio-consoles, /dev/hvc0 = the command's
+//!   stdout, /dev/hvc1 = its stderr, /dev/hvc2 = `exit N` from the init,
+//!   /dev/hvc3 = the share archive (into a bounded file); the serial
+//!   console (kernel log) stays apart ([`capture`]).
 
 pub mod capture;
 pub mod cpio;
@@ -32,8 +34,8 @@ use crate::devices::virtio::block::guest_device;
 use crate::emulated::{self, EmulatedError};
 use crate::guest::{self, GuestError};
 use crate::vmm::{self, exit::VmExit, Extras};
-use capture::{Status, StatusChannel, Tail, Tee};
-use share::{ShareError, ShareSpec};
+use capture::{CaptureError, Spool, Status, StatusChannel, Tail, Tee};
+use share::{CopyBack, ShareError, ShareSpec};
 
 /// `kvmini exec`'s own exit codes (the command's status passes through).
 pub mod code {
@@ -53,7 +55,7 @@ const EXEC_INIT: &str = include_str!("../../resources/rootfs/exec-init");
 const EXEC_CMDLINE: &str = "rdinit=/kvmini/init quiet";
 
 /// The virtio-consoles exec adds after the disks.
-const EXEC_CONSOLES: usize = 3;
+const EXEC_CONSOLES: usize = 4;
 
 /// Console lines shown when the VM fails.
 const TAIL_LINES: usize = 25;
@@ -69,6 +71,7 @@ pub enum ExecError {
     Config(ConfigError),
     Guest(GuestError),
     Share(ShareError),
+    Capture(CaptureError),
     Io(PathBuf, io::Error),
     Vmm(vmm::Error),
     Emulated(EmulatedError),
@@ -103,6 +106,7 @@ impl fmt::Display for ExecError {
             Self::Config(e) => write!(f, "{e}"),
             Self::Guest(e) => write!(f, "{e}"),
             Self::Share(e) => write!(f, "{e}"),
+            Self::Capture(e) => write!(f, "{e}"),
             Self::Io(p, e) => write!(f, "cannot write '{}': {e} (check TMPDIR)", p.display()),
             Self::Vmm(e) => write!(f, "{e}"),
             Self::Emulated(e) => write!(f, "{e}"),
@@ -243,17 +247,31 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
     let mut guest_shares = Vec::new();
-    let mut images = Vec::new();
+    let mut packed = Vec::new();
     for (i, s) in shares.iter().enumerate() {
         let image = dir.join(format!("share{i}.img"));
-        share::make_image(s, &image).map_err(ExecError::Share)?;
+        packed.push(share::make_image(s, &image).map_err(ExecError::Share)?);
         guest_shares.push(job::GuestShare {
-            device: attach(image.clone(), s.readonly),
+            device: attach(image, s.readonly),
             path: s.guest.clone(),
             readonly: s.readonly,
         });
-        images.push(image);
     }
+    // The writable shares, numbered as in the guest's job.
+    let writable: Vec<CopyBack> = shares
+        .iter()
+        .zip(&packed)
+        .enumerate()
+        .filter(|(_, (s, _))| !s.readonly)
+        .map(|(i, (spec, packed))| CopyBack {
+            number: i + 1,
+            spec,
+            packed,
+        })
+        .collect();
+    let archive = dir.join("shares.tar");
+    let limit = writable.iter().map(|w| w.packed.stream_limit()).sum();
+    let spool = Spool::create(&archive, limit).map_err(|e| ExecError::Io(archive.clone(), e))?;
 
     let job = job::job_script(rootfs_dev.as_deref(), &guest_shares);
     let command = job::command_script(&args.workdir, &env, &args.command);
@@ -290,24 +308,21 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
 
     let vm = vm_config(&args, kernel, initrd, disks)?;
     let outcome = if hw {
-        run_kvm(&vm, timeout, &console)?
+        run_kvm(&vm, timeout, &console, Box::new(spool.clone()))?
     } else {
         if vm.accel == config::Accel::Auto {
             emulated::announce_fallback();
         }
-        emulated::run_exec(&vm, timeout, &console).map_err(ExecError::Emulated)?
+        let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
+        emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
     };
 
     if let Outcome::Finished(_) = outcome {
-        for (i, (s, image)) in shares.iter().zip(&images).enumerate() {
-            if s.readonly {
-                continue;
-            }
-            let n = share::copy_back(s, image, &dir.join(format!("staging{i}")))
-                .map_err(ExecError::Share)?;
-            log::info!("--share {}: {n} entries copied back", s.host.display());
+        if !writable.is_empty() {
+            spool.finish().map_err(ExecError::Capture)?;
+            share::copy_back(&writable, &archive).map_err(ExecError::Share)?;
         }
-    } else if shares.iter().any(|s| !s.readonly) {
+    } else if !writable.is_empty() {
         eprintln!(
             "kvmini: the command did not finish: what it wrote under writable shares was \
              not copied back"
@@ -354,7 +369,17 @@ fn run_prepared(
     let mut vm = vm_config(args, kernel, initrd, args.disks.clone())?;
     // The outer kvmini already added exec's parameters.
     vm.cmdline = vm.cmdline.replacen(&format!(" {EXEC_CMDLINE}"), "", 1);
-    let outcome = run_kvm(&vm, timeout, console)?;
+    // The share archive goes to the emulated machine's port for it.
+    let share_out: Box<dyn Write + Send> = match &args.share_stream {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| ExecError::Io(p.clone(), e))?,
+        ),
+        None => Box::new(io::sink()),
+    };
+    let outcome = run_kvm(&vm, timeout, console, share_out)?;
     if let (Outcome::Finished(status), Some(path)) = (&outcome, &args.status_file) {
         std::fs::write(path, format!("{status}\n")).map_err(|e| ExecError::Io(path.clone(), e))?;
     }
@@ -372,11 +397,13 @@ fn std_stream(fd: std::os::fd::BorrowedFd) -> Box<dyn Write + Send> {
     }
 }
 
-/// Runs the prepared VM on this host's KVM and interprets how it ended.
+/// Runs the prepared VM on this host's KVM and interprets how it ended;
+/// the share archive goes to `share_out`.
 pub fn run_kvm(
     vm: &VmConfig,
     timeout: Option<Duration>,
     console: &ConsoleConfig,
+    share_out: Box<dyn Write + Send>,
 ) -> Result<Outcome, ExecError> {
     let tail = Tail::new(16 << 10);
     let file = match console {
@@ -389,6 +416,7 @@ pub fn run_kvm(
             std_stream(io::stdout().as_fd()),
             std_stream(io::stderr().as_fd()),
             Box::new(status.clone()),
+            share_out,
         ],
         serial_out: Some(Box::new(Tee(tail.clone(), file))),
         no_console_input: true,
@@ -552,5 +580,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(exec_init().contains("/dev/hvc2"));
+        assert!(exec_init().contains("/dev/hvc3"));
     }
 }

@@ -1,7 +1,8 @@
 //! A single-port virtio-console (virtio 1.2, 5.3) whose output goes to a
 //! host writer: the guest sees /dev/hvcN, whatever it writes there reaches
-//! the writer unchanged. `kvmini exec` uses three of them to bring back the
-//! command's stdout, stderr and exit status as separate byte streams.
+//! the writer unchanged. `kvmini exec` uses four of them to bring back the
+//! command's stdout, stderr, exit status and share archive as separate byte
+//! streams.
 //!
 //! Only the transmit queue is served; nothing is ever offered on the receive
 //! queue (the guest reads end-of-nothing, never blocks the VMM).
