@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use kvmini::arch::x86_64::cpuid::host_has_hw_virt;
 use kvmini::cli::{Cli, Command};
-use kvmini::config::{self, Accel, VmConfig};
+use kvmini::config::{self, Accel};
 use kvmini::{logger, vmm};
 
 /// Exit codes, documented in `kvmini --help` and docs/cli.md.
@@ -45,7 +45,9 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Exec(args) => ExitCode::from(kvmini::exec::main(args)),
-        Command::Bench(args) => ExitCode::from(kvmini::bench::main(args)),
+        Command::Bench(args) => ExitCode::from(kvmini_bench::main(args, |relative| {
+            kvmini::guest::build_artefact(relative).map_err(|e| e.to_string())
+        })),
         Command::Run(mut args) => {
             if args.kernel.is_none() {
                 match kvmini::guest::default_guest() {
@@ -56,7 +58,7 @@ fn main() -> ExitCode {
                     Err(e) => return fail(&e),
                 }
             }
-            let config = match VmConfig::from_run_args(&args, config::host_memory_bytes()) {
+            let config = match kvmini::flags::vm_config(&args, config::host_memory_bytes()) {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };

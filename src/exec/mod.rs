@@ -116,20 +116,10 @@ impl fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
-/// Parses `90`, `90s`, `10m`, `1h`.
+/// Parses `90`, `90s`, `10m`, `1h` (more than zero).
 pub fn parse_duration(s: &str) -> Result<Duration, ExecError> {
-    let t = s.trim();
-    let (num, mult) = match t.as_bytes().last() {
-        Some(b's') => (&t[..t.len() - 1], 1),
-        Some(b'm') => (&t[..t.len() - 1], 60),
-        Some(b'h') => (&t[..t.len() - 1], 3600),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .and_then(|n| n.checked_mul(mult))
-        .map(Duration::from_secs)
+    config::parse_duration(s)
+        .filter(|d| !d.is_zero())
         .ok_or_else(|| ExecError::Timeout(s.to_string()))
 }
 
@@ -354,7 +344,7 @@ fn vm_config(
         console: "none".into(),
         shutdown_timeout: args.shutdown_timeout.clone(),
     };
-    VmConfig::from_run_args(&run, config::host_memory_bytes()).map_err(ExecError::Config)
+    crate::flags::vm_config(&run, config::host_memory_bytes()).map_err(ExecError::Config)
 }
 
 /// Inside the emulated machine: everything was prepared by the outer kvmini.

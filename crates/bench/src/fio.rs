@@ -81,7 +81,7 @@ mod tests {
 
     /// A real report: fio 3.33 from the bench initramfs, run on a host
     /// with `command(16, true)`.
-    const SAMPLE: &str = include_str!("../../resources/bench/testdata/fio-host.json");
+    const SAMPLE: &str = include_str!("../../../resources/bench/testdata/fio-host.json");
 
     #[test]
     fn real_report() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{tool_in_tree, tree_loader, Env, EnvKind, Job, TARGET_VAR};
-use crate::exec::job::quote;
+use kvmini_vmm::config::sh_quote as quote;
 
 pub struct HostEnv {
     /// The extracted guest root tree.

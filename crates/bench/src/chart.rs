@@ -178,8 +178,8 @@ pub fn write_png(report: &Report, path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::Row;
-    use crate::bench::stats::Summary;
+    use crate::report::Row;
+    use crate::stats::Summary;
     use std::collections::BTreeMap;
 
     #[test]

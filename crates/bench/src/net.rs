@@ -26,7 +26,7 @@ use serde_json::Value;
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_val};
 
 use super::env::{host_output, tree_command, EnvKind};
-use crate::devices::virtio::net::tap::{interface_exists, tap_ifreq};
+use kvmini_vmm::devices::virtio::net::tap::{interface_exists, tap_ifreq};
 
 /// The markers between the parts of the network script's output.
 pub const UP: &str = "@@kvmini-bench-iperf3-up";
@@ -477,9 +477,9 @@ impl Drop for Server {
 mod tests {
     use super::*;
 
-    const UP_JSON: &str = include_str!("../../resources/bench/testdata/iperf3-up.json");
-    const DOWN_JSON: &str = include_str!("../../resources/bench/testdata/iperf3-reverse.json");
-    const PING_TXT: &str = include_str!("../../resources/bench/testdata/ping-busybox.txt");
+    const UP_JSON: &str = include_str!("../../../resources/bench/testdata/iperf3-up.json");
+    const DOWN_JSON: &str = include_str!("../../../resources/bench/testdata/iperf3-reverse.json");
+    const PING_TXT: &str = include_str!("../../../resources/bench/testdata/ping-busybox.txt");
 
     #[test]
     fn iperf3_reports() {

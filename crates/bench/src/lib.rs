@@ -9,6 +9,7 @@
 //! environment that cannot exist here, or a workload that cannot run in it,
 //! shows "not run" with the reason; a run that failed shows why.
 
+pub mod args;
 pub mod chart;
 pub mod env;
 pub mod fio;
@@ -23,14 +24,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::arch::x86_64::cpuid::host_has_hw_virt;
-use crate::cli::BenchArgs;
-use crate::config::{self, Accel};
-use crate::guest;
+pub use args::BenchArgs;
 use env::container::{self, ContainerEnv};
 use env::host::HostEnv;
 use env::vm::VmEnv;
 use env::{Env, EnvKind};
+use kvmini_vmm::arch::x86_64::cpuid::host_has_hw_virt;
+use kvmini_vmm::config::{self, Accel};
 use report::{Cell, HostInfo, Meta, Report, Row};
 use stats::Summary;
 use workloads::{Context, Ids, Settings, Workload};
@@ -45,9 +45,15 @@ pub mod code {
     pub const SOME_FAILED: u8 = 3;
 }
 
+/// Builds (or finds in the cache) one of kvmini's guest artefacts from its
+/// build recipe, named relative to kvmini's resources (`kernel/build.sh`:
+/// the kernel directory, `rootfs/build-initramfs.sh`: the initramfs, ...).
+/// The `kvmini` binary provides it: it owns guest provisioning.
+pub type Artefact = fn(&str) -> Result<PathBuf, String>;
+
 /// Runs `kvmini bench`; returns the exit code.
-pub fn main(args: BenchArgs) -> u8 {
-    match run(args) {
+pub fn main(args: BenchArgs, artefact: Artefact) -> u8 {
+    match run(args, artefact) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvmini: error: {e}");
@@ -62,6 +68,14 @@ fn mib(s: &str, what: &str) -> Result<u64, String> {
         .map_err(|_| format!("invalid {what} '{s}': use a size such as 256M or 4G"))
 }
 
+fn duration(s: &str, what: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!("invalid {what} '{s}': use seconds, or a number with s, m or h (90s, 10m)")
+        })
+}
+
 /// Parsed and checked arguments.
 #[derive(Debug)]
 struct Plan {
@@ -71,9 +85,11 @@ struct Plan {
     warmup: usize,
     settings: Settings,
     memory_mib: u64,
+    /// Where the default guest's artefacts come from.
+    artefact: Artefact,
 }
 
-fn plan(args: &BenchArgs) -> Result<Plan, String> {
+fn plan(args: &BenchArgs, artefact: Artefact) -> Result<Plan, String> {
     let workloads = Workload::parse_list(&args.workloads)?;
     let mut envs = Vec::new();
     for e in args.envs.split(',').filter(|e| !e.trim().is_empty()) {
@@ -99,11 +115,9 @@ fn plan(args: &BenchArgs) -> Result<Plan, String> {
         working_set_mib: mib(&args.working_set, "--working-set")?,
         density: args.density,
         budget_mib: mib(&args.budget, "--budget")?,
-        run_timeout: crate::exec::parse_duration(&args.timeout).map_err(|e| e.to_string())?,
+        run_timeout: duration(&args.timeout, "--timeout")?,
         io_mib: mib(&args.io_size, "--io-size")?,
-        net_secs: crate::exec::parse_duration(&args.net_time)
-            .map_err(|e| e.to_string())?
-            .as_secs(),
+        net_secs: duration(&args.net_time, "--net-time")?.as_secs(),
     };
     if settings.io_mib == 0 {
         return Err("--io-size must be at least 1M".into());
@@ -128,6 +142,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, String> {
         warmup: args.warmup,
         settings,
         memory_mib,
+        artefact,
     })
 }
 
@@ -168,7 +183,7 @@ fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, Stri
     };
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
-        None => guest::default_kernel().map_err(|e| e.to_string())?,
+        None => (plan.artefact)("kernel/build.sh")?.join("vmlinux"),
     };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find kvmini itself: {e}"))?;
     Ok((
@@ -300,13 +315,13 @@ const NO_VM: &str = "not run";
 /// An environment ready to run workloads, or why it cannot exist here.
 type MadeEnv = Result<Box<dyn Env>, String>;
 
-fn run(args: BenchArgs) -> Result<u8, String> {
+fn run(args: BenchArgs, artefact: Artefact) -> Result<u8, String> {
     let start = Instant::now();
-    let plan = plan(&args)?;
+    let plan = plan(&args, artefact)?;
     // Ctrl-C or SIGTERM between or during measurements: stop after the
     // current one and remove what this run made (TAPs, veths, scratch
     // files, unpacked trees) on the way out, then exit 128 + signal.
-    crate::stop::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    kvmini_vmm::stop::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let host = host_info();
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-bench."))
         .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
@@ -316,7 +331,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
 
     let initrd = match &args.initrd {
         Some(i) => i.clone(),
-        None => guest::build_artefact("rootfs/build-initramfs.sh").map_err(|e| e.to_string())?,
+        None => artefact("rootfs/build-initramfs.sh")?,
     };
     eprintln!(
         "kvmini bench: unpacking {} for the container and the host",
@@ -348,7 +363,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
         Some(t) if wants_tools => Some(Ok(t.clone())),
         None if args.initrd.is_none() && wants_tools && lacks_tools => {
             eprintln!("kvmini bench: block and network run on the bench initramfs (fio, iperf3)");
-            Some(guest::build_artefact("bench/build-initramfs.sh").map_err(|e| e.to_string()))
+            Some(artefact("bench/build-initramfs.sh"))
         }
         _ => None,
     };
@@ -509,7 +524,7 @@ fn run(args: BenchArgs) -> Result<u8, String> {
             let mut failure = None;
             let total = plan.warmup + plan.repeat;
             for i in 0..total {
-                if let Some(code) = crate::stop::signalled() {
+                if let Some(code) = kvmini_vmm::stop::signalled() {
                     eprintln!("kvmini bench: interrupted; removing what this run made");
                     return Ok(code);
                 }
@@ -606,56 +621,63 @@ mod tests {
     use clap::Parser;
     use std::path::Path;
 
+    fn no_artefact(_: &str) -> Result<std::path::PathBuf, String> {
+        Err("no guest artefacts in unit tests".into())
+    }
+
     fn args(extra: &[&str]) -> BenchArgs {
         let mut argv = vec!["kvmini", "bench"];
         argv.extend_from_slice(extra);
-        match crate::cli::Cli::parse_from(argv).command {
-            crate::cli::Command::Bench(b) => b,
-            _ => unreachable!(),
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Command,
         }
+        #[derive(clap::Subcommand)]
+        enum Command {
+            Bench(BenchArgs),
+        }
+        let Command::Bench(b) = Cli::parse_from(argv).command;
+        b
     }
 
     #[test]
     fn defaults_and_checks() {
-        let p = plan(&args(&[])).unwrap();
+        let p = plan(&args(&[]), no_artefact).unwrap();
         assert_eq!(p.workloads, Workload::ALL);
         assert_eq!(p.envs, EnvKind::ALL);
         assert_eq!((p.repeat, p.warmup, p.memory_mib), (5, 1, 512));
         assert_eq!(p.settings.working_set_mib, 128);
-        let p = plan(&args(&[
-            "--envs",
-            "host,vm",
-            "--workloads",
-            "cpu",
-            "--repeat",
-            "1",
-        ]))
+        let p = plan(
+            &args(&["--envs", "host,vm", "--workloads", "cpu", "--repeat", "1"]),
+            no_artefact,
+        )
         .unwrap();
         assert_eq!(p.envs, [EnvKind::Vm, EnvKind::Host]);
-        assert!(plan(&args(&["--repeat", "0"])).is_err());
-        assert!(plan(&args(&["--envs", "docker"])).is_err());
-        assert!(plan(&args(&["--working-set", "1G"]))
+        assert!(plan(&args(&["--repeat", "0"]), no_artefact).is_err());
+        assert!(plan(&args(&["--envs", "docker"]), no_artefact).is_err());
+        assert!(plan(&args(&["--working-set", "1G"]), no_artefact)
             .unwrap_err()
             .contains("does not fit"));
         // Twice the set plus 64 MiB: 224 fits 512, 225 does not.
-        assert!(plan(&args(&["--working-set", "224M"])).is_ok());
-        assert!(plan(&args(&["--working-set", "225M"]))
+        assert!(plan(&args(&["--working-set", "224M"]), no_artefact).is_ok());
+        assert!(plan(&args(&["--working-set", "225M"]), no_artefact)
             .unwrap_err()
             .contains("at most 224 MiB"));
-        assert!(plan(&args(&["--budget", "lots"])).is_err());
+        assert!(plan(&args(&["--budget", "lots"]), no_artefact).is_err());
     }
 
     #[test]
     fn io_and_net_knobs() {
-        let p = plan(&args(&[])).unwrap();
+        let p = plan(&args(&[]), no_artefact).unwrap();
         assert_eq!((p.settings.io_mib, p.settings.net_secs), (256, 5));
-        let p = plan(&args(&["--io-size", "8M", "--net-time", "2m"])).unwrap();
+        let p = plan(&args(&["--io-size", "8M", "--net-time", "2m"]), no_artefact).unwrap();
         assert_eq!((p.settings.io_mib, p.settings.net_secs), (8, 120));
-        assert!(plan(&args(&["--io-size", "100K"]))
+        assert!(plan(&args(&["--io-size", "100K"]), no_artefact)
             .unwrap_err()
             .contains("--io-size"));
-        assert!(plan(&args(&["--io-size", "big"])).is_err());
-        assert!(plan(&args(&["--net-time", "0"])).is_err());
+        assert!(plan(&args(&["--io-size", "big"]), no_artefact).is_err());
+        assert!(plan(&args(&["--net-time", "0"]), no_artefact).is_err());
     }
 
     #[test]

@@ -328,14 +328,14 @@ pub fn guest_ram_sizes(argv: &[String]) -> Vec<u64> {
     let value = |flags: &[&str]| {
         argv.windows(2)
             .find(|w| flags.contains(&w[0].as_str()))
-            .and_then(|w| crate::config::parse_size(w[1].split(',').next()?).ok())
+            .and_then(|w| kvmini_vmm::config::parse_size(w[1].split(',').next()?).ok())
     };
     if program.starts_with("qemu-system") {
         value(&["-m"]).into_iter().collect()
     } else if program == "kvmini" {
         value(&["--memory", "-m"])
             .map(|bytes| {
-                crate::arch::x86_64::layout::ram_regions(bytes)
+                kvmini_vmm::arch::x86_64::layout::ram_regions(bytes)
                     .into_iter()
                     .map(|(_, len)| len as u64)
                     .collect()

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::{Env, EnvKind, Job, TARGET_VAR};
-use crate::config::DiskConfig;
-use crate::devices::virtio::block::guest_device;
+use kvmini_vmm::config::DiskConfig;
+use kvmini_vmm::devices::virtio::block::guest_device;
 
 pub struct VmEnv {
     pub exe: PathBuf,

@@ -1,0 +1,17 @@
+//! kvmini's VMM core: a VM on Linux KVM from a validated [`config::VmConfig`]
+//! to the reason it stopped ([`vmm::exit::VmExit`]), on the rust-vmm crates.
+//!
+//! Layers, lowest first (a module uses only those before it):
+//! [`arch`] (guest memory map, boot protocol, CPUID, ACPI and MP tables),
+//! [`kvm`] (thin wrappers over kvm-ioctls: VM, vCPU threads),
+//! [`devices`] (bus, legacy devices, virtio devices; they know nothing of
+//! KVM), [`config`] (the validated VM description), [`vmm`] (builds the VM
+//! and runs its event loop). [`stop`] is the process-wide clean stop on
+//! host signals for commands that own things to undo.
+
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod kvm;
+pub mod stop;
+pub mod vmm;
