@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
-use crate::config::{ConsoleConfig, DiskConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{Accel, ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::devices::virtio::block::guest_device;
-use crate::exec::Outcome;
 use crate::guest::resources_dir;
+use crate::outcome::{code, Outcome};
 use crate::stop;
+use kvmini_flags::vm_args;
 
 /// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
 /// the inner kvmini. The initramfs comes on top, twice (archive + unpacked).
@@ -49,9 +50,6 @@ const MARKER: &str = "@@KVMINI-EMU ";
 
 /// How many of the inner kvmini's / L1's last diagnostic lines an error shows.
 const TAIL_LINES: usize = 20;
-
-/// Exit code for Ctrl-A x, as with hardware KVM.
-const USER_QUIT: u8 = 130;
 
 /// With `--timeout`, how long L1 may take on top of it (its own boot, the
 /// guest's) before the outer kvmini kills it; the inner kvmini enforces the
@@ -228,6 +226,7 @@ pub enum EmulatedError {
     TempDir(io::Error),
     WriteArgs(PathBuf, io::Error),
     MissingScript(PathBuf),
+    Resources(String),
     Script(PathBuf, ExitStatus),
     SpawnScript(PathBuf, io::Error),
     ScriptOutput(PathBuf),
@@ -275,6 +274,7 @@ impl fmt::Display for EmulatedError {
                 "emulated machine: cannot write '{}' (check TMPDIR): {e}",
                 p.display()
             ),
+            Self::Resources(e) => write!(f, "emulated machine: {e}"),
             Self::MissingScript(p) => write!(
                 f,
                 "emulated machine: its build script '{}' is missing; set KVMINI_RESOURCES \
@@ -445,64 +445,31 @@ fn follow(mut file: File, done: Arc<AtomicBool>, rename: Vec<(String, String)>) 
     report
 }
 
-/// The inner kvmini's arguments: the same VM, on L1's /dev/kvm, console on
-/// its stdout (L1's first serial port; QEMU routes that where the user
-/// asked), the command line without the defaults the inner kvmini adds.
+/// The inner kvmini's arguments: the same VM (the one [`vm_args`] that
+/// every kvmini started by kvmini gets its flags from), on L1's /dev/kvm,
+/// with the kernel, initrd and disks at the paths L1 has them (its
+/// /guest/kernel, /guest/initrd, and the user's disks as L1's virtio disks
+/// /dev/vda, /dev/vdb, ... in order: QEMU's `-drive`s below); its console
+/// on its stdout (L1's first serial port; QEMU routes that where the user
+/// asked).
 fn inner_args(config: &VmConfig) -> Vec<String> {
-    let mut a = inner_args_of(
-        config.initrd.is_some(),
-        config.memory_bytes,
-        config.vcpus,
-        &config.cmdline,
-    );
-    a.extend(inner_disk_args(&config.disks));
-    a
-}
-
-/// L1 sees the user's disks as virtio disks /dev/vda, /dev/vdb, ... in
-/// order (QEMU's `-drive`s below), and hands them to the inner kvmini.
-fn inner_disk_args(disks: &[DiskConfig]) -> Vec<String> {
-    disks
-        .iter()
-        .enumerate()
-        .flat_map(|(i, d)| {
-            let in_l1 = DiskConfig {
+    let in_l1 = VmConfig {
+        kernel: "/guest/kernel".into(),
+        initrd: config.initrd.as_ref().map(|_| "/guest/initrd".into()),
+        accel: Accel::Kvm,
+        disks: config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DiskConfig {
                 path: guest_device(i).into(),
                 readonly: d.readonly,
-            };
-            ["--disk".to_string(), in_l1.to_arg()]
-        })
-        .collect()
-}
-
-/// Says on stderr that `--accel auto` chose the emulated machine, and why.
-pub fn announce_fallback() {
-    eprintln!(
-        "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
-         running the VM inside an emulated machine (much slower). --accel=kvm refuses this."
-    );
-}
-
-fn inner_args_of(initrd: bool, memory_bytes: u64, vcpus: u8, cmdline: &str) -> Vec<String> {
-    let mut a: Vec<String> = ["run", "--accel", "kvm", "--kernel", "/guest/kernel"]
-        .map(String::from)
-        .into();
-    if initrd {
-        a.extend(["--initrd".into(), "/guest/initrd".into()]);
-    }
-    a.extend([
-        "--memory".into(),
-        format!("{}K", memory_bytes >> 10),
-        "--cpus".into(),
-        vcpus.to_string(),
-    ]);
-    let extra = cmdline
-        .strip_prefix(DEFAULT_CMDLINE)
-        .unwrap_or(cmdline)
-        .trim();
-    if !extra.is_empty() {
-        a.extend(["--cmdline".into(), extra.to_string()]);
-    }
+            })
+            .collect(),
+        ..config.clone()
+    };
+    let mut a = vec!["run".to_string()];
+    a.extend(vm_args(&in_l1));
     a
 }
 
@@ -674,7 +641,7 @@ fn run_inner(
              for its own start); it was killed",
             L1_BOOT_ALLOWANCE.as_secs()
         );
-        return Ok((crate::exec::code::TIMEOUT, None));
+        return Ok((code::EXEC_TIMEOUT, None));
     }
     if let Some(why) = report.error {
         return Err(EmulatedError::L1Setup(why));
@@ -683,7 +650,7 @@ fn run_inner(
     // Ctrl-A x; only the latter leaves L1 with kvmini running and no panic.
     if interactive && qemu_status.success() && report.last_step.is_some() && !report.l1_panicked() {
         eprintln!("kvmini: the emulated machine was quit with Ctrl-A x");
-        return Ok((USER_QUIT, None));
+        return Ok((code::USER_QUIT, None));
     }
     Err(EmulatedError::L1Died {
         last_step: report.last_step,
@@ -695,7 +662,9 @@ fn run_inner(
 /// Runs emulated.sh: installs what is missing and writes the L1 initramfs.
 /// Returns the L1 kernel and initramfs paths.
 fn prepare(dir: &Path, exe: &Path, config: &VmConfig) -> Result<(PathBuf, PathBuf), EmulatedError> {
-    let script = resources_dir().join("rig/emulated.sh");
+    let script = resources_dir()
+        .map_err(|e| EmulatedError::Resources(e.to_string()))?
+        .join("rig/emulated.sh");
     if !script.is_file() {
         return Err(EmulatedError::MissingScript(script));
     }
@@ -890,33 +859,61 @@ mod tests {
     }
 
     #[test]
-    fn inner_args_drop_the_default_cmdline() {
-        let a = inner_args_of(
-            true,
-            256 << 20,
-            2,
-            &format!("{DEFAULT_CMDLINE} -- echo 'a b'"),
-        );
+    fn inner_args_carry_every_flag_with_l1_paths() {
+        let config = VmConfig {
+            kernel: "/home/me/vmlinux".into(),
+            initrd: Some("/home/me/initrd".into()),
+            memory_bytes: 256 << 20,
+            vcpus: 2,
+            cmdline: format!("{} -- echo 'a b'", crate::config::DEFAULT_CMDLINE),
+            console: ConsoleConfig::Stdout,
+            accel: Accel::Auto,
+            disks: vec![
+                DiskConfig {
+                    path: "/home/me/a.img".into(),
+                    readonly: true,
+                },
+                DiskConfig {
+                    path: "/home/me/b.img".into(),
+                    readonly: false,
+                },
+            ],
+            nets: vec![],
+            shutdown_timeout: Duration::from_secs(7),
+        };
+        let a = inner_args(&config);
         assert_eq!(
             a,
             [
                 "run",
-                "--accel",
-                "kvm",
                 "--kernel",
                 "/guest/kernel",
                 "--initrd",
                 "/guest/initrd",
                 "--memory",
-                "262144K",
+                "256M",
                 "--cpus",
                 "2",
+                "--accel",
+                "kvm",
+                "--shutdown-timeout",
+                "7s",
                 "--cmdline",
-                "-- echo 'a b'"
+                "-- echo 'a b'",
+                "--disk",
+                "path=/dev/vda,readonly=on",
+                "--disk",
+                "path=/dev/vdb",
             ]
         );
-        let a = inner_args_of(false, 256 << 20, 1, DEFAULT_CMDLINE);
+        let plain = VmConfig {
+            initrd: None,
+            cmdline: crate::config::DEFAULT_CMDLINE.into(),
+            ..config
+        };
+        let a = inner_args(&plain);
         assert!(!a.contains(&"--cmdline".to_string()));
+        assert!(!a.contains(&"--initrd".to_string()));
     }
 
     #[test]

@@ -195,7 +195,9 @@ fn guest_panic_is_not_a_clean_exit() {
     );
 }
 
-fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
+/// kvmini refuses `args` with exit `code` (2: a flag's value is wrong; 1:
+/// the VM could not start) and a message containing `needle`.
+fn expect_error(args: &[&str], kernel: Option<&Path>, code: i32, needle: &str) {
     let mut cmd = kvmini();
     cmd.args(["run", "--accel", "kvm-any"]).args(args);
     if let Some(k) = kernel {
@@ -203,7 +205,7 @@ fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
     }
     let out = cmd.output().expect("cannot start kvmini");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -238,30 +240,35 @@ fn bad_input_is_rejected_cleanly() {
     expect_error(
         &[],
         Some(&missing),
+        2,
         "cannot read kernel '/nonexistent/vmlinux'",
     );
-    expect_error(&[], Some(garbage.as_path()), "cannot load kernel");
-    expect_error(&[], Some(empty.as_path()), "cannot load kernel");
-    expect_error(&[], Some(truncated.as_path()), "cannot load kernel");
-    expect_error(&["--memory", "0"], Some(good.as_path()), "too small");
+    expect_error(&[], Some(garbage.as_path()), 1, "cannot load kernel");
+    expect_error(&[], Some(empty.as_path()), 1, "cannot load kernel");
+    expect_error(&[], Some(truncated.as_path()), 1, "cannot load kernel");
+    expect_error(&["--memory", "0"], Some(good.as_path()), 2, "too small");
     expect_error(
         &["--memory", "lots"],
         Some(good.as_path()),
+        2,
         "invalid --memory",
     );
     expect_error(
         &["--memory", "64T"],
         Some(good.as_path()),
+        2,
         "more than this host has",
     );
     expect_error(
         &["--cpus", "0"],
         Some(good.as_path()),
+        2,
         "--cpus 0 is out of range",
     );
     expect_error(
         &["--console", "tty"],
         Some(good.as_path()),
+        2,
         "invalid --console",
     );
     let tcg = kvmini()
@@ -269,17 +276,19 @@ fn bad_input_is_rejected_cleanly() {
         .arg(good.as_path())
         .output()
         .unwrap();
-    assert_eq!(tcg.status.code(), Some(1));
+    assert_eq!(tcg.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&tcg.stderr).contains("invalid --accel 'tcg'"));
     let long = "x".repeat(4000);
     expect_error(
         &["--cmdline", &long],
         Some(good.as_path()),
-        "kernel command line",
+        2,
+        "invalid --cmdline",
     );
     expect_error(
         &["--initrd", "/nonexistent/initrd"],
         Some(good.as_path()),
+        2,
         "cannot read initrd",
     );
 }

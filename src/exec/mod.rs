@@ -28,23 +28,30 @@ use std::time::Duration;
 
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::cli::{ExecArgs, RunArgs};
-use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig, MAX_VIRTIO_DEVICES};
+use crate::cli::ExecArgs;
+use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::virtio::block::guest_device;
 use crate::emulated::{self, EmulatedError};
+use crate::exit::VmExit;
 use crate::guest::{self, GuestError};
-use crate::vmm::{self, exit::VmExit, Extras};
+use crate::launch::{self, Engine, Notice};
+pub use crate::outcome::Outcome;
+use crate::outcome::{code as codes, signal_code};
+use crate::vmm::{self, Extras};
 use capture::{CaptureError, Spool, Status, StatusChannel, Tail, Tee};
+use kvmini_flags::{FlagsError, VmArgs};
 use share::{CopyBack, ShareError, ShareSpec};
 
-/// `kvmini exec`'s own exit codes (the command's status passes through).
+/// `kvmini exec`'s own exit codes (the command's status passes through),
+/// as [`crate::outcome::code`] names them.
 pub mod code {
+    use crate::outcome::code;
     /// The guest kernel panicked or the VM crashed.
-    pub const GUEST_DIED: u8 = 123;
+    pub const GUEST_DIED: u8 = code::EXEC_GUEST_DIED;
     /// `--timeout` expired.
-    pub const TIMEOUT: u8 = 124;
+    pub const TIMEOUT: u8 = code::EXEC_TIMEOUT;
     /// kvmini could not run the command.
-    pub const ERROR: u8 = 125;
+    pub const ERROR: u8 = code::EXEC_ERROR;
 }
 
 /// The guest side: installed as /kvmini/init in the extra archive.
@@ -67,7 +74,6 @@ pub enum ExecError {
     Env(String),
     Workdir(String),
     Console(String),
-    TooManyDevices(usize),
     Config(ConfigError),
     Guest(GuestError),
     Share(ShareError),
@@ -97,11 +103,6 @@ impl fmt::Display for ExecError {
                 f,
                 "invalid --console '{s}' for exec: use none or file=PATH (stdout carries \
                  the command's output)"
-            ),
-            Self::TooManyDevices(n) => write!(
-                f,
-                "{n} disks and shares are too many: at most {} fit besides exec's consoles",
-                MAX_VIRTIO_DEVICES - EXEC_CONSOLES
             ),
             Self::Config(e) => write!(f, "{e}"),
             Self::Guest(e) => write!(f, "{e}"),
@@ -156,23 +157,6 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, ExecError> {
     }
 }
 
-/// How a VM run ended, from exec's point of view.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The command ran to the end with this status; shares may be copied back.
-    Finished(u8),
-    /// It did not; kvmini exits with this code (the reason was printed).
-    Failed(u8),
-}
-
-impl Outcome {
-    pub fn code(&self) -> u8 {
-        match self {
-            Self::Finished(c) | Self::Failed(c) => *c,
-        }
-    }
-}
-
 /// Runs `kvmini exec`; returns the exit code.
 pub fn main(args: ExecArgs) -> u8 {
     match run(args) {
@@ -203,20 +187,31 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .map(|s| ShareSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ExecError::Share)?;
-    let devices =
-        args.disks.len() + args.nets.len() + usize::from(args.rootfs.is_some()) + shares.len();
-    if devices + EXEC_CONSOLES > MAX_VIRTIO_DEVICES {
-        return Err(ExecError::TooManyDevices(devices));
-    }
-    // Refuse --accel kvm here before building anything.
-    let hw = config::Accel::parse(&args.accel)
-        .and_then(|a| a.resolve(crate::arch::x86_64::cpuid::host_has_hw_virt()))
+    // Every flag is checked, and the engine chosen (`--accel kvm` refused
+    // where it cannot run), before anything is built or packed.
+    let vm_args = exec_vm_args(&args.vm);
+    let added = EXEC_CONSOLES + usize::from(args.rootfs.is_some()) + shares.len();
+    let host_memory = config::host_memory_bytes();
+    let checked = vm_args
+        .check(console.clone(), added, host_memory)
         .map_err(ExecError::Config)?;
-    let kernel = match args.kernel.clone() {
-        Some(k) => k,
-        None => guest::default_kernel().map_err(ExecError::Guest)?,
+    if let Some(rootfs) = &args.rootfs {
+        config::check_readable(rootfs)
+            .map_err(|e| ExecError::Config(ConfigError::RootfsMissing(rootfs.clone(), e)))?;
+    }
+    let notice = if args.quiet {
+        Notice::Quiet
+    } else {
+        Notice::TerminalOnly
     };
-    let base_initrd = match args.initrd.clone() {
+    let engine = launch::engine(&checked, notice).map_err(ExecError::Config)?;
+    let mut vm = vm_args
+        .to_config(console.clone(), added, host_memory, guest::default_guest)
+        .map_err(|e| match e {
+            FlagsError::Config(e) => ExecError::Config(e),
+            FlagsError::DefaultGuest(e) => ExecError::Guest(e),
+        })?;
+    let base_initrd = match vm.initrd.clone() {
         Some(i) => i,
         None => guest::default_initrd().map_err(ExecError::Guest)?,
     };
@@ -230,9 +225,9 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     let dir = tmp.as_path();
 
     // Disks in guest order: the user's, the rootfs, the shares.
-    let mut disks = args.disks.clone();
+    let mut disks = std::mem::take(&mut vm.disks);
     let mut attach = |path: PathBuf, readonly: bool| {
-        disks.push(DiskConfig { path, readonly }.to_arg());
+        disks.push(DiskConfig { path, readonly });
         guest_device(disks.len() - 1)
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
@@ -296,15 +291,14 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     std::fs::write(&initrd, cpio::append(base, &extra))
         .map_err(|e| ExecError::Io(initrd.clone(), e))?;
 
-    let vm = vm_config(&args, kernel, initrd, disks)?;
-    let outcome = if hw {
-        run_kvm(&vm, timeout, &console, Box::new(spool.clone()))?
-    } else {
-        if vm.accel == config::Accel::Auto {
-            emulated::announce_fallback();
+    vm.disks = disks;
+    vm.initrd = Some(initrd);
+    let outcome = match engine {
+        Engine::Kvm => run_kvm(&vm, timeout, &console, Box::new(spool.clone()))?,
+        Engine::Emulated => {
+            let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
+            emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
         }
-        let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
-        emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
     };
 
     if let Outcome::Finished(_) = outcome {
@@ -321,30 +315,20 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     Ok(outcome.code())
 }
 
-/// The VM for `kvmini exec`: run's validation, exec's kernel parameters.
-fn vm_config(
-    args: &ExecArgs,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    disks: Vec<String>,
-) -> Result<VmConfig, ExecError> {
-    let mut cmdline = EXEC_CMDLINE.to_string();
-    if let Some(extra) = args.cmdline.as_deref().filter(|c| !c.trim().is_empty()) {
-        cmdline = format!("{cmdline} {extra}");
+/// The VM flags with exec's kernel parameters in front of the user's.
+fn exec_vm_args(vm: &VmArgs) -> VmArgs {
+    let extra = vm
+        .cmdline
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    VmArgs {
+        cmdline: Some(match extra {
+            Some(extra) => format!("{EXEC_CMDLINE} {extra}"),
+            None => EXEC_CMDLINE.to_string(),
+        }),
+        ..vm.clone()
     }
-    let run = RunArgs {
-        kernel: Some(kernel),
-        initrd: Some(initrd),
-        memory: args.memory.clone(),
-        cpus: args.cpus,
-        cmdline: Some(cmdline),
-        accel: args.accel.clone(),
-        disks,
-        nets: args.nets.clone(),
-        console: "none".into(),
-        shutdown_timeout: args.shutdown_timeout.clone(),
-    };
-    crate::flags::vm_config(&run, config::host_memory_bytes()).map_err(ExecError::Config)
 }
 
 /// Inside the emulated machine: everything was prepared by the outer kvmini.
@@ -353,12 +337,18 @@ fn run_prepared(
     timeout: Option<Duration>,
     console: &ConsoleConfig,
 ) -> Result<u8, ExecError> {
-    let (Some(kernel), Some(initrd)) = (args.kernel.clone(), args.initrd.clone()) else {
+    // The outer kvmini gave every flag, exec's parameters included.
+    if args.vm.kernel.is_none() || args.vm.initrd.is_none() {
         return Err(ExecError::Config(ConfigError::NoKernel));
-    };
-    let mut vm = vm_config(args, kernel, initrd, args.disks.clone())?;
-    // The outer kvmini already added exec's parameters.
-    vm.cmdline = vm.cmdline.replacen(&format!(" {EXEC_CMDLINE}"), "", 1);
+    }
+    let vm = args
+        .vm
+        .to_config(console.clone(), EXEC_CONSOLES, None, || {
+            Err::<(PathBuf, PathBuf), _>(ConfigError::NoKernel)
+        })
+        .map_err(|e| match e {
+            FlagsError::Config(e) | FlagsError::DefaultGuest(e) => ExecError::Config(e),
+        })?;
     // The share archive goes to the emulated machine's port for it.
     let share_out: Box<dyn Write + Send> = match &args.share_stream {
         Some(p) => Box::new(
@@ -428,41 +418,50 @@ fn interpret(exit: &VmExit, status: Option<Status>, tail: &Tail) -> Outcome {
             }
         }
     };
-    match (exit, status) {
-        (VmExit::Reset | VmExit::PowerOff, Some(Status::Exit(n))) => Outcome::Finished(n),
-        (VmExit::TimedOut(d), _) => {
+    let died = |exit: &VmExit| {
+        eprintln!("kvmini: {exit}");
+        show_tail();
+        Outcome::Failed(codes::EXEC_GUEST_DIED)
+    };
+    // Every exit reason is named: a new one does not compile until it has
+    // its outcome.
+    match exit {
+        VmExit::Reset | VmExit::PowerOff => match status {
+            Some(Status::Exit(n)) => Outcome::Finished(n),
+            Some(Status::Error(why)) => {
+                eprintln!("kvmini: the guest could not run the command: {why}");
+                show_tail();
+                Outcome::Failed(codes::EXEC_ERROR)
+            }
+            None => {
+                eprintln!("kvmini: the guest stopped before the command finished");
+                show_tail();
+                Outcome::Failed(codes::EXEC_ERROR)
+            }
+        },
+        VmExit::TimedOut(d) => {
             eprintln!(
                 "kvmini: the command did not finish within {}s (--timeout); the VM was killed",
                 d.as_secs()
             );
             show_tail();
-            Outcome::Failed(code::TIMEOUT)
+            Outcome::Failed(codes::EXEC_TIMEOUT)
         }
-        (VmExit::HostSignal(s), _) => {
+        // SIGTERM stopped the VM, or pressed an ACPI guest's power button.
+        VmExit::HostSignal(signal)
+        | VmExit::GuestShutDown { signal }
+        | VmExit::ShutdownTimedOut { signal, .. } => {
             eprintln!("kvmini: {exit}");
-            Outcome::Failed(128u8.saturating_add(*s as u8))
+            Outcome::Failed(signal_code(*signal))
         }
-        // SIGTERM pressed an ACPI guest's power button (issue 15).
-        (VmExit::GuestShutDown { signal } | VmExit::ShutdownTimedOut { signal, .. }, _) => {
-            eprintln!("kvmini: {exit}");
-            Outcome::Failed(128u8.saturating_add(*signal as u8))
-        }
-        (VmExit::Reset | VmExit::PowerOff, Some(Status::Error(why))) => {
-            eprintln!("kvmini: the guest could not run the command: {why}");
-            show_tail();
-            Outcome::Failed(code::ERROR)
-        }
-        (VmExit::Reset | VmExit::PowerOff, None) => {
-            eprintln!("kvmini: the guest stopped before the command finished");
-            show_tail();
-            Outcome::Failed(code::ERROR)
-        }
-        (exit, _) => {
-            // Panic or crash.
-            eprintln!("kvmini: {exit}");
-            show_tail();
-            Outcome::Failed(code::GUEST_DIED)
-        }
+        // Ctrl-A x cannot reach exec (its console input is not stdin).
+        VmExit::UserQuit => Outcome::Failed(codes::USER_QUIT),
+        VmExit::GuestPanic(_)
+        | VmExit::TripleFault { .. }
+        | VmExit::FailEntry { .. }
+        | VmExit::InternalError { .. }
+        | VmExit::GuestCrash { .. }
+        | VmExit::VcpuError { .. } => died(exit),
     }
 }
 

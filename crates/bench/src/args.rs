@@ -4,9 +4,21 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kvmini_flags::VmArgs;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// The VM's flags, as for `run` (`--kernel`, `--initrd`, `--memory`,
+    /// `--cpus`, `--accel`, ...). `--memory` and `--cpus` also set the
+    /// container's limits; `--initrd` is the root filesystem of all three
+    /// environments (an initramfs with busybox: the VM boots it, it is
+    /// unpacked for the container's bundle and the host's runs; default:
+    /// kvmini's default guest initramfs, block and network: see
+    /// --tools-initrd). The bench makes the VM's disk and NIC itself:
+    /// `--disk` and `--net` are refused.
+    #[command(flatten)]
+    pub vm: VmArgs,
+
     /// Workloads, comma-separated: startup, memory, cpu, block, network,
     /// density, or all.
     #[arg(long, value_name = "LIST", default_value = "all")]
@@ -32,36 +44,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub chart: Option<PathBuf>,
 
-    /// Guest kernel for the VM (default: kvmini's default guest kernel).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-
-    /// Root filesystem for all three environments: an initramfs (gzip'd or
-    /// plain newc cpio) with busybox. The VM boots it; it is unpacked for
-    /// the container's bundle and the host's runs. Default: kvmini's
-    /// default guest initramfs (block and network: see --tools-initrd).
-    #[arg(long, value_name = "PATH")]
-    pub initrd: Option<PathBuf>,
-
     /// Root filesystem for the block and network workloads (it needs fio
     /// and iperf3), in all three environments. Default: `--initrd` if
     /// given, else kvmini's bench initramfs (the default guest plus fio,
     /// iperf3 and their libraries; built on first use and cached).
     #[arg(long, value_name = "PATH")]
     pub tools_initrd: Option<PathBuf>,
-
-    /// Guest RAM of the VM, and the container's memory limit.
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
-    pub memory: String,
-
-    /// vCPUs of the VM, and the container's CPU quota.
-    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
-    pub cpus: u32,
-
-    /// How the VM runs: `auto`, `kvm`, `emulated` or `kvm-any`, as for
-    /// `run`. The report names the mode used.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub accel: String,
 
     /// Data hashed by the CPU workload (sha256 of this many zero bytes).
     #[arg(long, value_name = "SIZE", default_value = "64M")]

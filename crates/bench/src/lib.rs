@@ -30,7 +30,7 @@ use env::host::HostEnv;
 use env::vm::VmEnv;
 use env::{Env, EnvKind};
 use kvmini_vmm::arch::x86_64::cpuid::host_has_hw_virt;
-use kvmini_vmm::config::{self, Accel};
+use kvmini_vmm::config::{self, Accel, ConsoleConfig, VmConfig};
 use report::{Cell, HostInfo, Meta, Report, Row};
 use stats::Summary;
 use workloads::{Context, Ids, Settings, Workload};
@@ -85,6 +85,9 @@ struct Plan {
     warmup: usize,
     settings: Settings,
     memory_mib: u64,
+    /// The VM's flags, checked (its kernel path is empty until the
+    /// default guest is built, when no --kernel was given).
+    vm: VmConfig,
     /// Where the default guest's artefacts come from.
     artefact: Artefact,
 }
@@ -109,7 +112,29 @@ fn plan(args: &BenchArgs, artefact: Artefact) -> Result<Plan, String> {
     if args.density == 0 {
         return Err("--density must be at least 1".into());
     }
-    let memory_mib = mib(&args.memory, "--memory")?;
+    if !args.vm.disks.is_empty() || !args.vm.nets.is_empty() {
+        return Err(
+            "kvmini bench makes the VM's disk and NIC for its block and network workloads: \
+             leave out --disk and --net"
+                .into(),
+        );
+    }
+    // exec's four consoles, the block workload's disk, the network's NIC.
+    let vm = args
+        .vm
+        .check(ConsoleConfig::None, 6, config::host_memory_bytes())
+        .map_err(|e| e.to_string())?;
+    if envs.contains(&EnvKind::Vm) {
+        vm.accel
+            .resolve(host_has_hw_virt())
+            .map_err(|e| format!("the VM environment cannot run here: {e}"))?;
+    }
+    for (flag, path) in [("--json", &args.json), ("--chart", &args.chart)] {
+        if let Some(p) = path {
+            check_output(flag, p)?;
+        }
+    }
+    let memory_mib = vm.memory_bytes >> 20;
     let settings = Settings {
         cpu_mib: mib(&args.cpu_work, "--cpu-work")?.max(1),
         working_set_mib: mib(&args.working_set, "--working-set")?,
@@ -142,8 +167,36 @@ fn plan(args: &BenchArgs, artefact: Artefact) -> Result<Plan, String> {
         warmup: args.warmup,
         settings,
         memory_mib,
+        vm,
         artefact,
     })
+}
+
+/// Refuses an output path that cannot be written before anything runs
+/// (not after an hour of measurements).
+fn check_output(flag: &str, path: &std::path::Path) -> Result<(), String> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let meta = std::fs::metadata(parent).map_err(|e| {
+        format!(
+            "{flag} {}: cannot use {}: {e}",
+            path.display(),
+            parent.display()
+        )
+    })?;
+    if !meta.is_dir() {
+        return Err(format!(
+            "{flag} {}: {} is not a directory",
+            path.display(),
+            parent.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!("{flag} {}: is a directory", path.display()));
+    }
+    Ok(())
 }
 
 fn host_info() -> HostInfo {
@@ -173,7 +226,7 @@ fn host_info() -> HostInfo {
 
 /// The VM environment, or why there is none.
 fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, String), String> {
-    let accel = Accel::parse(&args.accel).map_err(|e| e.to_string())?;
+    let accel = plan.vm.accel;
     let hw = accel.resolve(host.hw_virt).map_err(|e| e.to_string())?;
     let mode = match (accel, hw) {
         (Accel::KvmAny, _) => "kvm-any (software-assisted /dev/kvm, no vmx/svm)",
@@ -181,19 +234,15 @@ fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, Stri
         (_, true) => "kvm (hardware virtualization)",
         (_, false) => "emulated (kvmini's fallback: QEMU TCG machine with nested KVM)",
     };
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => (plan.artefact)("kernel/build.sh")?.join("vmlinux"),
-    };
+    let mut vm = plan.vm.clone();
+    if args.vm.kernel.is_none() {
+        vm.kernel = (plan.artefact)("kernel/build.sh")?.join("vmlinux");
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find kvmini itself: {e}"))?;
     Ok((
         VmEnv {
             exe,
-            kernel,
-            initrd: PathBuf::new(),
-            memory_mib: plan.memory_mib,
-            cpus: args.cpus,
-            accel: args.accel.clone(),
+            vm,
             mode: mode.split(" (").next().unwrap_or(mode).to_string(),
             timeout_s: plan.settings.run_timeout.as_secs(),
         },
@@ -237,7 +286,7 @@ fn make_envs(
     for kind in &plan.envs {
         let made: MadeEnv = match kind {
             EnvKind::Vm => vm_env(args, plan, host).map(|(mut v, mode)| {
-                v.initrd = initrd.to_path_buf();
+                v.vm.initrd = Some(initrd.to_path_buf());
                 *vm_mode = mode;
                 Box::new(v) as Box<dyn Env>
             }),
@@ -259,7 +308,7 @@ fn make_envs(
                         state: dir.join("crun-state"),
                         bundles: dir.join("bundles"),
                         memory_mib: plan.memory_mib,
-                        cpus: args.cpus,
+                        cpus: args.vm.cpus,
                         hide_unified,
                         cgroup,
                         no_pivot: container::root_is_initramfs(),
@@ -329,7 +378,7 @@ fn run(args: BenchArgs, artefact: Artefact) -> Result<u8, String> {
     // The tree of the container and the host runs.
     let root = dir.join("rootfs");
 
-    let initrd = match &args.initrd {
+    let initrd = match &args.vm.initrd {
         Some(i) => i.clone(),
         None => artefact("rootfs/build-initramfs.sh")?,
     };
@@ -361,7 +410,7 @@ fn run(args: BenchArgs, artefact: Artefact) -> Result<u8, String> {
             || env::tool_in_tree(&root, "iperf3").is_none());
     let tools_initrd = match &args.tools_initrd {
         Some(t) if wants_tools => Some(Ok(t.clone())),
-        None if args.initrd.is_none() && wants_tools && lacks_tools => {
+        None if args.vm.initrd.is_none() && wants_tools && lacks_tools => {
             eprintln!("kvmini bench: block and network run on the bench initramfs (fio, iperf3)");
             Some(artefact("bench/build-initramfs.sh"))
         }
@@ -424,7 +473,7 @@ fn run(args: BenchArgs, artefact: Artefact) -> Result<u8, String> {
     let mut settings = BTreeMap::new();
     settings.insert("repeat".to_string(), plan.repeat.to_string());
     settings.insert("warmup".to_string(), plan.warmup.to_string());
-    settings.insert("cpus".to_string(), args.cpus.to_string());
+    settings.insert("cpus".to_string(), args.vm.cpus.to_string());
     settings.insert("memory_mib".to_string(), plan.memory_mib.to_string());
     settings.insert("initrd".to_string(), initrd.display().to_string());
     if let Some((ti, _, _)) = &tools {

@@ -48,6 +48,16 @@ impl Accel {
         }
     }
 
+    /// The flag value that selects this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::KvmAny => "kvm-any",
+            Self::Emulated => "emulated",
+        }
+    }
+
     /// Whether to run on this host's /dev/kvm (`true`) or emulated
     /// (`false`), given whether the CPU has vmx/svm.
     pub fn resolve(self, hw_virt: bool) -> Result<bool, ConfigError> {
@@ -63,27 +73,43 @@ impl Accel {
 /// One `--disk`: the block device's own config type.
 pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
 
+use crate::arch::x86_64::layout;
 /// One `--net`: the network device's own config type.
 pub use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::net::{tap, MacAddr};
 
 /// Splits `key=value,key=value`, rejecting unknown keys, repeated keys and
-/// items without `=`.
-pub fn parse_kv<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for item in s.split(',') {
+/// items without `=`. A comma inside a value is written twice (`,,`), as
+/// QEMU does, so any path fits: `path=/tmp/a,,b.img`.
+pub fn parse_kv(s: &str, known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut items = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' && chars.next_if_eq(&',').is_none() {
+            items.push(String::new());
+        } else if let Some(item) = items.last_mut() {
+            item.push(c);
+        }
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in items {
         let (k, v) = item
             .split_once('=')
             .ok_or_else(|| format!("'{item}' is not key=value"))?;
         if !known.contains(&k) {
             return Err(format!("unknown key '{k}' (known: {})", known.join(", ")));
         }
-        if out.iter().any(|(seen, _)| *seen == k) {
+        if out.iter().any(|(seen, _)| seen == k) {
             return Err(format!("'{k}' given twice"));
         }
-        out.push((k, v));
+        out.push((k.to_string(), v.to_string()));
     }
     Ok(out)
+}
+
+/// `value` escaped for [`parse_kv`]: commas doubled.
+pub fn kv_escape(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -96,13 +122,19 @@ fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
 
 pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
     let err = |why: String| ConfigError::Disk(s.to_string(), why);
+    if !s.contains('=') && !s.is_empty() {
+        return Err(err(format!(
+            "a disk is path=PATH[,readonly=on]: did you mean --disk path={}?",
+            kv_escape(s)
+        )));
+    }
     let mut path = None;
     let mut readonly = false;
     for (k, v) in parse_kv(s, &["path", "readonly"]).map_err(err)? {
-        match k {
+        match k.as_str() {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "path" => return Err(err("empty path".into())),
-            _ => readonly = parse_on_off(k, v).map_err(err)?,
+            _ => readonly = parse_on_off(&k, &v).map_err(err)?,
         }
     }
     let path = path.ok_or_else(|| err("path=PATH is required".into()))?;
@@ -113,11 +145,23 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
 /// [`MacAddr::generated`] from `pid` and `index`.
 fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
     let err = |why: String| ConfigError::Net(s.to_string(), why);
+    if s == "user" || s.starts_with("user,") {
+        return Err(err(
+            "user-mode networking is not available yet: give the NIC a host TAP with \
+             tap=NAME (see kvmini run --help)"
+                .into(),
+        ));
+    }
+    if !s.contains('=') && tap::valid_name(s) {
+        return Err(err(format!(
+            "a NIC is tap=NAME[,mac=MAC]: did you mean --net tap={s}?"
+        )));
+    }
     let mut name = None;
     let mut mac = None;
     for (k, v) in parse_kv(s, &["tap", "mac"]).map_err(err)? {
-        match k {
-            "tap" if tap::valid_name(v) => name = Some(v.to_string()),
+        match k.as_str() {
+            "tap" if tap::valid_name(&v) => name = Some(v),
             "tap" => {
                 return Err(err(format!(
                     "'{v}' is not an interface name (1 to 15 characters, no '/', ':', '%' \
@@ -174,6 +218,65 @@ pub struct VmConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// Bytes of the kernel command line kept free for each virtio device's
+/// `virtio_mmio.device=4K@0xd0001000:6` word, which kvmini appends.
+pub const CMDLINE_BYTES_PER_DEVICE: usize = 40;
+
+/// Linux hands init at most this many words after `--` (MAX_INIT_ARGS);
+/// one more makes the guest kernel panic ("Too many boot init vars").
+pub const MAX_INIT_WORDS: usize = 32;
+
+impl VmConfig {
+    /// Every virtio device the VM gets: its disks and NICs, plus `consoles`
+    /// virtio-consoles (`kvmini exec`'s streams). The one count that decides
+    /// whether the devices fit (each needs its own IRQ and MMIO slot) and
+    /// how much command line they take.
+    pub fn virtio_devices(&self, consoles: usize) -> usize {
+        self.disks.len() + self.nets.len() + consoles
+    }
+
+    /// Checks what only the whole VM can tell: the devices fit, and the
+    /// command line with their words fits the kernel's buffer and gives init
+    /// no more words than Linux allows.
+    pub fn check(&self, consoles: usize) -> Result<(), ConfigError> {
+        let devices = self.virtio_devices(consoles);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
+        check_cmdline(&self.cmdline, devices)
+    }
+}
+
+/// The whole kernel command line (`cmdline`, kvmini's defaults included)
+/// with `devices` virtio devices' words appended: printable ASCII, within
+/// the kernel's buffer, at most [`MAX_INIT_WORDS`] words for init.
+pub fn check_cmdline(cmdline: &str, devices: usize) -> Result<(), ConfigError> {
+    if let Some(c) = cmdline.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(ConfigError::Cmdline(format!(
+            "{c:?} is not printable ASCII (tabs and newlines included)"
+        )));
+    }
+    let room = layout::CMDLINE_MAX_SIZE - 1 - devices * CMDLINE_BYTES_PER_DEVICE;
+    if cmdline.len() > room {
+        return Err(ConfigError::Cmdline(format!(
+            "{} bytes with kvmini's defaults, more than the {room} that fit \
+             (the kernel takes {} with the {devices} device(s)' own words)",
+            cmdline.len(),
+            layout::CMDLINE_MAX_SIZE - 1
+        )));
+    }
+    let init_words = cmdline
+        .split_once(" -- ")
+        .map_or(0, |(_, init)| init.split_whitespace().count());
+    if init_words > MAX_INIT_WORDS {
+        return Err(ConfigError::Cmdline(format!(
+            "{init_words} words after `--`; Linux gives init at most {MAX_INIT_WORDS} (more \
+             panic the guest): put a longer command in a script"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum ConfigError {
     Accel(String),
@@ -189,7 +292,10 @@ pub enum ConfigError {
     NoKernel,
     KernelMissing(PathBuf, String),
     InitrdMissing(PathBuf, String),
+    RootfsMissing(PathBuf, String),
+    ConsoleFile(PathBuf, String),
     ShutdownTimeout(String),
+    Cmdline(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -236,6 +342,15 @@ impl fmt::Display for ConfigError {
             Self::InitrdMissing(p, e) => {
                 write!(f, "cannot read initrd '{}': {e}", p.display())
             }
+            Self::Cmdline(why) => write!(f, "invalid --cmdline: {why}"),
+            Self::RootfsMissing(p, e) => {
+                write!(f, "cannot read --rootfs '{}': {e}", p.display())
+            }
+            Self::ConsoleFile(p, e) => write!(
+                f,
+                "invalid --console file={}: cannot write it ({e})",
+                p.display()
+            ),
             Self::ShutdownTimeout(s) => write!(
                 f,
                 "invalid --shutdown-timeout '{s}': use seconds, or a number with s, m or h \
@@ -304,6 +419,19 @@ pub fn parse_console(s: &str) -> Result<ConsoleConfig, ConfigError> {
             _ => Err(ConfigError::Console(s.to_string())),
         },
     }
+}
+
+/// Checks that the console file can be written (opened to append, created
+/// if missing: nothing it holds is lost before the VM runs).
+pub fn check_console(console: &ConsoleConfig) -> Result<(), ConfigError> {
+    if let ConsoleConfig::File(p) = console {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(p)
+            .map_err(|e| ConfigError::ConsoleFile(p.clone(), e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Host RAM plus swap in bytes, from /proc/meminfo; `None` if unreadable.

@@ -2,6 +2,7 @@
 //! to the reason it stopped ([`vmm::exit::VmExit`]), on the rust-vmm crates.
 //!
 //! Layers, lowest first (a module uses only those before it):
+//! [`sync`] and [`exit`] (why a VM stops, and the signal that carries it),
 //! [`arch`] (guest memory map, boot protocol, CPUID, ACPI and MP tables),
 //! [`kvm`] (thin wrappers over kvm-ioctls: VM, vCPU threads),
 //! [`devices`] (bus, legacy devices, virtio devices; they know nothing of
@@ -12,6 +13,8 @@
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod exit;
 pub mod kvm;
 pub mod stop;
+pub mod sync;
 pub mod vmm;

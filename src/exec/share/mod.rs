@@ -157,6 +157,10 @@ impl ShareSpec {
         let (rest, readonly) = match s.rsplit_once(':') {
             Some((rest, "ro")) => (rest, true),
             Some((rest, "rw")) => (rest, false),
+            // HOST:GUEST:something, where something is no path: a mode.
+            Some((rest, mode)) if rest.contains(':') && !mode.starts_with('/') => {
+                return Err(err("after GUEST comes ro or rw (lower case), or nothing"));
+            }
             _ => (s, false),
         };
         let (host, guest) = rest

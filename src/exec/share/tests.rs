@@ -46,6 +46,9 @@ fn parse_specs() {
     fs::write(&f, "x").unwrap();
     let e = ShareSpec::parse(&format!("{}:/mnt", f.display())).unwrap_err();
     assert!(e.to_string().contains("not a directory"), "{e}");
+    // A mode in capitals is a wrong mode, not a wrong GUEST path.
+    let e = ShareSpec::parse(&format!("{h}:/mnt:RO")).unwrap_err();
+    assert!(e.to_string().contains("after GUEST comes ro or rw"), "{e}");
 }
 
 /// Builds archives header by header, as a hostile guest can: any name,

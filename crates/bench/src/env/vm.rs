@@ -9,16 +9,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use super::{Env, EnvKind, Job, TARGET_VAR};
-use kvmini_vmm::config::DiskConfig;
+use kvmini_flags::vm_args;
+use kvmini_vmm::config::{DiskConfig, NetConfig, VmConfig};
 use kvmini_vmm::devices::virtio::block::guest_device;
+use kvmini_vmm::devices::virtio::net::MacAddr;
 
 pub struct VmEnv {
     pub exe: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub memory_mib: u64,
-    pub cpus: u32,
-    pub accel: String,
+    /// The VM every instance boots (the user's flags, checked); each job
+    /// adds its disk and NIC. Its flags come from [`vm_args`], as the
+    /// emulated machine's inner kvmini's do.
+    pub vm: VmConfig,
     /// "kvm", "emulated" or "kvm-any": how the VM runs here.
     pub mode: String,
     pub timeout_s: u64,
@@ -33,12 +34,15 @@ impl Env for VmEnv {
         format!(
             "kvmini {} exec, {} vCPU, {} MiB, --accel {} ({}), kernel {}, initrd {}",
             env!("CARGO_PKG_VERSION"),
-            self.cpus,
-            self.memory_mib,
-            self.accel,
+            self.vm.vcpus,
+            self.vm.memory_bytes >> 20,
+            self.vm.accel.name(),
             self.mode,
-            self.kernel.display(),
-            self.initrd.display()
+            self.vm.kernel.display(),
+            self.vm
+                .initrd
+                .as_deref()
+                .map_or("(none)".into(), |p| p.display().to_string())
         )
     }
 
@@ -46,33 +50,29 @@ impl Env for VmEnv {
         if job.netns.is_some() {
             return Err("a network namespace is for the container, not the VM".into());
         }
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("exec")
-            .arg("--kernel")
-            .arg(&self.kernel)
-            .arg("--initrd")
-            .arg(&self.initrd)
-            .args(["--memory", &format!("{}M", self.memory_mib)])
-            .args(["--cpus", &self.cpus.to_string()])
-            .args(["--accel", &self.accel])
-            .args(["--timeout", &format!("{}s", self.timeout_s)]);
-        for (k, v) in &job.vars {
-            cmd.arg("--env").arg(format!("{k}={v}"));
-        }
+        let mut vm = self.vm.clone();
+        let mut env: Vec<String> = job.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if let Some(disk) = &job.disk {
             // exec puts our disks first: this one is the first device.
-            let arg = DiskConfig {
+            vm.disks.push(DiskConfig {
                 path: disk.clone(),
                 readonly: false,
-            }
-            .to_arg();
-            cmd.args(["--disk", &arg])
-                .arg("--env")
-                .arg(format!("{TARGET_VAR}={}", guest_device(0)));
+            });
+            env.push(format!("{TARGET_VAR}={}", guest_device(0)));
         }
         if let Some((tap, ip)) = &job.tap {
-            cmd.args(["--net", &format!("tap={tap}")])
-                .args(["--cmdline", ip]);
+            vm.nets.push(NetConfig {
+                tap: tap.clone(),
+                mac: MacAddr::generated(std::process::id(), 0),
+            });
+            vm.cmdline = format!("{} {ip}", vm.cmdline);
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("exec")
+            .args(vm_args(&vm))
+            .args(["--timeout", &format!("{}s", self.timeout_s)]);
+        for e in env {
+            cmd.arg("--env").arg(e);
         }
         cmd.args(["--", "/bin/sh", "-c", &job.script])
             .process_group(0);

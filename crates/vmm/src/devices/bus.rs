@@ -99,11 +99,7 @@ impl Bus {
     }
 }
 
-/// Locks a device, carrying on if another thread panicked while holding it:
-/// device state is plain data and a poisoned lock must not wedge the VM.
-pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use crate::sync::lock;
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
-use crate::vmm::exit::{ExitSignal, VmExit};
+use crate::exit::{ExitSignal, VmExit};
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 fn kick_signal() -> i32 {

@@ -8,7 +8,6 @@ use kvm_ioctls::Kvm;
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::exit::{ExitSignal, VmExit};
 use super::Error;
 use crate::arch::x86_64::acpi::{self, AcpiConfig, VirtioMmioDevice};
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
@@ -18,6 +17,7 @@ use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
+use crate::exit::{ExitSignal, VmExit};
 use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 

@@ -17,8 +17,8 @@ use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::exit::{ExitSignal, VmExit};
 use crate::config::ConsoleConfig;
+use crate::exit::{ExitSignal, VmExit};
 
 /// Opens where guest console output goes. Output is unbuffered: the guest
 /// writes a byte per port access, and a prompt must show before a newline.

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::exit::{ExitSignal, VmExit};
 use crate::devices::bus::lock;
 use crate::devices::events::{GuestEvent, GuestEvents};
+use crate::exit::{ExitSignal, VmExit};
 
 /// How long after pvpanic's "panicked" the VM is stopped if the guest has
 /// not reset by itself (`panic=1` reboots after 1 s): the panic output

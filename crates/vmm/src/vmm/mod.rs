@@ -4,7 +4,9 @@
 pub mod builder;
 pub mod console;
 pub mod console_watch;
-pub mod exit;
+/// Why the VM stopped: the core's lowest layer, here for the callers of
+/// [`run`].
+pub use crate::exit;
 pub mod guest_state;
 
 use std::fmt;

@@ -16,10 +16,12 @@ pub fn guest_device(index: usize) -> String {
 }
 
 impl BlockConfig {
-    /// This disk as a `--disk` argument: `path=PATH[,readonly=on]`.
+    /// This disk as a `--disk` argument: `path=PATH[,readonly=on]` (commas
+    /// in the path doubled, see [`crate::config::parse_kv`]).
     pub fn to_arg(&self) -> String {
         let ro = if self.readonly { ",readonly=on" } else { "" };
-        format!("path={}{ro}", self.path.display())
+        let path = crate::config::kv_escape(&self.path.to_string_lossy());
+        format!("path={path}{ro}")
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::devices::bus::lock;
+use crate::sync::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
