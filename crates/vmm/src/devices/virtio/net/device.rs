@@ -23,8 +23,8 @@ use super::mac::MacAddr;
 use super::tap::{self, FrameIo, Tap};
 use crate::devices::bus::lock;
 use crate::devices::virtio::{
-    feature, queue, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    activation, feature, queue, ActivateError, Interrupt, VirtioDevice, TYPE_NET,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 // Feature bits (virtio 1.2, 5.1.3).
@@ -186,13 +186,8 @@ impl VirtioDevice for Net {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
@@ -202,17 +197,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [Queue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
         // The transport refuses unoffered features; be safe without it too.
         let acked = acked_features & self.features;
         let offload = frame::tap_offload_flags(acked);
