@@ -58,7 +58,7 @@ done
 bin_args=()
 for t in "${targets[@]}"; do bin_args+=(--bin "$t"); done
 echo "[fuzz] building ${targets[*]} (stable, sanitizer coverage, $TARGET_DIR/$TRIPLE/release)" >&2
-cargo build --release --locked --target "$TRIPLE" --target-dir "$TARGET_DIR" "${bin_args[@]}"
+cargo build --release --target "$TRIPLE" --target-dir "$TARGET_DIR" "${bin_args[@]}"
 $build_only && exit 0
 
 if [[ -z $work ]]; then

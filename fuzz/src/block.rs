@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvmini::devices::virtio::block::device::{
@@ -37,11 +38,11 @@ pub fn image_byte(offset: u64) -> u8 {
 }
 
 thread_local! {
-    static IMAGE: RefCell<Option<(TempFile, Vec<u8>)>> = const { RefCell::new(None) };
+    static IMAGE: RefCell<Option<(File, PathBuf, Vec<u8>)>> = const { RefCell::new(None) };
 }
 
 /// Where the image lives: a tmpfs if there is one, so flushes cost nothing.
-fn image_dir() -> std::path::PathBuf {
+fn image_dir() -> PathBuf {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         shm.into()
@@ -50,19 +51,23 @@ fn image_dir() -> std::path::PathBuf {
     }
 }
 
-/// Runs `f` with the path of this thread's image, reset to its pattern.
+/// Runs `f` with this thread's image, reset to its pattern, and a path the
+/// device can open it by. The file is unlinked at once (the path is its
+/// `/proc/self/fd` link), so nothing is left behind when libFuzzer exits.
 pub(crate) fn with_image<R>(f: impl FnOnce(&Path, &File, &[u8]) -> R) -> R {
     IMAGE.with(|img| {
         let mut img = img.borrow_mut();
-        let (tmp, pattern) = img.get_or_insert_with(|| {
-            let tmp = TempFile::new_with_prefix(image_dir().join("kvmini-fuzz-disk."))
+        let (file, path, pattern) = img.get_or_insert_with(|| {
+            let mut tmp = TempFile::new_with_prefix(image_dir().join("kvmini-fuzz-disk."))
                 .expect("cannot create the fuzz disk image");
-            (tmp, (0..IMAGE_LEN).map(image_byte).collect())
+            let file = tmp.as_file().try_clone().expect("dup the fuzz image");
+            tmp.remove().expect("unlink the fuzz image");
+            let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            (file, path, (0..IMAGE_LEN).map(image_byte).collect())
         });
-        let file = tmp.as_file();
         file.set_len(IMAGE_LEN).expect("resize the fuzz image");
         file.write_all_at(pattern, 0).expect("reset the fuzz image");
-        f(tmp.as_path(), file, pattern)
+        f(path, file, pattern)
     })
 }
 

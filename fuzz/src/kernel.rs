@@ -37,7 +37,6 @@ struct State {
     /// Scratch copies of guest memory.
     now: Vec<u8>,
     before: Vec<u8>,
-    _tmp: TempFile,
     file: File,
 }
 
@@ -98,16 +97,18 @@ pub fn run(data: &[u8]) {
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         let s = s.get_or_insert_with(|| {
-            let tmp = TempFile::new_with_prefix(std::env::temp_dir().join("kvmini-fuzz-kernel."))
-                .expect("cannot create the fuzz kernel file");
+            let mut tmp =
+                TempFile::new_with_prefix(std::env::temp_dir().join("kvmini-fuzz-kernel."))
+                    .expect("cannot create the fuzz kernel file");
             let file = tmp.as_file().try_clone().expect("dup the kernel file");
+            // Unlinked at once: nothing is left behind when libFuzzer exits.
+            tmp.remove().expect("unlink the kernel file");
             State {
                 mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
                     .expect("guest memory can be mapped"),
                 canary: (0..MEM_SIZE as u64).map(canary).collect(),
                 now: vec![0; MEM_SIZE],
                 before: vec![0; MEM_SIZE],
-                _tmp: tmp,
                 file,
             }
         });
