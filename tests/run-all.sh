@@ -40,7 +40,7 @@ cargo clippy --all-targets -- -D warnings
 step_done
 
 # 20,000 executions per target from the committed corpus, on the stable
-# toolchain: ~35 s once built; building the instrumented targets the first
+# toolchain: ~30 s once built; building the instrumented targets the first
 # time takes ~3 min more (docs/testing.md, "Fuzzing").
 step "fuzz targets (short fixed-count pass)"
 fuzz/run.sh
