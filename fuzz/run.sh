@@ -45,7 +45,7 @@ while (($#)); do
     --work) work=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --build-only) build_only=true; shift ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$(basename "$0")" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *)
         [[ -v MAX_LEN[$1] ]] || { echo "run.sh: unknown target '$1' (${ALL_TARGETS[*]})" >&2; exit 2; }
