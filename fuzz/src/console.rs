@@ -100,7 +100,7 @@ pub fn run_report(data: &[u8]) -> Report {
             .iter()
             .map(|(&h, c)| {
                 let stable = !c.readable().any(|r| changing.iter().any(|x| r.overlaps(x)));
-                let bytes = c.read_all(mem).filter(|b| stable && b.len() <= KEEP);
+                let bytes = c.read_all(mem, KEEP).filter(|_| stable);
                 (h, bytes)
             })
             .collect();

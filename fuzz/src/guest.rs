@@ -456,17 +456,19 @@ impl Chain {
     }
 
     /// The concatenated device-readable buffers, if the chain is readable
-    /// only and every buffer is in guest memory.
-    pub fn read_all(&self, mem: &GuestMemoryMmap) -> Option<Vec<u8>> {
+    /// only, every buffer is in guest memory and they add up to at most
+    /// `max` bytes (a looping chain can name gigabytes).
+    pub fn read_all(&self, mem: &GuestMemoryMmap, max: usize) -> Option<Vec<u8>> {
+        let total: u64 = self.descs.iter().map(|d| u64::from(d.len())).sum();
+        if total > max as u64 {
+            return None;
+        }
         let mut out = Vec::new();
         for d in &self.descs {
             if d.is_write_only() {
                 return None;
             }
             let len = d.len() as usize;
-            if len > (MEM_END as usize) {
-                return None;
-            }
             let at = out.len();
             out.resize(at + len, 0);
             mem.read_slice(&mut out[at..], d.addr()).ok()?;

@@ -173,7 +173,11 @@ pub fn run_report(data: &[u8]) -> Report {
         let tx = QueueInfo::new(mem, tx_spec, &txq);
         // What each transmit chain would send, and whether anything could
         // change those bytes first: receive buffers, rings.
-        let tx_frames: Vec<Vec<u8>> = tx.chains.values().filter_map(|c| c.read_all(mem)).collect();
+        let tx_frames: Vec<Vec<u8>> = tx
+            .chains
+            .values()
+            .filter_map(|c| c.read_all(mem, MAX_BUFFER_LEN))
+            .collect();
         let changing: Vec<Range> = rx
             .writable()
             .chain([
