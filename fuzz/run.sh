@@ -73,7 +73,9 @@ for t in "${targets[@]}"; do
     mkdir -p "$work/$t" "$art"
     dirs=("$work/$t" "corpus/$t")
     [[ -d regressions/$t ]] && dirs+=("regressions/$t")
-    log=$art/fuzz.log
+    # One log per run: two runs of the same target (a long one and a short
+    # one) must not write into each other's. Kept only when the run fails.
+    log=$art/fuzz.$$.log
     echo "[fuzz] $t: $runs executions from corpus/$t (log: fuzz/$log)" >&2
     start=$SECONDS
     rc=0
@@ -95,6 +97,7 @@ for t in "${targets[@]}"; do
         exit 1
     fi
     stats=$(grep -E '^#[0-9]+.*DONE' "$log" | tail -n 1 | sed 's/^#[0-9]* *DONE *//' || true)
+    rm -f "$log"
     summary+=("$(printf '%-8s %8s runs %5ss  %s' "$t" "$runs" "$secs" "$stats")")
 done
 echo "[fuzz] all targets clean:" >&2
