@@ -174,7 +174,7 @@ fn check(data: &[u8], s: &mut State) {
         None => panic!("loaded a kernel of no known kind"),
     }
     read_all(mem, &mut s.before);
-    configure_system(mem, 64, None, entry.setup_header).expect("configure_system");
+    configure_system(mem, 64, None, entry.setup_header, None).expect("configure_system");
     read_all(mem, &mut s.now);
     let zero_page = Range::new(ZERO_PAGE_START.0, size_of::<boot_params>() as u64);
     assert_changes_within(0, &s.before, &s.now, &[zero_page], "configure_system");
