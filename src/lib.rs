@@ -15,4 +15,6 @@ pub mod guest;
 pub mod kvm;
 pub mod logger;
 pub mod stop;
+#[cfg(test)]
+mod testutil;
 pub mod vmm;
