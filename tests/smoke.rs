@@ -4,10 +4,13 @@
 //! i8042 reset, a triple fault, an emulation failure, and bad input.
 //!
 //! These need `/dev/kvm`; without it they fail with a message saying so,
-//! because a test that cannot run must not pass.
+//! because a test that cannot run must not pass. Every kvmini run has a
+//! time limit: a hang fails its test instead of stalling `cargo test`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempfile::TempFile;
 
@@ -77,6 +80,51 @@ fn write_kernel(bytes: &[u8]) -> TempFile {
     f
 }
 
+/// Longest any kvmini run here may take: these guests run for milliseconds,
+/// so reaching it means kvmini hung (the test fails, naming the command).
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for `child` at most until `deadline`; kills it and panics past it.
+fn wait_limited(child: &mut Child, what: &str, deadline: Instant) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for kvmini") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {RUN_LIMIT:?}: killed (kvmini hung?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` (stdin /dev/null) to completion within RUN_LIMIT.
+fn output_limited(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_limited(&mut child, &what, Instant::now() + RUN_LIMIT);
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
     run_kernel_accel(kernel, "kvm-any", extra)
 }
@@ -84,13 +132,12 @@ fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
 /// `accel`: kvm-any, because these guests run on any /dev/kvm, hardware or
 /// software, unless a test is about `--accel` itself.
 fn run_kernel_accel(kernel: &Path, accel: &str, extra: &[&str]) -> Output {
-    let out = kvmini()
-        .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
-        .arg(kernel)
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cannot start kvmini");
+    let out = output_limited(
+        kvmini()
+            .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
+            .arg(kernel)
+            .args(extra),
+    );
     eprintln!(
         "kvmini exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
@@ -140,6 +187,130 @@ fn console_to_file() {
         std::fs::read_to_string(log.as_path()).unwrap(),
         "hello from a tiny guest\n"
     );
+}
+
+#[test]
+fn console_none_discards_the_output() {
+    require_kvm();
+    // The guest prints, then resets: exit 0 means it got past its output.
+    let k = write_kernel(&hello_guest());
+    let out = run_kernel(k.as_path(), &["--console", "none"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.is_empty(),
+        "--console none printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("hello from a tiny guest"),
+        "console output went to stderr"
+    );
+}
+
+/// A pseudo-terminal: (master, slave).
+fn open_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two file descriptors into the two ints, which
+    // outlive the call; the name, termios and winsize arguments may be null.
+    let ret = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "TEST NOT RUN: openpty failed: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: openpty succeeded, so both are open descriptors that nothing
+    // else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+/// The local-mode flags (ICANON, ECHO, ...) of a terminal.
+fn lflags(tty: &std::fs::File) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `tty` is an open terminal descriptor and `t` a valid termios.
+    let ret = unsafe { libc::tcgetattr(tty.as_raw_fd(), &mut t) };
+    assert_eq!(ret, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+    t.c_lflag
+}
+
+#[test]
+fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
+    require_kvm();
+    use std::io::Write;
+    // Prints, then halts with interrupts off: it never ends by itself.
+    let mut code = print(b"ready for ctrl-a x\n");
+    code.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; hlt; jmp to hlt
+    let k = write_kernel(&elf(&code));
+    // stdin is a terminal: the console is interactive, the escape active.
+    let (mut master, slave) = open_pty();
+    let before = lflags(&slave);
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(slave.try_clone().expect("cannot dup the pty"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let deadline = Instant::now() + RUN_LIMIT;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("ready for ctrl-a x") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(RUN_LIMIT).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the guest never printed its ready line");
+    }
+    // The guest runs, so the terminal is raw: type the escape.
+    assert_eq!(
+        lflags(&slave) & libc::ICANON,
+        0,
+        "terminal not raw while the VM runs"
+    );
+    master
+        .write_all(b"\x01x")
+        .expect("cannot type into the pty");
+    let status = wait_limited(&mut child, "kvmini with Ctrl-A x typed", deadline);
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err);
+    assert_eq!(status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("terminated from the console (Ctrl-A x)"),
+        "{err}"
+    );
+    assert_eq!(lflags(&slave), before, "terminal settings not restored");
 }
 
 #[test]
@@ -201,7 +372,7 @@ fn expect_error(args: &[&str], kernel: Option<&Path>, needle: &str) {
     if let Some(k) = kernel {
         cmd.arg("--kernel").arg(k);
     }
-    let out = cmd.output().expect("cannot start kvmini");
+    let out = output_limited(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
@@ -264,11 +435,11 @@ fn bad_input_is_rejected_cleanly() {
         Some(good.as_path()),
         "invalid --console",
     );
-    let tcg = kvmini()
-        .args(["run", "--accel", "tcg", "--kernel"])
-        .arg(good.as_path())
-        .output()
-        .unwrap();
+    let tcg = output_limited(
+        kvmini()
+            .args(["run", "--accel", "tcg", "--kernel"])
+            .arg(good.as_path()),
+    );
     assert_eq!(tcg.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&tcg.stderr).contains("invalid --accel 'tcg'"));
     let long = "x".repeat(4000);
