@@ -12,6 +12,14 @@
 //! first (the build scripts cache by content hash, so this is cheap after the
 //! first run). Anything that prevents a scenario from running FAILS its test.
 //!
+//! Retries (the nested rig's L1 sometimes freezes, docs/testing.md): a
+//! scenario runs once. It runs again, in a fresh L1, only if L1 froze while
+//! it was under way and no kvmini process was running then (run.sh tells,
+//! from L1's heartbeat): that freeze is the rig's own. A freeze while a
+//! kvmini process ran is a failed attempt of that scenario, and fails its
+//! test. Every attempt is kept, and a summary of the attempts per scenario
+//! is printed at the end of the batch.
+//!
 //! Environment knobs:
 //! - `KVMINI_E2E_MODE=rig|host`: force where scenarios run.
 //! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 90; the slowest scenario takes ~20 s in the rig).
@@ -26,19 +34,78 @@ use std::sync::OnceLock;
 
 const TAIL_LINES: usize = 40;
 
-/// Output of one scenario, as framed by `resources/rig/scenario-runner.sh`.
-#[derive(Debug, Default)]
+/// Output of one scenario in one rig run, as framed by
+/// `resources/rig/scenario-runner.sh`.
+#[derive(Debug, Default, Clone)]
 struct Scenario {
     lines: Vec<String>,
     rc: Option<i32>,
     timed_out: bool,
+    /// Its END marker came.
+    ended: bool,
 }
 
-/// Result of the one batch run of all scenarios.
-struct Batch {
+/// run.sh's `@@KVMINI-RIG-FROZE` line: L1 froze or broke and was stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Froze {
+    /// A kvmini process was (or may have been) running at the time.
+    kvmini_running: bool,
+    why: String,
+}
+
+/// One rig run's console, split up.
+#[derive(Debug, Default)]
+struct RigRun {
     scenarios: HashMap<String, Scenario>,
+    froze: Option<Froze>,
+}
+
+/// How one attempt of a scenario ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// It ended (END marker), or its runner timed it out: judged by its test.
+    Ran(Scenario),
+    /// L1 froze while it was under way and a kvmini process was running:
+    /// a failed attempt of kvmini.
+    FrozeDuringKvmini(Scenario, String),
+    /// L1 froze while it was under way and no kvmini process was running:
+    /// the rig's failure; the scenario runs again in a fresh L1.
+    FrozeWithoutKvmini(Scenario, String),
+}
+
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// Which rig run (1-based).
+    run: u32,
+    /// That run's console log.
+    log: PathBuf,
+    outcome: Outcome,
+}
+
+impl Attempt {
+    fn describe(&self) -> String {
+        match &self.outcome {
+            Outcome::Ran(s) if s.timed_out => format!("run {}: timed out", self.run),
+            Outcome::Ran(s) => match s.rc {
+                Some(rc) => format!("run {}: rc={rc}", self.run),
+                None => format!("run {}: no exit status", self.run),
+            },
+            Outcome::FrozeDuringKvmini(_, why) => {
+                format!("run {}: L1 froze while kvmini ran ({why})", self.run)
+            }
+            Outcome::FrozeWithoutKvmini(_, why) => {
+                format!("run {}: L1 froze, no kvmini running ({why})", self.run)
+            }
+        }
+    }
+}
+
+/// Result of the batch: every attempt of every scenario.
+struct Batch {
+    attempts: HashMap<String, Vec<Attempt>>,
     console: Vec<String>,
-    log_path: PathBuf,
+    /// Rig runs made, and what made the batch stop short, if anything.
+    runs: u32,
     /// What run.sh did with an L1 that stops its heartbeat (see
     /// `frozen_l1_check`).
     frozen_l1: Result<(), String>,
@@ -99,10 +166,12 @@ fn host_has_hw_virt() -> bool {
         .unwrap_or(false)
 }
 
-/// Split the console into scenarios by the `@@KVMINI-SCENARIO-*` markers.
-/// Markers are searched anywhere in a line: a kernel message may precede them.
-fn parse_console(console: &[String]) -> HashMap<String, Scenario> {
-    let mut map: HashMap<String, Scenario> = HashMap::new();
+/// Split the console into scenarios by the `@@KVMINI-SCENARIO-*` markers,
+/// and find run.sh's `@@KVMINI-RIG-FROZE` line. Markers are searched
+/// anywhere in a line: a kernel message may precede them.
+fn parse_console(console: &[String]) -> RigRun {
+    let mut run = RigRun::default();
+    let map = &mut run.scenarios;
     let mut current: Option<String> = None;
     for line in console {
         if let Some(i) = line.find("@@KVMINI-SCENARIO-BEGIN ") {
@@ -117,24 +186,81 @@ fn parse_console(console: &[String]) -> HashMap<String, Scenario> {
                 .and_then(|v| v.parse().ok());
             if let Some(s) = map.get_mut(&name) {
                 s.rc = rc;
+                s.ended = true;
             }
             current = None;
+        } else if let Some(i) = line.find("@@KVMINI-RIG-FROZE ") {
+            let rest = &line[i + 19..];
+            let (flag, why) = rest.split_once(' ').unwrap_or((rest, ""));
+            run.froze = Some(Froze {
+                // Anything but a clear "no" counts against kvmini.
+                kvmini_running: flag.trim() != "kvmini-running=no",
+                why: why.trim().to_string(),
+            });
         } else if let Some(name) = &current {
-            let s = map.get_mut(name).expect("current scenario exists");
-            if line.contains("@@KVMINI-SCENARIO-TIMEOUT ") {
-                s.timed_out = true;
+            if let Some(s) = map.get_mut(name) {
+                if line.contains("@@KVMINI-SCENARIO-TIMEOUT ") {
+                    s.timed_out = true;
+                }
+                s.lines.push(line.clone());
             }
-            s.lines.push(line.clone());
         }
     }
-    map
+    run
+}
+
+/// The attempts one rig run made: every scenario that began in it. One that
+/// began but never ended was under way when L1 froze; the freeze is blamed
+/// on kvmini unless run.sh says for certain that no kvmini process was
+/// running (or the runner had already timed the scenario out: a failure).
+fn attempts_of(run: RigRun, number: u32, log: &Path) -> Vec<(String, Attempt)> {
+    let froze = run.froze;
+    run.scenarios
+        .into_iter()
+        .map(|(name, s)| {
+            let outcome = if s.ended || s.timed_out {
+                Outcome::Ran(s)
+            } else {
+                match &froze {
+                    Some(f) if !f.kvmini_running => Outcome::FrozeWithoutKvmini(s, f.why.clone()),
+                    Some(f) => Outcome::FrozeDuringKvmini(s, f.why.clone()),
+                    None => Outcome::FrozeDuringKvmini(
+                        s,
+                        "the rig run ended with this scenario unfinished".into(),
+                    ),
+                }
+            };
+            let attempt = Attempt {
+                run: number,
+                log: log.to_path_buf(),
+                outcome,
+            };
+            (name, attempt)
+        })
+        .collect()
+}
+
+/// The scenarios that need (another) rig run: those never begun, and those
+/// whose every attempt so far was cut short by a freeze of the rig's own.
+fn to_run(names: &[String], attempts: &HashMap<String, Vec<Attempt>>) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            attempts.get(*n).map_or(true, |a| {
+                a.iter()
+                    .all(|a| matches!(a.outcome, Outcome::FrozeWithoutKvmini(..)))
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// run.sh's exit code when the rig itself broke (EX_TEMPFAIL).
 const RIG_BROKE: i32 = 75;
 
 /// How many times at most the rig is booted for one batch: the first run of
-/// every scenario plus reruns in fresh L1s after failures or rig breakage.
+/// every scenario, then fresh L1s for the scenarios that never began or
+/// were cut short by a freeze of the rig's own (no kvmini running).
 const MAX_RIG_RUNS: u32 = 5;
 
 /// Writes a message straight to stderr, past the test harness's output
@@ -157,7 +283,8 @@ fn copy_command(base: &Command) -> Command {
 
 /// One run of resources/rig/run.sh over the scenarios in `dir`; returns the
 /// console lines and where they were saved. A broken rig (exit 75) is not
-/// an error here: its unfinished scenarios are simply missing.
+/// an error here: its console ends with run.sh's `@@KVMINI-RIG-FROZE` line,
+/// which says whether a kvmini process was running.
 fn run_rig(base: &Command, dir: &Path, attempt: u32) -> Result<(Vec<String>, PathBuf), String> {
     let mut cmd = copy_command(base);
     cmd.arg("--scenarios")
@@ -180,8 +307,14 @@ fn run_rig(base: &Command, dir: &Path, attempt: u32) -> Result<(Vec<String>, Pat
     let _ = std::fs::write(&log_path, console.join("\n"));
     eprintln!("e2e: full console log in {}", log_path.display());
     if out.status.code() == Some(RIG_BROKE) {
+        let froze = parse_console(&console).froze;
         warn(&format!(
-            "the nested rig broke (L1 livelocked; not a kvmini result); console in {}",
+            "the nested rig's L1 froze or broke ({}); console in {}",
+            froze.map_or("run.sh did not say why".into(), |f| format!(
+                "{}; a kvmini process was {}running",
+                f.why,
+                if f.kvmini_running { "" } else { "not " }
+            )),
             log_path.display()
         ));
     } else if !out.status.success() {
@@ -243,78 +376,101 @@ fn run_batch() -> Result<Batch, String> {
         .env("GUEST_BZIMAGE", Path::new(&kernel_dir).join("bzImage"))
         .env("GUEST_INITRD", &initrd)
         .env("GUEST_EXT4", &ext4)
-        .env("GUEST_BENCH_INITRD", &bench_initrd);
+        .env("GUEST_BENCH_INITRD", &bench_initrd)
+        // L1 records every kvmini start, so a freeze can be told apart.
+        .arg("--track-kvmini");
     // Before the scenarios, and on their own (two L1s at once would slow
-    // both on small hosts): the rig's freeze detection, which the reruns
-    // below rely on. It needs no hardware, so it runs in host mode too.
-    let frozen_l1 = frozen_l1_check(&base);
+    // both on small hosts): the rig's freeze detection and its verdict on
+    // whether kvmini was running, which the reruns below rely on. It needs
+    // no hardware, so it runs in host mode too.
+    let frozen_l1 = frozen_l1_check(&base, "tests/rig-frozen", false)
+        .and_then(|()| frozen_l1_check(&base, "tests/rig-frozen-kvmini", true));
     if host {
         base.arg("--host");
     }
     let all = repo_root().join("tests/scenarios");
-    let (mut console, log_path) = run_rig(&base, &all, 1)?;
-    let mut scenarios = parse_console(&console);
-
-    // The nested rig is not fully stable (docs/testing.md: L1 livelocks under
-    // TCG). A scenario that failed runs once more in a fresh L1 (its second
-    // result is the one judged, so failing twice fails its test); a scenario
-    // that never finished because L1 froze runs again, in a fresh L1, up to
-    // MAX_RIG_RUNS runs in all. Every rerun is announced on stderr.
     let names = scenario_names(&all)?;
-    let mut failed_once: Vec<String> = Vec::new();
-    for attempt in 2..=MAX_RIG_RUNS {
-        let mut again: Vec<String> = Vec::new();
-        for n in &names {
-            match scenarios.get(n).map(|s| (s.rc, s.timed_out)) {
-                Some((Some(0), false)) => {}
-                // Finished (or timed out) with a failure: one more chance.
-                Some((Some(_), _)) | Some((None, true)) => {
-                    if !failed_once.contains(n) {
-                        failed_once.push(n.clone());
-                        again.push(n.clone());
-                    }
-                }
-                // Never started or never finished: the rig broke first.
-                _ => again.push(n.clone()),
-            }
-        }
-        if again.is_empty() {
+    let mut attempts: HashMap<String, Vec<Attempt>> = HashMap::new();
+    let mut console = Vec::new();
+    let mut runs = 0;
+    // The nested rig is not fully stable (docs/testing.md: L1 livelocks under
+    // TCG). A fresh L1 runs what never began and what a freeze of the rig's
+    // own (no kvmini running) cut short; nothing else is ever run twice.
+    for run in 1..=MAX_RIG_RUNS {
+        let todo = to_run(&names, &attempts);
+        if todo.is_empty() {
             break;
         }
-        warn(&format!(
-            "scenarios {again:?} did not pass or did not finish (console in {}); running them in a fresh L1 (rig run {attempt} of at most {MAX_RIG_RUNS})",
-            log_path.display()
-        ));
-        let dir = std::env::temp_dir().join(format!("kvmini-e2e-again-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        for n in &again {
-            std::fs::copy(all.join(format!("{n}.sh")), dir.join(format!("{n}.sh")))
-                .map_err(|e| format!("cannot copy scenario {n}: {e}"))?;
+        let dir = if run == 1 {
+            all.clone()
+        } else {
+            warn(&format!(
+                "scenarios {todo:?} never began or were cut short by a freeze of the rig \
+                 with no kvmini running; running them in a fresh L1 (rig run {run} of at most \
+                 {MAX_RIG_RUNS})"
+            ));
+            let dir = std::env::temp_dir().join(format!("kvmini-e2e-again-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            for n in &todo {
+                std::fs::copy(all.join(format!("{n}.sh")), dir.join(format!("{n}.sh")))
+                    .map_err(|e| format!("cannot copy scenario {n}: {e}"))?;
+            }
+            dir
+        };
+        let (more, log) = run_rig(&base, &dir, run)?;
+        if run > 1 {
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        let (more, _) = run_rig(&base, &dir, attempt)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        scenarios.extend(parse_console(&more));
+        runs = run;
+        for (name, attempt) in attempts_of(parse_console(&more), run, &log) {
+            attempts.entry(name).or_default().push(attempt);
+        }
         console.extend(more);
     }
+    print_summary(&names, &attempts, runs);
     Ok(Batch {
-        scenarios,
+        attempts,
         console,
-        log_path,
+        runs,
         frozen_l1,
     })
 }
 
-/// Runs tests/rig-frozen (a scenario that stops L1's heartbeat and goes
-/// silent for 15 minutes) and checks that run.sh stops that L1 as broken
-/// (exit 75, naming the missing heartbeat) well before the scenario ends.
-fn frozen_l1_check(base: &Command) -> Result<(), String> {
+/// How many attempts each scenario took and how each ended, on stderr past
+/// the harness's capture (it matters most when the tests pass).
+fn print_summary(names: &[String], attempts: &HashMap<String, Vec<Attempt>>, runs: u32) {
+    let mut text = format!("e2e: attempts per scenario ({runs} rig run(s)):\n");
+    for n in names {
+        let a = attempts.get(n).map_or(&[][..], Vec::as_slice);
+        let what: Vec<String> = a.iter().map(Attempt::describe).collect();
+        text += &format!(
+            "  {n:<22} {} attempt(s): {}\n",
+            a.len(),
+            if what.is_empty() {
+                "never began".to_string()
+            } else {
+                what.join("; ")
+            }
+        );
+    }
+    let _ = write!(std::io::stderr(), "{text}");
+}
+
+/// Runs the rig self-test in `dir` (a scenario that stops L1's heartbeat
+/// and goes silent for 15 minutes; in tests/rig-frozen-kvmini with a kvmini
+/// running) and checks that run.sh stops that L1 as broken (exit 75, naming
+/// the missing heartbeat) well before the scenario ends, and says whether a
+/// kvmini process was running as `kvmini_running` expects.
+fn frozen_l1_check(base: &Command, dir: &str, kvmini_running: bool) -> Result<(), String> {
     let mut cmd = copy_command(base);
     cmd.args(["--timeout", "1200", "--scenarios"])
-        .arg(repo_root().join("tests/rig-frozen"))
+        .arg(repo_root().join(dir))
+        // Shorter than the scenarios' 60 s: nothing heavy runs in L1 here.
+        .env("KVMINI_RIG_STALL", "30")
         .stdin(Stdio::null());
-    eprintln!("e2e: checking that the rig stops an L1 whose heartbeat stops (~2 min)");
+    eprintln!("e2e: checking that the rig stops an L1 whose heartbeat stops ({dir}, ~1 min)");
     let started = std::time::Instant::now();
     let out = cmd
         .output()
@@ -328,7 +484,7 @@ fn frozen_l1_check(base: &Command) -> Result<(), String> {
     };
     let report = || {
         format!(
-            "run.sh exited {} after {secs} s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "{dir}: run.sh exited {} after {secs} s\n--- stdout ---\n{}\n--- stderr ---\n{}",
             out.status,
             last(&stdout),
             last(&stderr)
@@ -342,6 +498,17 @@ fn frozen_l1_check(base: &Command) -> Result<(), String> {
             "expected exit {RIG_BROKE} and \"no heartbeat from L1\": {}",
             report()
         ));
+    }
+    let console: Vec<String> = stdout.lines().map(str::to_string).collect();
+    match parse_console(&console).froze {
+        Some(f) if f.kvmini_running == kvmini_running => {}
+        other => {
+            return Err(format!(
+                "expected @@KVMINI-RIG-FROZE kvmini-running={}, got {other:?}: {}",
+                if kvmini_running { "yes" } else { "no" },
+                report()
+            ))
+        }
     }
     if secs > 600 {
         return Err(format!("run.sh took too long to notice: {}", report()));
@@ -366,13 +533,18 @@ struct Check<'a> {
     name: &'a str,
     s: &'a Scenario,
     log: &'a Path,
+    /// How many attempts it took (more than one only after freezes of the
+    /// rig's own), for the failure message.
+    attempts: &'a [Attempt],
 }
 
 impl Check<'_> {
     fn fail(&self, what: &str) -> ! {
+        let history: Vec<String> = self.attempts.iter().map(Attempt::describe).collect();
         panic!(
-            "scenario {}: {what}\n---- last {TAIL_LINES} lines of its output (full log: {}) ----\n{}",
+            "scenario {}: {what}\nattempts: {}\n---- last {TAIL_LINES} lines of its output (full log: {}) ----\n{}",
             self.name,
+            history.join("; "),
             self.log.display(),
             tail(&self.s.lines, TAIL_LINES)
         );
@@ -412,14 +584,62 @@ impl Check<'_> {
     }
 }
 
+/// The result of scenario `name` for its test to judge. Fails at once if
+/// any attempt froze L1 while kvmini ran (a failed attempt of kvmini,
+/// whatever another attempt did), or if it never got a result.
 fn scenario(name: &'static str) -> Check<'static> {
     let b = batch();
-    match b.scenarios.get(name) {
-        Some(s) => Check { name, s, log: &b.log_path },
-        None => panic!(
-            "scenario {name} did not run (tests/scenarios/{name}.sh missing?); last console lines:\n{}",
+    let attempts = b.attempts.get(name).map_or(&[][..], Vec::as_slice);
+    let history = || {
+        let d: Vec<String> = attempts.iter().map(Attempt::describe).collect();
+        d.join("; ")
+    };
+    if attempts.is_empty() {
+        panic!(
+            "scenario {name} never began in {} rig run(s) (tests/scenarios/{name}.sh missing, \
+             or the rig froze before it every time); last console lines:\n{}",
+            b.runs,
             tail(&b.console, TAIL_LINES)
-        ),
+        );
+    }
+    for a in attempts {
+        if let Outcome::FrozeDuringKvmini(s, why) = &a.outcome {
+            panic!(
+                "scenario {name}: L1 froze while a kvmini process was running ({why}); this \
+                 counts as a failed attempt of kvmini, not as the rig's failure\nattempts: {}\n\
+                 ---- last {TAIL_LINES} lines of its output (full log: {}) ----\n{}",
+                history(),
+                a.log.display(),
+                tail(&s.lines, TAIL_LINES)
+            );
+        }
+    }
+    match attempts.iter().find_map(|a| match &a.outcome {
+        Outcome::Ran(s) => Some((s, a)),
+        _ => None,
+    }) {
+        Some((s, a)) => Check {
+            name,
+            s,
+            log: &a.log,
+            attempts,
+        },
+        None => {
+            // Not empty (checked above).
+            let a = &attempts[attempts.len() - 1];
+            let s = match &a.outcome {
+                Outcome::Ran(s) | Outcome::FrozeDuringKvmini(s, _) => s,
+                Outcome::FrozeWithoutKvmini(s, _) => s,
+            };
+            let (lines, log) = (tail(&s.lines, TAIL_LINES), &a.log);
+            panic!(
+                "scenario {name} NOT RUN: every attempt was cut short by a freeze of the rig \
+                 with no kvmini running ({MAX_RIG_RUNS} rig runs at most)\nattempts: {}\n\
+                 ---- last {TAIL_LINES} lines of its last attempt (full log: {}) ----\n{lines}",
+                history(),
+                log.display()
+            )
+        }
     }
 }
 
@@ -516,11 +736,82 @@ fn rig_parser_splits_scenarios() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let m = parse_console(&console);
+    let run = parse_console(&console);
+    let m = &run.scenarios;
     assert_eq!(m["a"].rc, Some(3));
+    assert!(m["a"].ended);
     assert_eq!(m["a"].lines, vec!["hello".to_string()]);
     assert!(m["b"].timed_out);
     assert_eq!(m["b"].rc, Some(137));
+    assert_eq!(run.froze, None);
+}
+
+fn lines(text: &[&str]) -> Vec<String> {
+    text.iter().map(|s| s.to_string()).collect()
+}
+
+/// The retry policy, on made-up consoles: only a freeze with no kvmini
+/// running earns another run; a freeze while kvmini ran is a failed
+/// attempt; a finished attempt is never rerun, failed or not.
+#[test]
+fn retry_policy_reruns_only_freezes_of_the_rig() {
+    let names = lines(&["done_ok", "done_failed", "cut", "never"]);
+    let froze = |running: &str| {
+        lines(&[
+            "@@KVMINI-SCENARIO-BEGIN done_ok",
+            "@@KVMINI-SCENARIO-END done_ok rc=0 secs=1",
+            "@@KVMINI-SCENARIO-BEGIN done_failed",
+            "@@KVMINI-SCENARIO-END done_failed rc=1 secs=1",
+            "@@KVMINI-SCENARIO-BEGIN cut",
+            "half a line",
+            &format!("@@KVMINI-RIG-FROZE kvmini-running={running} no heartbeat from L1 for 60s"),
+        ])
+    };
+    let log = Path::new("/dev/null");
+    let collect = |console: &[String]| {
+        let mut m: HashMap<String, Vec<Attempt>> = HashMap::new();
+        for (n, a) in attempts_of(parse_console(console), 1, log) {
+            m.entry(n).or_default().push(a);
+        }
+        m
+    };
+
+    // No kvmini running: the rig's freeze; "cut" runs again, "never" for
+    // the first time, the finished ones (failed or not) never again.
+    let m = collect(&froze("no"));
+    assert!(matches!(
+        m["cut"][0].outcome,
+        Outcome::FrozeWithoutKvmini(..)
+    ));
+    assert_eq!(to_run(&names, &m), lines(&["cut", "never"]));
+
+    // kvmini running: a failed attempt of "cut", which is not run again.
+    let m = collect(&froze("yes"));
+    assert!(matches!(
+        m["cut"][0].outcome,
+        Outcome::FrozeDuringKvmini(..)
+    ));
+    assert_eq!(to_run(&names, &m), lines(&["never"]));
+
+    // run.sh said nothing clear: blamed on kvmini.
+    let mut console = froze("no");
+    console.pop();
+    console.push("@@KVMINI-RIG-FROZE something else".into());
+    let m = collect(&console);
+    assert!(matches!(
+        m["cut"][0].outcome,
+        Outcome::FrozeDuringKvmini(..)
+    ));
+
+    // A scenario the runner timed out is judged (and fails), not rerun,
+    // even if L1 broke afterwards with no kvmini left.
+    let m = collect(&lines(&[
+        "@@KVMINI-SCENARIO-BEGIN cut",
+        "@@KVMINI-SCENARIO-TIMEOUT cut after 90s",
+        "@@KVMINI-RIG-FROZE kvmini-running=no a scenario's processes survived SIGKILL in L1",
+    ]));
+    assert!(matches!(&m["cut"][0].outcome, Outcome::Ran(s) if s.timed_out));
+    assert!(!to_run(&names, &m).contains(&"cut".to_string()));
 }
 
 /// The reruns after a frozen L1 depend on run.sh noticing the freeze.
