@@ -215,8 +215,9 @@ pub enum EmulatedError {
     SpawnQemu(io::Error),
     /// L1's /init could not run kvmini; its reason.
     L1Setup(String),
-    /// L1 stopped its heartbeat (livelocked) and was stopped.
-    L1Froze(Duration),
+    /// L1 stopped its heartbeat (livelocked) and was stopped; what it was
+    /// doing last (the inner kvmini running, or L1's own set-up before it).
+    L1Froze(Duration, Option<String>),
     /// L1 ended without reporting kvmini's exit status.
     L1Died {
         last_step: Option<String>,
@@ -280,13 +281,14 @@ impl fmt::Display for EmulatedError {
                  Debian's qemu-system-x86"
             ),
             Self::L1Setup(why) => write!(f, "the emulated machine could not run the VM: {why}"),
-            Self::L1Froze(stall) => write!(
+            Self::L1Froze(stall, last_step) => write!(
                 f,
-                "the emulated machine stopped responding (no heartbeat for {} s) and was \
-                 stopped: nested KVM under QEMU's software CPU sometimes freezes; this is \
-                 not the guest's doing. Run the command again (disks keep what the guest \
-                 flushed before the freeze; --share files were not copied back)",
-                stall.as_secs()
+                "the emulated machine stopped responding (no heartbeat for {} s; last step: \
+                 {}) and was stopped: nested KVM under QEMU's software CPU sometimes \
+                 freezes. Run the command again (disks keep what the guest flushed before \
+                 the freeze; --share files were not copied back)",
+                stall.as_secs(),
+                last_step.as_deref().unwrap_or("booting its kernel")
             ),
             Self::L1Died {
                 last_step,
@@ -641,7 +643,7 @@ fn run_inner(
         return Ok((code, None));
     }
     if ended == Ended::Froze {
-        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL));
+        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL, report.last_step));
     }
     if ended == Ended::TimedOut {
         eprintln!(
