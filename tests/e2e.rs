@@ -25,6 +25,9 @@
 //! - `KVMINI_E2E_TIMEOUT=SECS`: per-scenario timeout (default 90; the slowest scenario takes ~20 s in the rig).
 //! - `KVMINI_E2E_KVMINI=PATH`: use this static kvmini instead of building one.
 //! - `KVMINI_E2E_RIG_SMP=N`: vCPUs of the rig's L1 (default 1, see below).
+//! - `KVMINI_E2E_ONLY=a,b`: run only these scenarios, and not the rig's
+//!   self-test (for a quick check by hand): every other test fails as not
+//!   run.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -383,13 +386,25 @@ fn run_batch() -> Result<Batch, String> {
     // both on small hosts): the rig's freeze detection and its verdict on
     // whether kvmini was running, which the reruns below rely on. It needs
     // no hardware, so it runs in host mode too.
-    let frozen_l1 = frozen_l1_check(&base, "tests/rig-frozen", false)
-        .and_then(|()| frozen_l1_check(&base, "tests/rig-frozen-kvmini", true));
+    let only: Option<Vec<String>> = std::env::var("KVMINI_E2E_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|n| n.trim().to_string()).collect());
+    let frozen_l1 = match &only {
+        Some(_) => Err("NOT RUN: KVMINI_E2E_ONLY is set".to_string()),
+        None => frozen_l1_check(&base, "tests/rig-frozen", false)
+            .and_then(|()| frozen_l1_check(&base, "tests/rig-frozen-kvmini", true)),
+    };
     if host {
         base.arg("--host");
     }
     let all = repo_root().join("tests/scenarios");
-    let names = scenario_names(&all)?;
+    let mut names = scenario_names(&all)?;
+    if let Some(only) = &only {
+        if let Some(n) = only.iter().find(|n| !names.contains(n)) {
+            return Err(format!("KVMINI_E2E_ONLY names no scenario {n:?}"));
+        }
+        names.retain(|n| only.contains(n));
+    }
     let mut attempts: HashMap<String, Vec<Attempt>> = HashMap::new();
     let mut console = Vec::new();
     let mut runs = 0;
@@ -401,15 +416,17 @@ fn run_batch() -> Result<Batch, String> {
         if todo.is_empty() {
             break;
         }
-        let dir = if run == 1 {
+        let dir = if run == 1 && only.is_none() {
             all.clone()
         } else {
-            warn(&format!(
-                "scenarios {todo:?} never began or were cut short by a freeze of the rig \
-                 with no kvmini running; running them in a fresh L1 (rig run {run} of at most \
-                 {MAX_RIG_RUNS})"
-            ));
-            let dir = std::env::temp_dir().join(format!("kvmini-e2e-again-{}", std::process::id()));
+            if run > 1 {
+                warn(&format!(
+                    "scenarios {todo:?} never began or were cut short by a freeze of the \
+                     rig with no kvmini running; running them in a fresh L1 (rig run {run} of \
+                     at most {MAX_RIG_RUNS})"
+                ));
+            }
+            let dir = std::env::temp_dir().join(format!("kvmini-e2e-run-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -420,7 +437,7 @@ fn run_batch() -> Result<Batch, String> {
             dir
         };
         let (more, log) = run_rig(&base, &dir, run)?;
-        if run > 1 {
+        if dir != all {
             let _ = std::fs::remove_dir_all(&dir);
         }
         runs = run;
@@ -605,7 +622,8 @@ fn scenario(name: &'static str) -> Check<'static> {
     if attempts.is_empty() {
         panic!(
             "scenario {name} never began in {} rig run(s) (tests/scenarios/{name}.sh missing, \
-             or the rig froze before it every time); last console lines:\n{}",
+             left out by KVMINI_E2E_ONLY, or the rig froze before it every time); last \
+             console lines:\n{}",
             b.runs,
             tail(&b.console, TAIL_LINES)
         );

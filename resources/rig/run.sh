@@ -146,11 +146,13 @@ install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 if ((track)); then
     # The scenarios' $KVMINI says on the heartbeat port that it starts, then
-    # becomes the real binary (same process: nothing else changes for the
-    # scenario). L1's heartbeat counts running kvmini.bin processes.
-    cp "$kvmini" "$root/opt/kvmini/kvmini.bin"
+    # becomes the real binary: the same process, and still called kvmini
+    # (kvmini bench finds its VMs by that name), in a directory of its own.
+    # L1's heartbeat counts the running kvmini processes.
+    mkdir -p "$root/opt/kvmini/bin"
+    cp "$kvmini" "$root/opt/kvmini/bin/kvmini"
     printf '%s\n' '#!/bin/sh' 'echo kvmini-start >/dev/ttyS1' \
-        'exec /opt/kvmini/kvmini.bin "$@"' >"$root/opt/kvmini/kvmini"
+        'exec /opt/kvmini/bin/kvmini "$@"' >"$root/opt/kvmini/kvmini"
     chmod 0755 "$root/opt/kvmini/kvmini"
 else
     cp "$kvmini" "$root/opt/kvmini/kvmini"
