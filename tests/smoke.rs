@@ -162,26 +162,17 @@ fn console_none_discards_the_output() {
     );
 }
 
-#[test]
-fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
-    require_kvm();
-    use std::io::Write;
-    // Prints, then halts with interrupts off: it never ends by itself.
-    let mut code = print(b"ready for ctrl-a x\n");
-    code.extend_from_slice(&HALT);
-    let k = write_kernel(&elf(&code));
-    // stdin is a terminal: the console is interactive, the escape active.
-    let (mut master, slave) = open_pty();
-    let before = lflags(&slave);
+/// Starts a guest that prints `ready` and then halts forever; returns once
+/// it has printed (or panics after RUN_LIMIT).
+fn start_halting_guest(kernel: &Path, stdin: Stdio) -> Child {
     let mut child = kvmini()
         .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
-        .arg(k.as_path())
-        .stdin(slave.try_clone().expect("cannot dup the pty"))
+        .arg(kernel)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start kvmini");
-    let deadline = Instant::now() + RUN_LIMIT;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -192,7 +183,7 @@ fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("ready for ctrl-a x") {
+            if String::from_utf8_lossy(&seen).contains("ready") {
                 let _ = tx.send(());
             }
         }
@@ -202,6 +193,55 @@ fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
         let _ = child.wait();
         panic!("the guest never printed its ready line");
     }
+    child
+}
+
+fn halting_guest() -> Vec<u8> {
+    let mut code = print(b"ready\n");
+    code.extend_from_slice(&HALT);
+    elf(&code)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_with_128_plus_n() {
+    require_kvm();
+    // README: 128+N for host signal N, SIGTERM and SIGINT stopping the VM
+    // cleanly (an exit status, not death by the signal).
+    let k = write_kernel(&halting_guest());
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut child = start_halting_guest(k.as_path(), Stdio::null());
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let ret = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(ret, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = wait_limited(
+            &mut child,
+            "kvmini after a signal",
+            Instant::now() + RUN_LIMIT,
+        );
+        let mut err = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("piped stderr")
+            .read_to_string(&mut err);
+        assert_eq!(status.code(), Some(code), "signal {sig}: {status}; {err}");
+        assert!(
+            err.contains(&format!("terminated by signal {sig}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
+    require_kvm();
+    use std::io::Write;
+    let k = write_kernel(&halting_guest());
+    // stdin is a terminal: the console is interactive, the escape active.
+    let (mut master, slave) = open_pty();
+    let before = lflags(&slave);
+    let stdin = Stdio::from(slave.try_clone().expect("cannot dup the pty"));
+    let mut child = start_halting_guest(k.as_path(), stdin);
     // The guest runs, so the terminal is raw: type the escape.
     assert_eq!(
         lflags(&slave) & libc::ICANON,
@@ -211,7 +251,11 @@ fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
     master
         .write_all(b"\x01x")
         .expect("cannot type into the pty");
-    let status = wait_limited(&mut child, "kvmini with Ctrl-A x typed", deadline);
+    let status = wait_limited(
+        &mut child,
+        "kvmini with Ctrl-A x typed",
+        Instant::now() + RUN_LIMIT,
+    );
     let mut err = String::new();
     let _ = child
         .stderr
