@@ -23,7 +23,10 @@ on_exit '((EXIT_STATUS == 0)) || echo "==> FAILED during: $step_name (exit statu
 
 step "host packages"
 # Kernel build dependencies are installed by resources/kernel/build.sh itself.
-apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs
+# fonts-dejavu-core: the bench chart's text (its unit test fails without it;
+# apt_install uses --no-install-recommends, so nothing else pulls it in).
+apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs \
+    fonts-dejavu-core
 command -v cargo >/dev/null ||
     die "cargo not found: install Rust (https://rustup.rs) with the rustfmt and clippy components"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"

@@ -4,60 +4,18 @@
 //! i8042 reset, a triple fault, an emulation failure, and bad input.
 //!
 //! These need `/dev/kvm`; without it they fail with a message saying so,
-//! because a test that cannot run must not pass.
+//! because a test that cannot run must not pass. Every kvmini run has a
+//! time limit: a hang fails its test instead of stalling `cargo test`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempfile::TempFile;
 
-/// Guest physical address the test kernels load at (1 MiB, where Linux goes).
-const LOAD_ADDR: u64 = 0x10_0000;
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-
-/// Wraps 64-bit code in a minimal ELF64 executable loaded at `LOAD_ADDR`.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let code_off = (EHDR_SIZE + PHDR_SIZE) as u64;
-    let total = code_off + code.len() as u64;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00"); // 64-bit, little endian, v1
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&(LOAD_ADDR + code_off).to_le_bytes()); // e_entry
-    f.extend_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    f.extend_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-    f.extend_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    f.extend_from_slice(&[0; 6]); // no section headers
-    assert_eq!(f.len(), EHDR_SIZE);
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-    f.extend_from_slice(&0u64.to_le_bytes()); // p_offset
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&total.to_le_bytes()); // p_filesz
-    f.extend_from_slice(&total.to_le_bytes()); // p_memsz
-    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    f.extend_from_slice(code);
-    f
-}
-
-/// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for every byte of `text`.
-fn print(text: &[u8]) -> Vec<u8> {
-    let mut code = vec![0x66, 0xba, 0xf8, 0x03];
-    for &c in text {
-        code.extend_from_slice(&[0xb0, c, 0xee]);
-    }
-    code
-}
-
-/// `mov al, 0xfe; out 0x64, al` (i8042 CPU reset), then `hlt` in a loop.
-const RESET: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+mod common;
+use common::{elf, lflags, open_pty, print, HALT, RESET};
 
 fn require_kvm() {
     assert!(
@@ -77,6 +35,51 @@ fn write_kernel(bytes: &[u8]) -> TempFile {
     f
 }
 
+/// Longest any kvmini run here may take: these guests run for milliseconds,
+/// so reaching it means kvmini hung (the test fails, naming the command).
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for `child` at most until `deadline`; kills it and panics past it.
+fn wait_limited(child: &mut Child, what: &str, deadline: Instant) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for kvmini") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {RUN_LIMIT:?}: killed (kvmini hung?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` (stdin /dev/null) to completion within RUN_LIMIT.
+fn output_limited(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_limited(&mut child, &what, Instant::now() + RUN_LIMIT);
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
     run_kernel_accel(kernel, "kvm-any", extra)
 }
@@ -84,13 +87,12 @@ fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
 /// `accel`: kvm-any, because these guests run on any /dev/kvm, hardware or
 /// software, unless a test is about `--accel` itself.
 fn run_kernel_accel(kernel: &Path, accel: &str, extra: &[&str]) -> Output {
-    let out = kvmini()
-        .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
-        .arg(kernel)
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cannot start kvmini");
+    let out = output_limited(
+        kvmini()
+            .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
+            .arg(kernel)
+            .args(extra),
+    );
     eprintln!(
         "kvmini exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
@@ -140,6 +142,132 @@ fn console_to_file() {
         std::fs::read_to_string(log.as_path()).unwrap(),
         "hello from a tiny guest\n"
     );
+}
+
+#[test]
+fn console_none_discards_the_output() {
+    require_kvm();
+    // The guest prints, then resets: exit 0 means it got past its output.
+    let k = write_kernel(&hello_guest());
+    let out = run_kernel(k.as_path(), &["--console", "none"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.is_empty(),
+        "--console none printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("hello from a tiny guest"),
+        "console output went to stderr"
+    );
+}
+
+/// Starts a guest that prints `ready` and then halts forever; returns once
+/// it has printed (or panics after RUN_LIMIT).
+fn start_halting_guest(kernel: &Path, stdin: Stdio) -> Child {
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(kernel)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(RUN_LIMIT).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the guest never printed its ready line");
+    }
+    child
+}
+
+fn halting_guest() -> Vec<u8> {
+    let mut code = print(b"ready\n");
+    code.extend_from_slice(&HALT);
+    elf(&code)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_with_128_plus_n() {
+    require_kvm();
+    // README: 128+N for host signal N, SIGTERM and SIGINT stopping the VM
+    // cleanly (an exit status, not death by the signal).
+    let k = write_kernel(&halting_guest());
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut child = start_halting_guest(k.as_path(), Stdio::null());
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let ret = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(ret, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = wait_limited(
+            &mut child,
+            "kvmini after a signal",
+            Instant::now() + RUN_LIMIT,
+        );
+        let mut err = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("piped stderr")
+            .read_to_string(&mut err);
+        assert_eq!(status.code(), Some(code), "signal {sig}: {status}; {err}");
+        assert!(
+            err.contains(&format!("terminated by signal {sig}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
+    require_kvm();
+    use std::io::Write;
+    let k = write_kernel(&halting_guest());
+    // stdin is a terminal: the console is interactive, the escape active.
+    let (mut master, slave) = open_pty();
+    let before = lflags(&slave);
+    let stdin = Stdio::from(slave.try_clone().expect("cannot dup the pty"));
+    let mut child = start_halting_guest(k.as_path(), stdin);
+    // The guest runs, so the terminal is raw: type the escape.
+    assert_eq!(
+        lflags(&slave) & libc::ICANON,
+        0,
+        "terminal not raw while the VM runs"
+    );
+    master
+        .write_all(b"\x01x")
+        .expect("cannot type into the pty");
+    let status = wait_limited(
+        &mut child,
+        "kvmini with Ctrl-A x typed",
+        Instant::now() + RUN_LIMIT,
+    );
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err);
+    assert_eq!(status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("terminated from the console (Ctrl-A x)"),
+        "{err}"
+    );
+    assert_eq!(lflags(&slave), before, "terminal settings not restored");
 }
 
 #[test]
@@ -203,7 +331,7 @@ fn expect_error(args: &[&str], kernel: Option<&Path>, code: i32, needle: &str) {
     if let Some(k) = kernel {
         cmd.arg("--kernel").arg(k);
     }
-    let out = cmd.output().expect("cannot start kvmini");
+    let out = output_limited(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
@@ -271,11 +399,11 @@ fn bad_input_is_rejected_cleanly() {
         2,
         "invalid --console",
     );
-    let tcg = kvmini()
-        .args(["run", "--accel", "tcg", "--kernel"])
-        .arg(good.as_path())
-        .output()
-        .unwrap();
+    let tcg = output_limited(
+        kvmini()
+            .args(["run", "--accel", "tcg", "--kernel"])
+            .arg(good.as_path()),
+    );
     assert_eq!(tcg.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&tcg.stderr).contains("invalid --accel 'tcg'"));
     let long = "x".repeat(4000);

@@ -17,4 +17,8 @@ pub mod exit;
 pub mod kvm;
 pub mod stop;
 pub mod sync;
+/// Helpers for unit tests (this crate's, and the bench's through the
+/// `test-utils` feature).
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testutil;
 pub mod vmm;
