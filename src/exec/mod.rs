@@ -227,7 +227,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     // Disks in guest order: the user's, the rootfs, the shares.
     let mut disks = std::mem::take(&mut vm.disks);
     let mut attach = |path: PathBuf, readonly: bool| {
-        disks.push(DiskConfig { path, readonly });
+        disks.push(DiskConfig {
+            path,
+            readonly,
+            limit: Default::default(),
+        });
         guest_device(disks.len() - 1)
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));

@@ -760,7 +760,7 @@ fn oversized_frames_do_not_block_the_queue() {
     // With mergeable buffers, a whole ring too small is the same. (Laid
     // out by hand: the mock's avail and used rings overlap past half full.)
     let mem = memory();
-    let env = Env::new(&mem);
+    let mut env = Env::new(&mem);
     let size: u16 = 8;
     let (desc, avail, used) = (0x2_0000u64, 0x2_1000u64, 0x2_2000u64);
     for i in 0..size {
