@@ -26,16 +26,17 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::devices::bus::lock;
 use crate::devices::output::Output;
 use crate::devices::virtio::queue::{self, Step, Stop};
-use crate::devices::virtio::{feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    activation, feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 
-/// Device ID (virtio 1.2, 5).
-pub const TYPE_CONSOLE: u32 = 3;
+pub use crate::devices::virtio::TYPE_CONSOLE;
 pub const QUEUE_SIZE: u16 = 256;
 /// Queue 0 is receiveq (never used), queue 1 transmitq.
 const TX: usize = 1;
 /// `struct virtio_console_config`: cols, rows, max_nr_ports, emerg_wr. No
 /// feature that gives them meaning is offered, so they read as zero.
-const CONFIG_LEN: u64 = 12;
+const CONFIG_LEN: usize = 12;
 /// Bytes copied from guest memory per step: a guest descriptor may claim up
 /// to 4 GiB, and the VMM must not allocate what the guest asks for.
 const CHUNK: usize = 64 << 10;
@@ -87,33 +88,21 @@ impl VirtioDevice for Console {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if offset >= CONFIG_LEN {
-            log::debug!("virtio-console: config read past its end at {offset:#x}");
-        }
+    fn config_space(&self) -> &[u8] {
+        &[0; CONFIG_LEN]
     }
 
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         _acked_features: u64,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([_rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
         *worker = Some(Worker {
             mem,
-            tx: queues.swap_remove(TX),
+            tx,
             kick: self.queue_evts[TX].try_clone().map_err(ActivateError::Io)?,
             output: self.output.clone(),
             interrupt,

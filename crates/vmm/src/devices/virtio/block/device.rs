@@ -26,17 +26,15 @@ use crate::devices::bus::lock;
 use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
 use crate::devices::virtio::queue::{self, Step, Stop};
 use crate::devices::virtio::{
-    feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 // Feature bits (virtio 1.2, 5.2.3).
-pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
 
 /// The one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -185,32 +183,18 @@ impl VirtioDevice for Block {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         acked_features: u64,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([queue], mut worker) = activation::<_, 1>(queues, &self.worker)?;
         // The transport refuses unoffered features; be safe without it too.
         let acked = |bit| acked_features & self.features & feature(bit) != 0;
         let limits = Limits {
@@ -229,7 +213,7 @@ impl VirtioDevice for Block {
         };
         *worker = Some(Worker {
             mem,
-            queue: queues.remove(0),
+            queue,
             kick: self.queue_evts[0].try_clone().map_err(ActivateError::Io)?,
             disk: self.disk.clone(),
             interrupt,

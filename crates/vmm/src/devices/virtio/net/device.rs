@@ -25,7 +25,7 @@ use crate::devices::bus::lock;
 use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
 use crate::devices::virtio::queue::{self, Step};
 use crate::devices::virtio::{
-    feature, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_RING_EVENT_IDX,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
@@ -221,13 +221,8 @@ impl VirtioDevice for Net {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
@@ -237,17 +232,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [Queue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
         // The transport refuses unoffered features; be safe without it too.
         let acked = acked_features & self.features;
         let offload = frame::tap_offload_flags(acked);
