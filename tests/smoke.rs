@@ -360,7 +360,7 @@ fn a_forbidden_system_call_stops_kvmini_in_every_thread_kind() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(159), "{kind}: {err}");
-        let says = format!("seccomp: a {kind} thread made the system call getppid (110)");
+        let says = format!("seccomp: a thread of kind {kind} made the system call getppid (110)");
         assert!(err.contains(&says), "{kind}: {err}");
         assert!(err.contains("--seccomp off"), "{err}");
     }

@@ -201,9 +201,9 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         _ => "unfiltered",
     };
     let mut msg = Message::new();
-    msg.push(b"kvmini: error: seccomp: a ");
+    msg.push(b"kvmini: error: seccomp: a thread of kind ");
     msg.push(kind.as_bytes());
-    msg.push(b" thread made the system call ");
+    msg.push(b" made the system call ");
     msg.push(names::name(i64::from(nr)).as_bytes());
     msg.push(b" (");
     msg.push_number(nr);
