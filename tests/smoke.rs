@@ -293,6 +293,34 @@ fn bad_input_is_rejected_cleanly() {
     );
 }
 
+/// A socket pair whose writing end holds little (4 KiB asked, the kernel's
+/// minimum given): a reader that never reads makes writes block at once.
+fn stalled_socket() -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    use std::os::fd::AsRawFd;
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    for (fd, opt) in [
+        (writer.as_raw_fd(), libc::SO_SNDBUF),
+        (reader.as_raw_fd(), libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt with a valid int option on our own socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    (reader, writer)
+}
+
 /// Prints `text`, then spins (`jmp $`): a guest that never stops by itself.
 fn spinning_guest(text: &[u8]) -> Vec<u8> {
     let mut code = print(text);
@@ -415,7 +443,7 @@ fn sigterm_stops_a_vm_whose_console_reader_never_reads() {
         0xee, // out dx, al
         0xeb, 0xfd, // jmp back to the out
     ]));
-    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (reader, writer) = stalled_socket();
     let mut child = kvmini()
         .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
         .arg(k.as_path())
@@ -452,5 +480,54 @@ fn sigterm_stops_a_vm_whose_console_reader_never_reads() {
         err.contains("bytes of guest output were not written: its reader is not reading"),
         "{err}"
     );
+    drop(reader);
+}
+
+/// `kvmini run 2>&1 | sleep 600`: stdout and stderr on the same socket
+/// nobody reads. kvmini's own messages wait at most 100 ms for room and
+/// are dropped after that, so SIGTERM still stops it within a second.
+#[test]
+fn sigterm_stops_kvmini_when_stderr_is_stalled_too() {
+    require_kvm();
+    let k = write_kernel(&elf(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', // mov al, 'x'
+        0xee, // out dx, al
+        0xeb, 0xfd, // jmp back to the out
+    ]));
+    let (reader, writer) = stalled_socket();
+    let err = writer.try_clone().unwrap();
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::from(std::os::fd::OwnedFd::from(err)))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kvmini ended by itself"
+    );
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("kvmini still ran 5 s after SIGTERM with stdout and stderr stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(status.code(), Some(143));
     drop(reader);
 }

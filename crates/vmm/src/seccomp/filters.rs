@@ -10,7 +10,8 @@
 //! handler's `_exit`, `sigaltstack` and `munmap` when Rust tears down the
 //! thread's signal stack, `madvise` when glibc frees its stack, `close`
 //! for the descriptors a thread owns and drops, and `fcntl(F_GETFD)`,
-//! which debug builds of Rust's std make before each close),
+//! which debug builds of Rust's std make before each close), `poll` (the
+//! logger checks stderr has room before writing a message),
 //! `rt_sigreturn` and `rt_sigprocmask`. No thread may open files, create
 //! sockets, fork, exec, ptrace or change credentials.
 
@@ -114,6 +115,10 @@ fn common(r: &mut Rules) -> Result<(), BackendError> {
             libc::SYS_sched_yield,
             libc::SYS_clock_gettime,
             libc::SYS_close,
+            // The logger waits a little for room on stderr before it
+            // drops a message (never long for a stalled reader).
+            libc::SYS_poll,
+            libc::SYS_ppoll,
         ],
     );
     allow_arg(r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])?;
