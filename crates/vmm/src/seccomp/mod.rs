@@ -272,6 +272,7 @@ mod tests {
         for kind in ThreadKind::ALL {
             let p = compile(kind).unwrap_or_else(|e| panic!("{e}"));
             assert!(!p.is_empty() && p.len() < 4096, "{kind:?}: {}", p.len());
+            eprintln!("{kind:?}: {} BPF instructions", p.len());
         }
     }
 
