@@ -13,6 +13,8 @@
 //! statically.
 
 pub mod filters;
+#[cfg(test)]
+mod guest_paths;
 pub mod names;
 
 use std::cell::Cell;
@@ -164,6 +166,14 @@ fn install_sigsys_handler() -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
+        // glibc opens /proc/sys/vm/overcommit_memory the first time it
+        // gives memory of a thread's heap back (heap_trim -> shrink_heap):
+        // under a filter that open would end kvmini at a random moment
+        // (it did, for a vCPU thread resetting devices). No trimming, no
+        // open: the threads' heaps keep their peak size (small; guest RAM
+        // is its own mapping).
+        // SAFETY: mallopt only sets an allocator parameter.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
         // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value.
         let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
         act.sa_sigaction = on_sigsys as extern "C" fn(_, _, _) as libc::sighandler_t;

@@ -47,6 +47,10 @@ pub const MAX_CHAIN_BYTES: usize = 64 << 10;
 
 pub struct Console {
     queue_evts: [EventFd; 2],
+    /// The transmit queue's eventfd again, for the worker to re-arm it:
+    /// made here, because activation runs on a vCPU thread, whose seccomp
+    /// filter does not allow duplicating descriptors.
+    tx_kick: Arc<EventFd>,
     output: Output,
     worker: Arc<Mutex<Option<Worker>>>,
 }
@@ -54,8 +58,10 @@ pub struct Console {
 impl Console {
     /// A console whose output goes to `output` (see [`Output::spawn`]).
     pub fn new(output: Output) -> io::Result<Self> {
+        let tx = EventFd::new(EFD_NONBLOCK)?;
         Ok(Self {
-            queue_evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
+            tx_kick: Arc::new(tx.try_clone()?),
+            queue_evts: [EventFd::new(EFD_NONBLOCK)?, tx],
             output,
             worker: Arc::new(Mutex::new(None)),
         })
@@ -103,7 +109,7 @@ impl VirtioDevice for Console {
         *worker = Some(Worker {
             mem,
             tx,
-            kick: self.queue_evts[TX].try_clone().map_err(ActivateError::Io)?,
+            kick: self.tx_kick.clone(),
             output: self.output.clone(),
             interrupt,
             broken: false,
@@ -125,7 +131,7 @@ pub struct Worker {
     mem: GuestMemoryMmap,
     tx: Queue,
     /// The transmit queue's eventfd, re-armed when a batch leaves more.
-    kick: EventFd,
+    kick: Arc<EventFd>,
     output: Output,
     interrupt: Arc<Interrupt>,
     /// The queue itself is corrupt; nothing more is done until a reset.

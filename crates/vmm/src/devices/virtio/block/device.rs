@@ -101,6 +101,10 @@ pub struct Block {
     /// by the transport on activate/reset only.
     worker: Arc<Mutex<Option<Worker>>>,
     limit: RateLimit,
+    /// The queue's eventfd again, for the worker to re-arm the queue: made
+    /// here, because activation runs on a vCPU thread, whose seccomp filter
+    /// does not allow duplicating descriptors.
+    kick: Arc<EventFd>,
 }
 
 impl Block {
@@ -121,13 +125,16 @@ impl Block {
             }
         }
         let space = config_space(disk.sectors(), disk.supports_discard());
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let kick = Arc::new(evt.try_clone().map_err(Error::EventFd)?);
         Ok(Self {
             disk: Arc::new(disk),
             features,
             config: space,
-            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            queue_evts: [evt],
             worker: Arc::new(Mutex::new(None)),
             limit: config.limit,
+            kick,
         })
     }
 
@@ -214,7 +221,7 @@ impl VirtioDevice for Block {
         *worker = Some(Worker {
             mem,
             queue,
-            kick: self.queue_evts[0].try_clone().map_err(ActivateError::Io)?,
+            kick: self.kick.clone(),
             disk: self.disk.clone(),
             interrupt,
             limits,
@@ -238,7 +245,7 @@ pub struct Worker {
     mem: GuestMemoryMmap,
     queue: Queue,
     /// The queue's eventfd, re-armed when a batch leaves requests waiting.
-    kick: EventFd,
+    kick: Arc<EventFd>,
     disk: Arc<DiskFile>,
     interrupt: Arc<Interrupt>,
     limits: Limits,

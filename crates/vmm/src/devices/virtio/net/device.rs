@@ -125,6 +125,10 @@ pub struct Net {
     worker: Arc<Mutex<Option<Worker>>>,
     /// Bytes per second in each direction (`bw=`).
     bw: Option<u64>,
+    /// The transmit queue's eventfd again, for the worker to re-arm it:
+    /// made here, because activation runs on a vCPU thread, whose seccomp
+    /// filter does not allow duplicating descriptors.
+    tx_kick: Arc<EventFd>,
 }
 
 impl Net {
@@ -162,14 +166,17 @@ impl Net {
         config[..6].copy_from_slice(&mac.octets());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
+        let tx = evt()?;
+        let tx_kick = Arc::new(tx.try_clone().map_err(Error::EventFd)?);
         Ok(Self {
             name,
             io,
             features,
             config,
-            queue_evts: [evt()?, evt()?],
+            queue_evts: [evt()?, tx],
             worker: Arc::new(Mutex::new(None)),
             bw: None,
+            tx_kick,
         })
     }
 
@@ -247,9 +254,7 @@ impl VirtioDevice for Net {
             mem,
             rx,
             tx,
-            tx_kick: self.queue_evts[TX_QUEUE]
-                .try_clone()
-                .map_err(ActivateError::Io)?,
+            tx_kick: self.tx_kick.clone(),
             io: self.io.clone(),
             interrupt,
             acked,
@@ -297,7 +302,7 @@ pub struct Worker {
     rx: Queue,
     tx: Queue,
     /// The transmit queue's eventfd, re-armed when a batch leaves more.
-    tx_kick: EventFd,
+    tx_kick: Arc<EventFd>,
     io: Arc<dyn FrameIo>,
     interrupt: Arc<Interrupt>,
     acked: u64,
