@@ -251,7 +251,7 @@ fn the_exec_deadline_is_served_within_50ms_while_the_guest_floods() {
     };
     let start = Instant::now();
     event_loop.events().add_subscriber(Box::new(
-        Deadline::new(limit, exit.clone(), graceful).unwrap(),
+        Deadline::new(limit, limit, exit.clone(), graceful).unwrap(),
     ));
     let event_loop = event_loop.spawn(Seccomp::Off).unwrap();
     let disk_loop = disk_loop.spawn(Seccomp::Off).unwrap();

@@ -141,13 +141,21 @@ struct Deadline {
 }
 
 impl Deadline {
-    /// A deadline `limit` from now.
-    fn new(limit: Duration, exit: Arc<ExitSignal>, graceful: GracefulStop) -> Result<Self, Error> {
+    /// The deadline of the time limit `limit`, `left` of it to go.
+    fn new(
+        limit: Duration,
+        left: Duration,
+        exit: Arc<ExitSignal>,
+        graceful: GracefulStop,
+    ) -> Result<Self, Error> {
         let errno = |e: vmm_sys_util::errno::Error| {
             Error::EventFd(std::io::Error::from_raw_os_error(e.errno()))
         };
         let mut timer = TimerFd::new().map_err(errno)?;
-        timer.reset(limit, None).map_err(errno)?;
+        // A zero duration would disarm the timer: a spent limit fires now.
+        timer
+            .reset(left.max(Duration::from_millis(1)), None)
+            .map_err(errno)?;
         Ok(Self {
             timer,
             limit,
@@ -203,6 +211,9 @@ pub struct Extras {
     pub no_console_input: bool,
     /// Stop the VM with [`VmExit::TimedOut`] after this long.
     pub timeout: Option<Duration>,
+    /// When the time limit's clock started (`None`: when the VM starts):
+    /// `exec --timeout` counts its own preparation too.
+    pub timeout_since: Option<Instant>,
 }
 
 /// Boots the VM described by `config` and runs it until it stops.
@@ -303,8 +314,10 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         console::HostSignals::install(exit.clone(), Some(on_signal)).map_err(Error::EventFd)?,
     ));
     if let Some(limit) = extras.timeout {
+        let spent = extras.timeout_since.map_or(Duration::ZERO, |t| t.elapsed());
         control.add_subscriber(Box::new(Deadline::new(
             limit,
+            limit.saturating_sub(spent),
             exit.clone(),
             GracefulStop {
                 press: power_button(&guest, &legacy.acpi, move |_| StopRequest::Timeout(limit)),
