@@ -4,13 +4,18 @@
 # a second (before issue 16 the vCPU blocked in its write to the pipe and
 # only SIGKILL ended kvmini). Prints stop-ms (SIGTERM to exit, from
 # /proc/uptime) and kvmini's status; tests/e2e.rs checks both.
+# The guest prints a line a millisecond (~60 KB/s, 1.5 MB in 25 s: well
+# past the pipe and the buffer): flat out, every byte a nested VM exit kept
+# the rig's single L1 CPU so busy that L1's heartbeat stopped and run.sh
+# gave L1 up (seen twice).
 fifo=/tmp/kvmini-stalled.fifo
 err=/tmp/kvmini-stalled.err
 rm -f "$fifo" && mkfifo "$fifo"
 sleep 600 <"$fifo" &
 reader=$!
 "$KVMINI" run --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 128M \
-    --cmdline "-- while true; do echo kvmini-flood-0123456789abcdef; done" >"$fifo" 2>"$err" &
+    --cmdline "-- while true; do echo kvmini-flood-0123456789abcdef-0123456789abcdef; usleep 1000; done" \
+    >"$fifo" 2>"$err" &
 pid=$!
 cs() { read -r t _ </proc/uptime; echo "${t%.*}${t#*.}"; }
 # The guest boots and floods: give it time to fill the pipe (64 KiB) and

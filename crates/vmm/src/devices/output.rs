@@ -160,10 +160,17 @@ impl Output {
         self.wake_writer(s, !data.is_empty());
     }
 
-    fn wake_writer(&self, s: std::sync::MutexGuard<'_, State>, added: bool) {
-        let idle = s.writer_idle;
+    /// Wakes the writer if it sleeps, once: the serial port pushes a byte
+    /// at a time, and until the writer runs again the next bytes need no
+    /// wake-up of their own (measured in the rig before this: one futex
+    /// wake per console byte).
+    fn wake_writer(&self, mut s: std::sync::MutexGuard<'_, State>, added: bool) {
+        let wake = added && s.writer_idle;
+        if wake {
+            s.writer_idle = false;
+        }
         drop(s);
-        if added && idle {
+        if wake {
             self.shared.data.notify_one();
         }
     }
