@@ -465,7 +465,7 @@ fn inner_args(config: &VmConfig) -> Vec<String> {
             .enumerate()
             .map(|(i, d)| DiskConfig {
                 path: guest_device(i).into(),
-                readonly: d.readonly,
+                ..d.clone()
             })
             .collect(),
         ..config.clone()
@@ -901,14 +901,20 @@ mod tests {
                 DiskConfig {
                     path: "/home/me/a.img".into(),
                     readonly: true,
+                    limit: Default::default(),
                 },
                 DiskConfig {
                     path: "/home/me/b.img".into(),
                     readonly: false,
+                    limit: crate::devices::virtio::block::RateLimit {
+                        ops: Some(100),
+                        bytes: None,
+                    },
                 },
             ],
             nets: vec![],
             shutdown_timeout: Duration::from_secs(7),
+            seccomp: crate::config::Seccomp::Off,
         };
         let a = inner_args(&config);
         assert_eq!(
@@ -927,12 +933,14 @@ mod tests {
                 "kvm",
                 "--shutdown-timeout",
                 "7s",
+                "--seccomp",
+                "off",
                 "--cmdline",
                 "-- echo 'a b'",
                 "--disk",
                 "path=/dev/vda,readonly=on",
                 "--disk",
-                "path=/dev/vdb",
+                "path=/dev/vdb,iops=100",
             ]
         );
         let plain = VmConfig {

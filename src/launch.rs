@@ -86,7 +86,8 @@ pub fn run(config: &VmConfig, engine: Engine) -> Result<u8, LaunchError> {
             if exit.is_clean() {
                 log::info!("{exit}");
             } else {
-                eprintln!("kvmini: {exit}");
+                // Not waiting long for a stalled stderr (see logger).
+                crate::logger::stderr_text(&format!("kvmini: {exit}\n"));
             }
             Ok(outcome::run_code(&exit))
         }

@@ -1316,3 +1316,42 @@ fn debian_panic() {
         .shows("sysrq triggered crash");
     assert_kvmini_rc(&c, "4");
 }
+
+/// A number after `key` (a `key=N` line), or the test fails.
+fn number(c: &Check, key: &str) -> u64 {
+    let got = c.after(key);
+    got.parse()
+        .unwrap_or_else(|_| c.fail(&format!("{key}{got} is not a number")))
+}
+
+#[test]
+fn stalled_reader_sigterm() {
+    // `kvmini run | sleep 600`: SIGTERM stops kvmini within a second.
+    let c = scenario("stalled_reader_sigterm");
+    c.rc(0);
+    expect(&c, "kvmini-rc=", "143");
+    let ms = number(&c, "stop-ms=");
+    if ms >= 1000 {
+        c.fail(&format!("kvmini took {ms} ms to stop after SIGTERM"));
+    }
+}
+
+#[test]
+fn exec_timeout_fio() {
+    // `exec --timeout` while fio keeps the disk busy at queue depth 256:
+    // exit 124, within 2 s of the limit.
+    let c = scenario("exec_timeout_fio");
+    c.rc(0);
+    for limit in [5u64, 40] {
+        expect(&c, &format!("exec-rc-{limit}="), "124");
+        let ms = number(&c, &format!("exec-ms-{limit}="));
+        if ms >= limit * 1000 + 2000 {
+            c.fail(&format!("--timeout {limit}s ended after {ms} ms"));
+        }
+    }
+    // By 40 s fio surely ran (the guest boots in seconds).
+    let fio_at = number(&c, "fio-at-ms-40=");
+    if fio_at >= 40_000 {
+        c.fail(&format!("fio started only after {fio_at} ms"));
+    }
+}

@@ -420,3 +420,242 @@ fn bad_input_is_rejected_cleanly() {
         "cannot read initrd",
     );
 }
+
+/// A socket pair whose writing end holds little (4 KiB asked, the kernel's
+/// minimum given): a reader that never reads makes writes block at once.
+fn stalled_socket() -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    use std::os::fd::AsRawFd;
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    for (fd, opt) in [
+        (writer.as_raw_fd(), libc::SO_SNDBUF),
+        (reader.as_raw_fd(), libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt with a valid int option on our own socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    (reader, writer)
+}
+
+/// Prints `text`, then spins (`jmp $`): a guest that never stops by itself.
+fn spinning_guest(text: &[u8]) -> Vec<u8> {
+    let mut code = print(text);
+    code.extend_from_slice(&[0xeb, 0xfe]);
+    elf(&code)
+}
+
+/// Runs kvmini with `args`, `env` added, stdout to `stdout`; kills it
+/// (and fails) if it is still running after `limit`.
+fn run_with_limit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdout: std::process::Stdio,
+    limit: std::time::Duration,
+) -> Output {
+    let mut child = kvmini()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "kvmini {args:?} still ran after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every thread kind runs under its filter: the test trigger makes one
+/// thread of the kind make a forbidden call (getppid) right after its
+/// filter is in place, and kvmini must die naming it, exit 159.
+#[test]
+fn a_forbidden_system_call_stops_kvmini_in_every_thread_kind() {
+    require_kvm();
+    let k = write_kernel(&spinning_guest(b"spinning\n"));
+    let disk = TempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    let disk_arg = format!("path={}", disk.as_path().display());
+    for kind in ["vcpu", "event-loop", "disk-io", "writer"] {
+        let out = run_with_limit(
+            &[
+                "run",
+                "--accel",
+                "kvm-any",
+                "--memory",
+                "32M",
+                "--disk",
+                &disk_arg,
+                "--kernel",
+                k.as_path().to_str().unwrap(),
+            ],
+            &[(kvmini_vmm_trigger(), kind)],
+            std::process::Stdio::null(),
+            std::time::Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(159), "{kind}: {err}");
+        let says = format!("seccomp: a thread of kind {kind} made the system call getppid (110)");
+        assert!(err.contains(&says), "{kind}: {err}");
+        assert!(err.contains("--seccomp off"), "{err}");
+    }
+}
+
+fn kvmini_vmm_trigger() -> &'static str {
+    kvmini::seccomp::TEST_TRIGGER_ENV
+}
+
+#[test]
+fn seccomp_off_runs_without_filters() {
+    require_kvm();
+    let k = write_kernel(&hello_guest());
+    let out = run_with_limit(
+        &[
+            "run",
+            "--accel",
+            "kvm-any",
+            "--memory",
+            "32M",
+            "--seccomp",
+            "off",
+            "--kernel",
+            k.as_path().to_str().unwrap(),
+        ],
+        &[(kvmini_vmm_trigger(), "vcpu")],
+        std::process::Stdio::piped(),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a tiny guest\n"
+    );
+}
+
+/// `kvmini run | sleep 600`: a reader that never reads. The guest prints
+/// without end; the socket fills, then kvmini's buffer (past which the
+/// console is dropped). SIGTERM still stops kvmini within a second (before
+/// issue 16 only SIGKILL did: the vCPU blocked in its write).
+#[test]
+fn sigterm_stops_a_vm_whose_console_reader_never_reads() {
+    require_kvm();
+    let k = write_kernel(&elf(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', // mov al, 'x'
+        0xee, // out dx, al
+        0xeb, 0xfd, // jmp back to the out
+    ]));
+    let (reader, writer) = stalled_socket();
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the guest fill the socket and kvmini's buffer.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kvmini ended by itself"
+    );
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("kvmini still ran 5 s after SIGTERM with a stalled reader");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = start.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("stopped {took:?} after SIGTERM; stderr:\n{err}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("bytes of guest output were not written: its reader is not reading"),
+        "{err}"
+    );
+    drop(reader);
+}
+
+/// `kvmini run 2>&1 | sleep 600`: stdout and stderr on the same socket
+/// nobody reads. kvmini's own messages wait at most 100 ms for room and
+/// are dropped after that, so SIGTERM still stops it within a second.
+#[test]
+fn sigterm_stops_kvmini_when_stderr_is_stalled_too() {
+    require_kvm();
+    let k = write_kernel(&elf(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', // mov al, 'x'
+        0xee, // out dx, al
+        0xeb, 0xfd, // jmp back to the out
+    ]));
+    let (reader, writer) = stalled_socket();
+    let err = writer.try_clone().unwrap();
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::from(std::os::fd::OwnedFd::from(err)))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kvmini ended by itself"
+    );
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("kvmini still ran 5 s after SIGTERM with stdout and stderr stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(status.code(), Some(143));
+    drop(reader);
+}

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
 
@@ -211,6 +211,10 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             FlagsError::Config(e) => ExecError::Config(e),
             FlagsError::DefaultGuest(e) => ExecError::Guest(e),
         })?;
+    // --timeout counts from here: packing shares and preparing the VM are
+    // part of the command's time (building the default guest on first use
+    // is not).
+    let since = Instant::now();
     let base_initrd = match vm.initrd.clone() {
         Some(i) => i,
         None => guest::default_initrd().map_err(ExecError::Guest)?,
@@ -227,7 +231,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     // Disks in guest order: the user's, the rootfs, the shares.
     let mut disks = std::mem::take(&mut vm.disks);
     let mut attach = |path: PathBuf, readonly: bool| {
-        disks.push(DiskConfig { path, readonly });
+        disks.push(DiskConfig {
+            path,
+            readonly,
+            limit: Default::default(),
+        });
         guest_device(disks.len() - 1)
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
@@ -294,7 +302,7 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     vm.disks = disks;
     vm.initrd = Some(initrd);
     let outcome = match engine {
-        Engine::Kvm => run_kvm(&vm, timeout, &console, Box::new(spool.clone()))?,
+        Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
         Engine::Emulated => {
             let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
             emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
@@ -359,7 +367,7 @@ fn run_prepared(
         ),
         None => Box::new(io::sink()),
     };
-    let outcome = run_kvm(&vm, timeout, console, share_out)?;
+    let outcome = run_kvm(&vm, timeout, Instant::now(), console, share_out)?;
     if let (Outcome::Finished(status), Some(path)) = (&outcome, &args.status_file) {
         std::fs::write(path, format!("{status}\n")).map_err(|e| ExecError::Io(path.clone(), e))?;
     }
@@ -378,10 +386,11 @@ fn std_stream(fd: std::os::fd::BorrowedFd) -> Box<dyn Write + Send> {
 }
 
 /// Runs the prepared VM on this host's KVM and interprets how it ended;
-/// the share archive goes to `share_out`.
+/// the share archive goes to `share_out`; `timeout` counts from `since`.
 pub fn run_kvm(
     vm: &VmConfig,
     timeout: Option<Duration>,
+    since: Instant,
     console: &ConsoleConfig,
     share_out: Box<dyn Write + Send>,
 ) -> Result<Outcome, ExecError> {
@@ -401,6 +410,7 @@ pub fn run_kvm(
         serial_out: Some(Box::new(Tee(tail.clone(), file))),
         no_console_input: true,
         timeout,
+        timeout_since: Some(since),
     };
     let exit = vmm::run_with(vm, extras).map_err(ExecError::Vmm)?;
     Ok(interpret(&exit, status.status(), &tail))

@@ -16,6 +16,8 @@ pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+#[cfg(test)]
+pub mod test_guest;
 
 use std::fmt;
 use std::io;
