@@ -21,6 +21,7 @@ use kvmini::devices::virtio::block::device::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use kvmini::devices::virtio::block::{Block, BlockConfig};
+use kvmini::devices::virtio::queue::Stop;
 use kvmini::devices::virtio::{
     feature, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
 };
@@ -90,9 +91,10 @@ pub fn run_report(data: &[u8]) -> Report {
             let mut block = Block::new(&BlockConfig {
                 path: path.into(),
                 readonly,
+                limit: Default::default(),
             })
             .expect("open the fuzz image");
-            let handler = block.event_handler().expect("block event handler");
+            let mut handler = block.event_handler().expect("block event handler");
             let mut acked = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_BLK_F_FLUSH);
             for (bit, f) in [
                 (2, VIRTIO_F_RING_EVENT_IDX),
@@ -115,12 +117,15 @@ pub fn run_report(data: &[u8]) -> Report {
 
             while !inp.is_empty() {
                 match inp.u8() % 3 {
-                    0 => handler.process(),
+                    0 => {
+                        handler.process();
+                    }
                     1 => driver.publish(mem, 1),
                     _ => driver.publish(mem, u16::MAX),
                 }
             }
-            handler.process();
+            // A pass stops after a batch and re-arms itself; finish the rest.
+            while handler.process() == Some(Stop::Budget) {}
 
             layout.check(mem, true);
             layout.check_offered(mem, 0, &driver);

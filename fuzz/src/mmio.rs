@@ -23,10 +23,10 @@
 //! readiness; badly sized or aligned register reads and config reads past
 //! the config space read zeros.
 
-use std::io;
 use std::sync::Arc;
 
 use kvmini::devices::bus::BusDevice;
+use kvmini::devices::output::Output;
 use kvmini::devices::virtio::block::{Block, BlockConfig};
 use kvmini::devices::virtio::console::Console;
 use kvmini::devices::virtio::mmio::*;
@@ -68,14 +68,18 @@ enum Handler {
 }
 
 impl Handler {
-    fn run(&self) {
+    fn run(&mut self) {
         match self {
-            Self::Block(h) => h.process(),
+            Self::Block(h) => {
+                h.process();
+            }
             Self::Net(h) => {
                 h.process_rx();
                 h.process_tx();
             }
-            Self::Console(h) => h.process(),
+            Self::Console(h) => {
+                h.process();
+            }
         }
     }
 }
@@ -163,6 +167,7 @@ fn make(
                 let b = Block::new(&BlockConfig {
                     path: image.into(),
                     readonly: false,
+                    limit: Default::default(),
                 })
                 .expect("open the fuzz image");
                 let h = Handler::Block(b.event_handler().expect("handler"));
@@ -176,7 +181,9 @@ fn make(
                 (Box::new(n), h, Some(tap))
             }
             _ => {
-                let c = Console::new(Box::new(io::sink())).expect("virtio-console");
+                // Nothing drains it: output past its room is dropped.
+                let out = Output::new("fuzz", 1 << 20).expect("console output");
+                let c = Console::new(out).expect("virtio-console");
                 let h = Handler::Console(c.event_handler().expect("handler"));
                 (Box::new(c), h, None)
             }
@@ -196,7 +203,7 @@ pub fn run_report(data: &[u8]) -> Report {
     let kind = usize::from(inp.u8() % 3);
     crate::block::with_image(|path, _, _| {
         guest::with_memory(|mem| {
-            let (mut t, handler, tap) = make(kind, mem, path);
+            let (mut t, mut handler, tap) = make(kind, mem, path);
             while !inp.is_empty() {
                 match inp.u8() % 8 {
                     0 => {

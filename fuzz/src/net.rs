@@ -159,7 +159,7 @@ pub fn run_report(data: &[u8]) -> Report {
         let tap = Arc::new(FakeTap::new());
         let mut net = Net::with_backend("fuzz0".into(), MacAddr([2, 0, 0, 0, 0, 1]), tap.clone())
             .expect("virtio-net device");
-        let handler = net.event_handler().expect("net event handler");
+        let mut handler = net.event_handler().expect("net event handler");
         let acked = acked_features(bits, net.avail_features());
         let event_idx = acked & feature(VIRTIO_F_RING_EVENT_IDX) != 0;
         rx_spec.event_idx = event_idx;
