@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+pub use kvmini_flags::{VmArgs, DEFAULT_SHUTDOWN_TIMEOUT};
 
 /// kvmini: boot Linux kernels on KVM, fast and small.
 #[derive(Debug, Parser)]
@@ -61,115 +62,13 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  kvmini bench\n  kvmini bench --workloads startup,memory,cpu --repeat 10 \\\n      --json results.json --chart results.png"
     )]
-    Bench(BenchArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Workloads, comma-separated: startup, memory, cpu, block, network,
-    /// density, or all.
-    #[arg(long, value_name = "LIST", default_value = "all")]
-    pub workloads: String,
-
-    /// Environments, comma-separated: vm, container, host.
-    #[arg(long, value_name = "LIST", default_value = "vm,container,host")]
-    pub envs: String,
-
-    /// Measured runs per workload and environment (min/median/max of these).
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub repeat: usize,
-
-    /// Runs before those, discarded (caches, first-use builds).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub warmup: usize,
-
-    /// Also write the report as JSON to PATH.
-    #[arg(long, value_name = "PATH")]
-    pub json: Option<PathBuf>,
-
-    /// Also draw the report as a PNG chart at PATH.
-    #[arg(long, value_name = "PATH")]
-    pub chart: Option<PathBuf>,
-
-    /// Guest kernel for the VM (default: kvmini's default guest kernel).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-
-    /// Root filesystem for all three environments: an initramfs (gzip'd or
-    /// plain newc cpio) with busybox. The VM boots it; it is unpacked for
-    /// the container's bundle and the host's runs. Default: kvmini's
-    /// default guest initramfs (block and network: see --tools-initrd).
-    #[arg(long, value_name = "PATH")]
-    pub initrd: Option<PathBuf>,
-
-    /// Root filesystem for the block and network workloads (it needs fio
-    /// and iperf3), in all three environments. Default: `--initrd` if
-    /// given, else kvmini's bench initramfs (the default guest plus fio,
-    /// iperf3 and their libraries; built on first use and cached).
-    #[arg(long, value_name = "PATH")]
-    pub tools_initrd: Option<PathBuf>,
-
-    /// Guest RAM of the VM, and the container's memory limit.
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
-    pub memory: String,
-
-    /// vCPUs of the VM, and the container's CPU quota.
-    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
-    pub cpus: u32,
-
-    /// How the VM runs: `auto`, `kvm`, `emulated` or `kvm-any`, as for
-    /// `run`. The report names the mode used.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub accel: String,
-
-    /// Data hashed by the CPU workload (sha256 of this many zero bytes).
-    #[arg(long, value_name = "SIZE", default_value = "64M")]
-    pub cpu_work: String,
-
-    /// Working set of the memory workload's second measurement (building
-    /// it takes up to twice this much: at most (--memory - 64 MiB) / 2).
-    #[arg(long, value_name = "SIZE", default_value = "128M")]
-    pub working_set: String,
-
-    /// Idle instances started at once by the density workload.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub density: usize,
-
-    /// Memory budget the density workload divides by the measured
-    /// per-instance memory.
-    #[arg(long, value_name = "SIZE", default_value = "4G")]
-    pub budget: String,
-
-    /// Longest one instance may take (seconds, or with s, m, h).
-    #[arg(long, value_name = "DURATION", default_value = "10m")]
-    pub timeout: String,
-
-    /// Size of the block workload's scratch file: each fio job makes one
-    /// pass over it (at most 30 s).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    pub io_size: String,
-
-    /// Directory for the block workload's scratch file: the host
-    /// filesystem measured. Default: the bench's temporary directory.
-    #[arg(long, value_name = "DIR")]
-    pub io_dir: Option<PathBuf>,
-
-    /// iperf3's time per direction (seconds, or with s, m).
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
-    pub net_time: String,
+    Bench(kvmini_bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Guest kernel (vmlinux or bzImage). Default: kvmini's own guest kernel
-    /// (Linux 6.12, built from Debian packages on first use and cached).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-
-    /// Initramfs with the guest's userland (needs a POSIX sh, mount, stty
-    /// and chroot, e.g. busybox). Default: kvmini's busybox initramfs.
-    #[arg(long, value_name = "PATH")]
-    pub initrd: Option<PathBuf>,
+    #[command(flatten)]
+    pub vm: VmArgs,
 
     /// Root filesystem image (ext4, raw) to run the command in. It is
     /// attached read-only, so several runs can share it; the guest sees it
@@ -177,23 +76,18 @@ pub struct ExecArgs {
     #[arg(long, value_name = "PATH")]
     pub rootfs: Option<PathBuf>,
 
-    /// Guest RAM, with an optional K, M or G suffix (a bare number is MiB).
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
-    pub memory: String,
-
-    /// Number of vCPUs.
-    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
-    pub cpus: u32,
-
     /// Kill the VM after this long and exit 124: a number of seconds, or
-    /// with an s, m or h suffix (`90s`, `10m`, `1h`). Default: no limit.
+    /// with an s, m or h suffix (`90s`, `10m`, `1h`). The clock starts
+    /// when kvmini starts preparing the VM (packing shares, booting count;
+    /// building the default guest on first use does not). Default: no
+    /// limit.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
 
     /// Make host directory HOST visible at GUEST (an absolute path) inside
-    /// the VM; `:ro` makes it read-only. Files the command creates or
-    /// changes under a writable share are copied back to HOST when it
-    /// finishes (deletions are not). Repeatable.
+    /// the VM; `:ro` makes it read-only. What the command creates, changes,
+    /// renames and deletes under a writable share is applied to HOST when
+    /// it finishes. Repeatable.
     #[arg(long = "share", value_name = "HOST:GUEST[:ro]")]
     pub shares: Vec<String>,
 
@@ -207,29 +101,15 @@ pub struct ExecArgs {
     #[arg(long, short = 'w', value_name = "DIR", default_value = "/")]
     pub workdir: String,
 
-    /// An extra virtio-blk disk: `path=PATH[,readonly=on]`, as for `run`.
-    /// Disks come first: /dev/vda, /dev/vdb, ... in order.
-    #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
-    pub disks: Vec<String>,
-
-    /// A virtio-net NIC on the host TAP interface NAME: `tap=NAME[,mac=MAC]`,
-    /// as for `run` (configure the guest side with `--cmdline ip=...`).
-    /// Needs hardware KVM.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
-    pub nets: Vec<String>,
-
-    /// Extra kernel command line (appended to kvmini's defaults).
-    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
-    pub cmdline: Option<String>,
-
-    /// `auto`, `kvm`, `emulated` or `kvm-any`, as for `run`.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub accel: String,
-
     /// Where the guest's kernel console goes: `none` (kept in memory; the
     /// last lines are shown if the VM fails) or `file=PATH`.
     #[arg(long, value_name = "DEST", default_value = "none")]
     pub console: String,
+
+    /// Print nothing of kvmini's own but errors (no notices, no progress
+    /// of first-use builds).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 
     /// Internal (the emulated fallback's inner kvmini): the initrd already
     /// carries the command and the disks are in place.
@@ -240,6 +120,11 @@ pub struct ExecArgs {
     #[arg(long, hide = true, value_name = "PATH")]
     pub status_file: Option<PathBuf>,
 
+    /// Internal: write the guest's share archive (its fourth console) to
+    /// this file (the emulated machine's port for it).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub share_stream: Option<PathBuf>,
+
     /// The command to run in the guest, and its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -247,58 +132,15 @@ pub struct ExecArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Guest kernel: an uncompressed vmlinux (ELF) or a bzImage. Without it,
-    /// kvmini boots its default guest (a small Linux 6.12 and a busybox
-    /// initramfs, built from Debian packages on first use and cached).
-    #[arg(long, value_name = "PATH")]
-    pub kernel: Option<PathBuf>,
-
-    /// Initial ramdisk (initramfs cpio archive, optionally compressed).
-    #[arg(long, value_name = "PATH")]
-    pub initrd: Option<PathBuf>,
-
-    /// Guest RAM, with an optional K, M or G suffix (a bare number is MiB).
-    #[arg(long, short = 'm', value_name = "SIZE", default_value = "512M")]
-    pub memory: String,
-
-    /// Number of vCPUs.
-    #[arg(long, short = 'c', value_name = "N", default_value_t = 1)]
-    pub cpus: u32,
-
-    /// Extra kernel command line, appended to kvmini's defaults
-    /// ("console=ttyS0 reboot=k panic=1"). Words after `--` go to the
-    /// guest's init.
-    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
-    pub cmdline: Option<String>,
-
-    /// How to run the guest. `kvm`: /dev/kvm with hardware virtualization
-    /// (refused when the CPU has no vmx/svm). `emulated`: inside an emulated
-    /// machine (QEMU TCG with nested KVM), much slower, for hosts without
-    /// hardware virtualization. `auto`: `kvm` where possible, else
-    /// `emulated`, and says which. `kvm-any`: /dev/kvm even without
-    /// hardware virtualization (software KVM runs only simple guests).
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub accel: String,
-
-    /// A virtio-blk disk backed by a raw image file:
-    /// `path=PATH[,readonly=on|off]`. Repeat for more disks; they appear in
-    /// the guest as /dev/vda, /dev/vdb, ... in order.
-    #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
-    pub disks: Vec<String>,
-
-    /// A virtio-net NIC backed by the host TAP interface NAME:
-    /// `tap=NAME[,mac=MAC]`. Repeat for more NICs (eth0, eth1, ... in the
-    /// guest). Without `mac`, each NIC gets its own 52:54:00:xx:xx:xx
-    /// address. If NAME does not exist and kvmini has CAP_NET_ADMIN (e.g.
-    /// root), kvmini creates it for the life of the VM; otherwise create
-    /// it first: `sudo ip tuntap add dev NAME mode tap user $USER`. The host
-    /// side is yours to configure (address, or a bridge); the guest can
-    /// configure itself with the kernel's `ip=` parameter. Needs hardware
-    /// KVM: not available with --accel emulated.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
-    pub nets: Vec<String>,
+    #[command(flatten)]
+    pub vm: VmArgs,
 
     /// Where the guest serial console goes: `stdout`, `file=PATH` or `none`.
     #[arg(long, value_name = "DEST", default_value = "stdout")]
     pub console: String,
+
+    /// Print nothing of kvmini's own but errors (no notices, no progress
+    /// of first-use builds); the guest console is unaffected.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }

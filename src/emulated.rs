@@ -33,12 +33,13 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
-use crate::config::{ConsoleConfig, DiskConfig, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{Accel, ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::devices::virtio::block::guest_device;
-use crate::exec::Outcome;
 use crate::guest::resources_dir;
+use crate::outcome::{code, Outcome};
 use crate::stop;
+use kvmini_flags::vm_args;
 
 /// Memory L1 needs on top of the guest's: its kernel and userland, KVM, and
 /// the inner kvmini. The initramfs comes on top, twice (archive + unpacked).
@@ -49,9 +50,6 @@ const MARKER: &str = "@@KVMINI-EMU ";
 
 /// How many of the inner kvmini's / L1's last diagnostic lines an error shows.
 const TAIL_LINES: usize = 20;
-
-/// Exit code for Ctrl-A x, as with hardware KVM.
-const USER_QUIT: u8 = 130;
 
 /// With `--timeout`, how long L1 may take on top of it (its own boot, the
 /// guest's) before the outer kvmini kills it; the inner kvmini enforces the
@@ -65,23 +63,38 @@ const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
 /// QEMU is stopped and the run fails instead of hanging.
 const HEARTBEAT_STALL: Duration = Duration::from_secs(60);
 
-/// The two streams of `kvmini exec`: Unix sockets QEMU connects to (its
-/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` in L1), copied to
-/// our stdout and stderr.
+/// The streams of `kvmini exec`: Unix sockets QEMU connects to (its
+/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` and, with writable
+/// shares, `kvmini.share` in L1), copied to our stdout, stderr and the
+/// share archive's spool.
 struct ExecStreams {
     out: UnixListener,
     err: UnixListener,
+    share: Option<(UnixListener, Box<dyn io::Write + Send>)>,
 }
 
 impl ExecStreams {
-    fn listen(dir: &Path, qemu: &mut Command) -> Result<Self, EmulatedError> {
+    fn listen(
+        dir: &Path,
+        qemu: &mut Command,
+        share: Option<Box<dyn io::Write + Send>>,
+    ) -> Result<Self, EmulatedError> {
         let bind = |name: &str| {
-            let p = dir.join(name);
+            let p = dir.join(format!("{name}.sock"));
             UnixListener::bind(&p).map_err(|e| EmulatedError::WriteArgs(p, e))
         };
-        let (out, err) = (bind("stdout.sock")?, bind("stderr.sock")?);
+        let (out, err) = (bind("stdout")?, bind("stderr")?);
+        let share = match share {
+            Some(to) => Some((bind("share")?, to)),
+            None => None,
+        };
         qemu.args(["-device", "virtio-serial-pci,id=kvmini-serial"]);
-        for name in ["stdout", "stderr"] {
+        let names: &[&str] = if share.is_some() {
+            &["stdout", "stderr", "share"]
+        } else {
+            &["stdout", "stderr"]
+        };
+        for name in names {
             qemu.arg("-chardev")
                 .arg(format!(
                     "socket,id={name},path={}",
@@ -94,7 +107,7 @@ impl ExecStreams {
                     ),
                 ]);
         }
-        Ok(Self { out, err })
+        Ok(Self { out, err, share })
     }
 
     /// One thread per stream: accept QEMU's connection, copy until it
@@ -110,10 +123,14 @@ impl ExecStreams {
                 }
             })
         };
-        vec![
+        let mut copiers = vec![
             pipe(self.out, Box::new(io::stdout())),
             pipe(self.err, Box::new(io::stderr())),
-        ]
+        ];
+        if let Some((l, to)) = self.share {
+            copiers.push(pipe(l, to));
+        }
+        copiers
     }
 }
 
@@ -209,14 +226,16 @@ pub enum EmulatedError {
     TempDir(io::Error),
     WriteArgs(PathBuf, io::Error),
     MissingScript(PathBuf),
+    Resources(String),
     Script(PathBuf, ExitStatus),
     SpawnScript(PathBuf, io::Error),
     ScriptOutput(PathBuf),
     SpawnQemu(io::Error),
     /// L1's /init could not run kvmini; its reason.
     L1Setup(String),
-    /// L1 stopped its heartbeat (livelocked) and was stopped.
-    L1Froze(Duration),
+    /// L1 stopped its heartbeat (livelocked) and was stopped; what it was
+    /// doing last (the inner kvmini running, or L1's own set-up before it).
+    L1Froze(Duration, Option<String>),
     /// L1 ended without reporting kvmini's exit status.
     L1Died {
         last_step: Option<String>,
@@ -256,6 +275,7 @@ impl fmt::Display for EmulatedError {
                 "emulated machine: cannot write '{}' (check TMPDIR): {e}",
                 p.display()
             ),
+            Self::Resources(e) => write!(f, "emulated machine: {e}"),
             Self::MissingScript(p) => write!(
                 f,
                 "emulated machine: its build script '{}' is missing; set KVMINI_RESOURCES \
@@ -280,13 +300,14 @@ impl fmt::Display for EmulatedError {
                  Debian's qemu-system-x86"
             ),
             Self::L1Setup(why) => write!(f, "the emulated machine could not run the VM: {why}"),
-            Self::L1Froze(stall) => write!(
+            Self::L1Froze(stall, last_step) => write!(
                 f,
-                "the emulated machine stopped responding (no heartbeat for {} s) and was \
-                 stopped: nested KVM under QEMU's software CPU sometimes freezes; this is \
-                 not the guest's doing. Run the command again (disks keep what the guest \
-                 flushed before the freeze; --share files were not copied back)",
-                stall.as_secs()
+                "the emulated machine stopped responding (no heartbeat for {} s; last step: \
+                 {}) and was stopped: nested KVM under QEMU's software CPU sometimes \
+                 freezes. Run the command again (disks keep what the guest flushed before \
+                 the freeze; --share files were not copied back)",
+                stall.as_secs(),
+                last_step.as_deref().unwrap_or("booting its kernel")
             ),
             Self::L1Died {
                 last_step,
@@ -426,64 +447,31 @@ fn follow(mut file: File, done: Arc<AtomicBool>, rename: Vec<(String, String)>) 
     report
 }
 
-/// The inner kvmini's arguments: the same VM, on L1's /dev/kvm, console on
-/// its stdout (L1's first serial port; QEMU routes that where the user
-/// asked), the command line without the defaults the inner kvmini adds.
+/// The inner kvmini's arguments: the same VM (the one [`vm_args`] that
+/// every kvmini started by kvmini gets its flags from), on L1's /dev/kvm,
+/// with the kernel, initrd and disks at the paths L1 has them (its
+/// /guest/kernel, /guest/initrd, and the user's disks as L1's virtio disks
+/// /dev/vda, /dev/vdb, ... in order: QEMU's `-drive`s below); its console
+/// on its stdout (L1's first serial port; QEMU routes that where the user
+/// asked).
 fn inner_args(config: &VmConfig) -> Vec<String> {
-    let mut a = inner_args_of(
-        config.initrd.is_some(),
-        config.memory_bytes,
-        config.vcpus,
-        &config.cmdline,
-    );
-    a.extend(inner_disk_args(&config.disks));
-    a
-}
-
-/// L1 sees the user's disks as virtio disks /dev/vda, /dev/vdb, ... in
-/// order (QEMU's `-drive`s below), and hands them to the inner kvmini.
-fn inner_disk_args(disks: &[DiskConfig]) -> Vec<String> {
-    disks
-        .iter()
-        .enumerate()
-        .flat_map(|(i, d)| {
-            let in_l1 = DiskConfig {
+    let in_l1 = VmConfig {
+        kernel: "/guest/kernel".into(),
+        initrd: config.initrd.as_ref().map(|_| "/guest/initrd".into()),
+        accel: Accel::Kvm,
+        disks: config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DiskConfig {
                 path: guest_device(i).into(),
-                readonly: d.readonly,
-            };
-            ["--disk".to_string(), in_l1.to_arg()]
-        })
-        .collect()
-}
-
-/// Says on stderr that `--accel auto` chose the emulated machine, and why.
-pub fn announce_fallback() {
-    eprintln!(
-        "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
-         running the VM inside an emulated machine (much slower). --accel=kvm refuses this."
-    );
-}
-
-fn inner_args_of(initrd: bool, memory_bytes: u64, vcpus: u8, cmdline: &str) -> Vec<String> {
-    let mut a: Vec<String> = ["run", "--accel", "kvm", "--kernel", "/guest/kernel"]
-        .map(String::from)
-        .into();
-    if initrd {
-        a.extend(["--initrd".into(), "/guest/initrd".into()]);
-    }
-    a.extend([
-        "--memory".into(),
-        format!("{}K", memory_bytes >> 10),
-        "--cpus".into(),
-        vcpus.to_string(),
-    ]);
-    let extra = cmdline
-        .strip_prefix(DEFAULT_CMDLINE)
-        .unwrap_or(cmdline)
-        .trim();
-    if !extra.is_empty() {
-        a.extend(["--cmdline".into(), extra.to_string()]);
-    }
+                ..d.clone()
+            })
+            .collect(),
+        ..config.clone()
+    };
+    let mut a = vec!["run".to_string()];
+    a.extend(vm_args(&in_l1));
     a
 }
 
@@ -496,16 +484,18 @@ fn qemu_path(p: &Path) -> String {
 /// kvmini's exit code from inside it.
 pub fn run(config: &VmConfig) -> Result<u8, EmulatedError> {
     let args = inner_args(config);
-    run_inner(config, &args, false, None).map(|(code, _)| code)
+    run_inner(config, &args, None, None).map(|(code, _)| code)
 }
 
 /// `kvmini exec` inside the emulated machine: the inner kvmini runs the
 /// prepared VM (`exec --prepared`), the command's stdout and stderr come
-/// back on two virtio-serial ports of L1, separately and byte for byte.
+/// back on two virtio-serial ports of L1, separately and byte for byte,
+/// and the share archive (if `share` is given) on a third, into `share`.
 pub fn run_exec(
     config: &VmConfig,
     timeout: Option<Duration>,
     console: &ConsoleConfig,
+    share: Option<Box<dyn io::Write + Send>>,
 ) -> Result<Outcome, EmulatedError> {
     let mut args = inner_args(config);
     args[0] = "exec".into();
@@ -524,22 +514,27 @@ pub fn run_exec(
         // L1's first serial port, which QEMU writes to the user's file.
         args.extend(["--console".into(), "file=/dev/ttyS0".into()]);
     }
+    if share.is_some() {
+        // emulated-init links this to the port kvmini.share.
+        args.extend(["--share-stream".into(), "/dev/kvmini-share".into()]);
+    }
     let mut vm = config.clone();
     vm.console = console.clone();
-    let (code, report) = run_inner(&vm, &args, true, timeout)?;
+    let (code, report) = run_inner(&vm, &args, Some(share), timeout)?;
     Ok(match report.and_then(|r| r.command_status) {
         Some(status) => Outcome::Finished(status),
         None => Outcome::Failed(code),
     })
 }
 
-/// Boots L1 with `inner` as the inner kvmini's arguments (`exec`: the
-/// command's streams come back through virtio-serial); returns the exit
-/// code and, when L1 reported, its report.
+/// Boots L1 with `inner` as the inner kvmini's arguments (`exec` is given
+/// for `kvmini exec`: the command's streams come back through virtio-serial,
+/// the share archive into the writer inside, if any); returns the exit code
+/// and, when L1 reported, its report.
 fn run_inner(
     config: &VmConfig,
     inner: &[String],
-    exec: bool,
+    exec: Option<Option<Box<dyn io::Write + Send>>>,
     timeout: Option<Duration>,
 ) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
@@ -591,10 +586,9 @@ fn run_inner(
         [&report_path, &heartbeat_path],
         l1_size,
     );
-    let streams = if exec {
-        Some(ExecStreams::listen(dir, &mut qemu)?)
-    } else {
-        None
+    let streams = match exec {
+        Some(share) => Some(ExecStreams::listen(dir, &mut qemu, share)?),
+        None => None,
     };
     let interactive =
         streams.is_none() && config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
@@ -641,7 +635,7 @@ fn run_inner(
         return Ok((code, None));
     }
     if ended == Ended::Froze {
-        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL));
+        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL, report.last_step));
     }
     if ended == Ended::TimedOut {
         eprintln!(
@@ -649,7 +643,7 @@ fn run_inner(
              for its own start); it was killed",
             L1_BOOT_ALLOWANCE.as_secs()
         );
-        return Ok((crate::exec::code::TIMEOUT, None));
+        return Ok((code::EXEC_TIMEOUT, None));
     }
     if let Some(why) = report.error {
         return Err(EmulatedError::L1Setup(why));
@@ -658,7 +652,7 @@ fn run_inner(
     // Ctrl-A x; only the latter leaves L1 with kvmini running and no panic.
     if interactive && qemu_status.success() && report.last_step.is_some() && !report.l1_panicked() {
         eprintln!("kvmini: the emulated machine was quit with Ctrl-A x");
-        return Ok((USER_QUIT, None));
+        return Ok((code::USER_QUIT, None));
     }
     Err(EmulatedError::L1Died {
         last_step: report.last_step,
@@ -670,7 +664,9 @@ fn run_inner(
 /// Runs emulated.sh: installs what is missing and writes the L1 initramfs.
 /// Returns the L1 kernel and initramfs paths.
 fn prepare(dir: &Path, exe: &Path, config: &VmConfig) -> Result<(PathBuf, PathBuf), EmulatedError> {
-    let script = resources_dir().join("rig/emulated.sh");
+    let script = resources_dir()
+        .map_err(|e| EmulatedError::Resources(e.to_string()))?
+        .join("rig/emulated.sh");
     if !script.is_file() {
         return Err(EmulatedError::MissingScript(script));
     }
@@ -805,33 +801,52 @@ mod tests {
         p
     }
 
+    /// Appends a beat to `path` every 100 ms until the flag is set: a
+    /// heartbeat that keeps going however loaded the machine is (a thread,
+    /// not a shell forking `sleep`), far inside the stall limits below.
+    fn beat(path: PathBuf) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let t = thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, b"."));
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        (stop, t)
+    }
+
     #[test]
     fn watch_stops_qemu_when_the_heartbeat_stops() {
         let path = temp_file("silent");
-        // Beats twice, then goes silent but keeps running.
+        // Beats twice, then goes silent but keeps running (for 10 minutes:
+        // only the watch can end it early, with SIGTERM).
         let mut child = spawn_sh(&format!(
-            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 30",
+            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 600",
             p = path.display()
         ));
         let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(5));
-        let started = Instant::now();
         let (status, ended) = watch(&mut child, None, &mut hb);
         assert_eq!(ended, Ended::Froze);
         assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
-        assert!(started.elapsed() < Duration::from_secs(10));
         let _ = std::fs::remove_file(&path);
     }
 
     #[test]
     fn watch_waits_while_the_heartbeat_goes_on() {
         let path = temp_file("beating");
-        // Runs 4 s, longer than the 2 s stall limit, beating every 0.5 s.
-        let mut child = spawn_sh(&format!(
-            "for i in 1 2 3 4 5 6 7 8; do echo . >>{}; sleep 0.5; done; exit 7",
-            path.display()
-        ));
+        // Runs 5 s, longer than the 2 s stall limit, while a beat comes
+        // every 0.1 s: only a watch that ignores the heartbeat stops it.
+        let (stop, beater) = beat(path.clone());
+        let mut child = spawn_sh("sleep 5; exit 7");
         let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(2));
         let (status, ended) = watch(&mut child, None, &mut hb);
+        stop.store(true, Ordering::SeqCst);
+        let _ = beater.join();
         assert_eq!(ended, Ended::Exited);
         assert_eq!(status.unwrap().code(), Some(7));
         let _ = std::fs::remove_file(&path);
@@ -840,58 +855,102 @@ mod tests {
     #[test]
     fn watch_gives_l1_time_for_its_first_beat_then_stops_it() {
         let path = temp_file("never");
-        let mut child = spawn_sh("exec sleep 30");
+        let mut child = spawn_sh("exec sleep 600");
         let mut hb = Heartbeat::new(path, Duration::from_secs(1), Duration::from_secs(3));
         let started = Instant::now();
-        let (_, ended) = watch(&mut child, None, &mut hb);
+        let (status, ended) = watch(&mut child, None, &mut hb);
         assert_eq!(ended, Ended::Froze);
-        // Not at the 1 s stall limit: the first beat may take 3 s.
+        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
+        // Not at the 1 s stall limit: the first beat may take 3 s. (A lower
+        // bound: load can only make it later.)
         assert!(started.elapsed() >= Duration::from_secs(3));
     }
 
     #[test]
     fn watch_stops_qemu_at_the_deadline() {
         let path = temp_file("deadline");
-        let mut child = spawn_sh(&format!(
-            "while :; do echo . >>{}; sleep 0.2; done",
-            path.display()
-        ));
-        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(5), Duration::from_secs(5));
+        // Beating, and a stall limit far beyond the 1 s deadline: only the
+        // deadline can end it.
+        let (stop, beater) = beat(path.clone());
+        let mut child = spawn_sh("exec sleep 600");
+        let mut hb = Heartbeat::new(
+            path.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        );
         let deadline = Instant::now() + Duration::from_secs(1);
         let (status, ended) = watch(&mut child, Some(deadline), &mut hb);
+        stop.store(true, Ordering::SeqCst);
+        let _ = beater.join();
         assert_eq!(ended, Ended::TimedOut);
         assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
         let _ = std::fs::remove_file(&path);
     }
 
     #[test]
-    fn inner_args_drop_the_default_cmdline() {
-        let a = inner_args_of(
-            true,
-            256 << 20,
-            2,
-            &format!("{DEFAULT_CMDLINE} -- echo 'a b'"),
-        );
+    fn inner_args_carry_every_flag_with_l1_paths() {
+        let config = VmConfig {
+            kernel: "/home/me/vmlinux".into(),
+            initrd: Some("/home/me/initrd".into()),
+            memory_bytes: 256 << 20,
+            vcpus: 2,
+            cmdline: format!("{} -- echo 'a b'", crate::config::DEFAULT_CMDLINE),
+            console: ConsoleConfig::Stdout,
+            accel: Accel::Auto,
+            disks: vec![
+                DiskConfig {
+                    path: "/home/me/a.img".into(),
+                    readonly: true,
+                    limit: Default::default(),
+                },
+                DiskConfig {
+                    path: "/home/me/b.img".into(),
+                    readonly: false,
+                    limit: crate::devices::virtio::block::RateLimit {
+                        ops: Some(100),
+                        bytes: None,
+                    },
+                },
+            ],
+            nets: vec![],
+            shutdown_timeout: Duration::from_secs(7),
+            seccomp: crate::config::Seccomp::Off,
+        };
+        let a = inner_args(&config);
         assert_eq!(
             a,
             [
                 "run",
-                "--accel",
-                "kvm",
                 "--kernel",
                 "/guest/kernel",
                 "--initrd",
                 "/guest/initrd",
                 "--memory",
-                "262144K",
+                "256M",
                 "--cpus",
                 "2",
+                "--accel",
+                "kvm",
+                "--shutdown-timeout",
+                "7s",
+                "--seccomp",
+                "off",
                 "--cmdline",
-                "-- echo 'a b'"
+                "-- echo 'a b'",
+                "--disk",
+                "path=/dev/vda,readonly=on",
+                "--disk",
+                "path=/dev/vdb,iops=100",
             ]
         );
-        let a = inner_args_of(false, 256 << 20, 1, DEFAULT_CMDLINE);
+        let plain = VmConfig {
+            initrd: None,
+            cmdline: crate::config::DEFAULT_CMDLINE.into(),
+            ..config
+        };
+        let a = inner_args(&plain);
         assert!(!a.contains(&"--cmdline".to_string()));
+        assert!(!a.contains(&"--initrd".to_string()));
     }
 
     #[test]

@@ -1,27 +1,16 @@
 //! `kvmini`: parse the command line, validate it into a config, run the VM,
-//! and turn the outcome into an exit code and a one-line message.
+//! and turn the outcome into an exit code ([`kvmini::outcome`], listed in
+//! docs/cli.md) and a one-line message.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvmini::arch::x86_64::cpuid::host_has_hw_virt;
-use kvmini::cli::{Cli, Command};
-use kvmini::config::{self, Accel, VmConfig};
-use kvmini::{logger, vmm};
-
-/// Exit codes, documented in `kvmini --help` and docs/cli.md.
-mod code {
-    /// The guest powered off or rebooted.
-    pub const OK: u8 = 0;
-    /// kvmini could not start the VM (bad input, KVM unusable, ...).
-    pub const ERROR: u8 = 1;
-    /// The guest crashed: triple fault, failed emulation, failed entry.
-    pub const GUEST_CRASH: u8 = 3;
-    /// The guest kernel panicked.
-    pub const GUEST_PANIC: u8 = 4;
-    /// Killed from the console with Ctrl-A x.
-    pub const USER_QUIT: u8 = 130;
-}
+use kvmini::cli::{Cli, Command, RunArgs};
+use kvmini::config::{self, parse_console};
+use kvmini::launch::{self, Notice};
+use kvmini::outcome::{code, config_code};
+use kvmini::{guest, logger};
+use kvmini_flags::FlagsError;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -29,71 +18,107 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // exec passes the command's status through, so its own usage
-            // errors use 125 (as documented), not clap's 2.
-            let exec = std::env::args().nth(1).as_deref() == Some("exec");
+            // errors use 125 (as documented), not 2.
+            let exec = subcommand(std::env::args().skip(1)).as_deref() == Some("exec");
             let code = if e.use_stderr() && exec {
-                kvmini::exec::code::ERROR
+                code::EXEC_ERROR
             } else {
                 e.exit_code() as u8
             };
             return ExitCode::from(code);
         }
     };
-    if let Err(e) = logger::init(cli.log_level.as_deref()) {
+    let quiet = match &cli.command {
+        Command::Run(a) => a.quiet,
+        Command::Exec(a) => a.quiet,
+        Command::Bench(_) => false,
+    };
+    let level = cli.log_level.as_deref().or(quiet.then_some("error"));
+    if let Err(e) = logger::init(level) {
         eprintln!("kvmini: {e}");
-        return ExitCode::from(code::ERROR);
+        return ExitCode::from(if matches!(cli.command, Command::Exec(_)) {
+            code::EXEC_ERROR
+        } else {
+            code::USAGE
+        });
     }
-    match cli.command {
-        Command::Exec(args) => ExitCode::from(kvmini::exec::main(args)),
-        Command::Bench(args) => ExitCode::from(kvmini::bench::main(args)),
-        Command::Run(mut args) => {
-            if args.kernel.is_none() {
-                match kvmini::guest::default_guest() {
-                    Ok((kernel, initrd)) => {
-                        args.kernel = Some(kernel);
-                        args.initrd.get_or_insert(initrd);
-                    }
-                    Err(e) => return fail(&e),
-                }
-            }
-            let config = match VmConfig::from_run_args(&args, config::host_memory_bytes()) {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
-            };
-            match config.accel.resolve(host_has_hw_virt()) {
-                Ok(true) => {}
-                Ok(false) => {
-                    if config.accel == Accel::Auto {
-                        kvmini::emulated::announce_fallback();
-                    }
-                    return match kvmini::emulated::run(&config) {
-                        Ok(code) => ExitCode::from(code),
-                        Err(e) => fail(&e),
-                    };
-                }
-                Err(e) => return fail(&e),
-            }
-            match vmm::run(&config) {
-                Ok(exit) if exit.is_clean() => {
-                    log::info!("{exit}");
-                    ExitCode::from(code::OK)
-                }
-                Ok(exit) => {
-                    eprintln!("kvmini: {exit}");
-                    ExitCode::from(match exit {
-                        vmm::exit::VmExit::UserQuit => code::USER_QUIT,
-                        vmm::exit::VmExit::GuestPanic(_) => code::GUEST_PANIC,
-                        vmm::exit::VmExit::HostSignal(s) => (128 + s) as u8,
-                        _ => code::GUEST_CRASH,
-                    })
-                }
-                Err(e) => fail(&e),
-            }
-        }
+    guest::set_quiet(quiet);
+    ExitCode::from(match cli.command {
+        Command::Exec(args) => kvmini::exec::main(args),
+        Command::Bench(args) => kvmini_bench::main(args, |relative| {
+            guest::build_artefact(relative).map_err(|e| e.to_string())
+        }),
+        Command::Run(args) => run(args),
+    })
+}
+
+/// `kvmini run`.
+fn run(args: RunArgs) -> u8 {
+    let console = match parse_console(&args.console) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, config_code(&e)),
+    };
+    // Every flag is checked, and the engine chosen (`--accel kvm` refused
+    // where it cannot run), before the default guest is built.
+    let host_memory = config::host_memory_bytes();
+    let notice = if args.quiet {
+        Notice::Quiet
+    } else {
+        Notice::Stderr
+    };
+    let engine = match args
+        .vm
+        .check(console.clone(), 0, host_memory)
+        .and_then(|checked| launch::engine(&checked, notice))
+    {
+        Ok(engine) => engine,
+        Err(e) => return fail(&e, config_code(&e)),
+    };
+    let config = match args
+        .vm
+        .to_config(console, 0, host_memory, guest::default_guest)
+    {
+        Ok(c) => c,
+        Err(FlagsError::Config(e)) => return fail(&e, config_code(&e)),
+        Err(FlagsError::DefaultGuest(e)) => return fail(&e, code::ERROR),
+    };
+    match launch::run(&config, engine) {
+        Ok(code) => code,
+        Err(e) => fail(&e, code::ERROR),
     }
 }
 
-fn fail(e: &dyn std::error::Error) -> ExitCode {
+/// The subcommand in kvmini's arguments: the first word that is neither a
+/// global flag nor its value.
+fn subcommand(mut args: impl Iterator<Item = String>) -> Option<String> {
+    while let Some(a) = args.next() {
+        if a == "--log-level" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
+fn fail(e: &dyn std::error::Error, code: u8) -> u8 {
     eprintln!("kvmini: error: {e}");
-    ExitCode::from(code::ERROR)
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subcommand;
+
+    #[test]
+    fn subcommand_after_global_flags() {
+        let s = |a: &[&str]| subcommand(a.iter().map(|s| s.to_string()));
+        assert_eq!(s(&["exec", "uname"]).as_deref(), Some("exec"));
+        assert_eq!(
+            s(&["--log-level", "info", "exec", "uname"]).as_deref(),
+            Some("exec")
+        );
+        assert_eq!(s(&["--log-level=info", "exec"]).as_deref(), Some("exec"));
+        assert_eq!(s(&["--help"]), None);
+    }
 }

@@ -4,7 +4,7 @@
 # has SVM (-cpu max), load kvm-amd there, and run the scenarios inside L1.
 #
 #   run.sh --kvmini PATH --scenarios DIR [--timeout SECS] [--smp N] [--host]
-#          [--with-qemu] [--data DIR]
+#          [--with-qemu] [--data DIR] [--track-kvmini]
 #
 # --kvmini     statically linked kvmini binary (it runs inside L1)
 # --scenarios  directory of *.sh scenario scripts (POSIX sh / busybox)
@@ -18,21 +18,38 @@
 #              default: it adds ~50 MB that L1 unpacks under emulation.
 # --data DIR   copy DIR's files into L1 (/opt/data); scenarios get the
 #              directory in RIG_DATA (the host's DIR with --host)
+# --track-kvmini  record on L1's heartbeat port every start of $KVMINI (a
+#              wrapper that says so, then execs the binary), so that a frozen
+#              L1 can be blamed on the rig only when no kvmini process was
+#              running (see below). Off by default: benchmarks time kvmini's
+#              launch and should not time the wrapper. Ignored with --host.
 #
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
 # resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
 # GUEST_EXT4) are set.
+# GUEST_DEBIAN (optional): a directory from resources/debian/build.sh
+# (vmlinuz, initrd.img, rootfs.ext4). Its kernel and initrd go into L1; its
+# disk image reaches L1 as a QEMU virtio disk (snapshot=on: the cached image
+# is never written), /dev/vda there. Scenarios get GUEST_DEBIAN_KERNEL,
+# GUEST_DEBIAN_INITRD and GUEST_DEBIAN_DISK (the host's file with --host:
+# copy it before writing). Unset: not carried.
 # GUEST_BENCH_INITRD (optional): the bench initramfs (fio, iperf3; from
 # resources/bench/build-initramfs.sh), carried into L1 as
 # /opt/guest/bench-initramfs.cpio for `kvmini bench`'s block and network
 # workloads; scenarios get its path in GUEST_BENCH_INITRD. Unset: not carried.
 # stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
 # Never hangs: QEMU runs under an overall timeout.
+# Exit 75 (EX_TEMPFAIL): L1 froze or broke and was stopped; the last stdout
+# line is then
+#   @@KVMINI-RIG-FROZE kvmini-running=yes|no <why>
+# where yes means a kvmini process was (or may have been) running when L1
+# stopped: the last heartbeat saw one, or one started after it. Only a
+# "no" is the rig's own failure for certain.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
 
-kvmini="" scenarios="" per_timeout=300 smp=2 host=0 with_qemu=0 data=""
+kvmini="" scenarios="" per_timeout=300 smp=2 host=0 with_qemu=0 data="" track=0
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -42,6 +59,7 @@ while (($#)); do
     --host) host=1; shift ;;
     --with-qemu) with_qemu=1; shift ;;
     --data) data=$2; shift 2 ;;
+    --track-kvmini) track=1; shift ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
     esac
 done
@@ -67,6 +85,10 @@ if ((host)); then
     apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
     [[ -z ${GUEST_BENCH_INITRD:-} ]] || export GUEST_BENCH_INITRD
+    if [[ -n ${GUEST_DEBIAN:-} ]]; then
+        export GUEST_DEBIAN_KERNEL=$GUEST_DEBIAN/vmlinuz GUEST_DEBIAN_INITRD=$GUEST_DEBIAN/initrd.img
+        export GUEST_DEBIAN_DISK=$GUEST_DEBIAN/rootfs.ext4
+    fi
     KVMINI=$(realpath "$kvmini")
     if ((with_qemu)); then
         apt_install qemu-system-x86
@@ -98,13 +120,17 @@ cp /bin/busybox "$root/bin/"
 while read -r applet; do
     [[ -e $root/$applet ]] || ln -s /bin/busybox "$root/$applet"
 done < <(/bin/busybox --list-full)
+# virtio_pci and virtio_blk: L1's view of a --disk given to QEMU (GUEST_DEBIAN).
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd drivers/net/tun \
-    drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge; do
+    drivers/net/veth net/802/stp net/llc/llc net/bridge/bridge \
+    drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+    drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/block/virtio_blk; do
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
-# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d, debugfs rdump),
-# in place of busybox's much smaller mke2fs applet.
-for tool in mke2fs debugfs; do
+# e2fsprogs for `kvmini exec --share` inside L1 (mke2fs -d), in place of
+# busybox's much smaller mke2fs applet; debugfs for scenarios that look
+# into an image; e2fsck for the Debian scenarios' clean-filesystem check.
+for tool in mke2fs debugfs e2fsck; do
     rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/$tool
     bin=$(PATH=/usr/sbin:/sbin:$PATH command -v $tool) || die "$tool missing (e2fsprogs)"
     copy_with_libs "$root" "$bin"
@@ -132,7 +158,19 @@ fi
 copy_with_libs "$root" "$(command -v crun)"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
-cp "$kvmini" "$root/opt/kvmini/kvmini"
+if ((track)); then
+    # The scenarios' $KVMINI says on the heartbeat port that it starts, then
+    # becomes the real binary: the same process, and still called kvmini
+    # (kvmini bench finds its VMs by that name), in a directory of its own.
+    # L1's heartbeat counts the running kvmini processes.
+    mkdir -p "$root/opt/kvmini/bin"
+    cp "$kvmini" "$root/opt/kvmini/bin/kvmini"
+    printf '%s\n' '#!/bin/sh' 'echo kvmini-start >/dev/ttyS1' \
+        'exec /opt/kvmini/bin/kvmini "$@"' >"$root/opt/kvmini/kvmini"
+    chmod 0755 "$root/opt/kvmini/kvmini"
+else
+    cp "$kvmini" "$root/opt/kvmini/kvmini"
+fi
 cp "$GUEST_VMLINUX" "$root/opt/guest/vmlinux"
 cp "$GUEST_BZIMAGE" "$root/opt/guest/bzImage"
 cp "$GUEST_INITRD" "$root/opt/guest/initramfs.cpio.gz"
@@ -142,6 +180,16 @@ if [[ -n ${GUEST_BENCH_INITRD:-} ]]; then
     cp "$GUEST_BENCH_INITRD" "$root/opt/guest/bench-initramfs.cpio"
 fi
 cp "${scripts[@]}" "$root/opt/scenarios/"
+disk=()
+if [[ -n ${GUEST_DEBIAN:-} ]]; then
+    for f in vmlinuz initrd.img rootfs.ext4; do
+        [[ -f $GUEST_DEBIAN/$f ]] || die "GUEST_DEBIAN has no $f: $GUEST_DEBIAN (see resources/debian/build.sh)"
+    done
+    mkdir -p "$root/opt/guest/debian"
+    cp "$GUEST_DEBIAN/vmlinuz" "$GUEST_DEBIAN/initrd.img" "$root/opt/guest/debian/"
+    # snapshot=on: L1's writes go to a throwaway overlay, never the cache.
+    disk=(-drive "file=$GUEST_DEBIAN/rootfs.ext4,if=virtio,format=raw,snapshot=on")
+fi
 (cd "$root" && find . -print | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/l1.cpio"
 
 # Overall budget: L1 boot + every scenario at its full timeout + slack.
@@ -163,9 +211,12 @@ rc=0
 # CPU, or simply silence), which no timeout inside L1 can break. L1's init
 # writes a heartbeat to its second serial port ($tmp/heartbeat here), so
 # such an L1 is stopped at once (soft lockup, or a scenario that survives
-# SIGKILL), or when its heartbeat has not moved for $stall s, and run.sh
-# exits 75 (EX_TEMPFAIL): the rig failed, not necessarily kvmini.
+# SIGKILL), or when its heartbeat has not moved for $stall s ($first_beat s
+# for the first beat, which comes after L1's boot), and run.sh exits 75
+# (EX_TEMPFAIL) saying whether a kvmini process was running then: only
+# without one is it certainly the rig's failure.
 stall=${KVMINI_RIG_STALL:-60}
+first_beat=${KVMINI_RIG_FIRST_BEAT:-120}
 fifo=$tmp/console
 mkfifo "$fifo"
 : >"$tmp/heartbeat"
@@ -174,7 +225,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -nographic -no-reboot -nic none \
     -serial mon:stdio -serial "file:$tmp/heartbeat" \
     -monitor "unix:$tmp/monitor,server=on,wait=off" \
-    -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
+    "${disk[@]}" -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
@@ -203,7 +254,10 @@ while :; do
     size=$(stat -c %s "$tmp/heartbeat")
     if ((size != beat_size)); then
         beat_size=$size beat_at=$SECONDS
-    elif ((SECONDS - beat_at > stall)); then
+    elif ((beat_size == 0 && SECONDS - beat_at > first_beat)); then
+        broken="no heartbeat from L1 for ${first_beat}s after its start"
+        break
+    elif ((beat_size > 0 && SECONDS - beat_at > stall)); then
         broken="no heartbeat from L1 for ${stall}s"
         break
     fi
@@ -222,7 +276,15 @@ fi
 wait "$qemu" || rc=$?
 log "L1 finished after $((SECONDS - start))s (qemu rc=$rc)"
 if [[ -n $broken ]]; then
-    log "ERROR: the rig broke: $broken; stopped L1"
+    # Heartbeat lines (l1-init): "beat kvmini=N" every 5 s, N running kvmini
+    # processes; "kvmini-start" from the --track-kvmini wrapper. Serial
+    # lines end in \r\n.
+    running=$(awk '{ sub(/\r$/, "") }
+        /^beat kvmini=/ { seen = ($2 != "kvmini=0"); started = 0 }
+        /^kvmini-start/ { started = 1 }
+        END { print (seen || started) ? "yes" : "no" }' "$tmp/heartbeat")
+    log "ERROR: the rig broke: $broken; stopped L1 (kvmini running then: $running)"
+    echo "@@KVMINI-RIG-FROZE kvmini-running=$running $broken"
     exit 75
 fi
 ((rc != 124 && rc != 137)) || die "rig timed out after ${overall}s"

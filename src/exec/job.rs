@@ -15,10 +15,7 @@ pub struct GuestShare {
 /// The guest's PATH for the command (Debian's root PATH).
 pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// `s` as one single-quoted sh word: `'` becomes `'\''`.
-pub fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::config::sh_quote as quote;
 
 /// `/kvmini/job`: variables for the exec init.
 pub fn job_script(rootfs: Option<&str>, shares: &[GuestShare]) -> String {
@@ -59,29 +56,6 @@ pub fn command_script(workdir: &str, env: &[(String, String)], argv: &[String]) 
 mod tests {
     use super::*;
     use std::process::Command;
-
-    #[test]
-    fn quoting_survives_a_real_shell() {
-        let nasty = [
-            "plain",
-            "it's",
-            "a b\tc",
-            "$(rm -rf /) `x` $HOME \\ \" ;|&<>*?[",
-            "line1\nline2",
-            "",
-            "'",
-        ];
-        let script = format!(
-            "for a in {}; do printf '%s\\0' \"$a\"; done",
-            nasty.map(quote).join(" ")
-        );
-        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
-        let expected: Vec<u8> = nasty
-            .iter()
-            .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-            .collect();
-        assert_eq!(out.stdout, expected);
-    }
 
     #[test]
     fn command_script_runs_argv_in_a_clean_env() {

@@ -6,11 +6,13 @@
 //! - in: an extra initramfs archive appended to the guest's initrd carries
 //!   the exec init (`resources/rootfs/exec-init`, run with
 //!   `rdinit=/kvmini/init`), the disks to mount ([`job`]) and the command;
-//! - shares: host directories packed into ext4 images on virtio-blk disks,
-//!   copied back afterwards ([`share`]);
-//! - out: three single-port virtio-consoles, /dev/hvc0 = the command's
-//!   stdout, /dev/hvc1 = its stderr, /dev/hvc2 = `exit N` from the init;
-//!   the serial console (kernel log) stays apart ([`capture`]).
+//! - shares: host directories packed into ext4 images on virtio-blk disks;
+//!   what the command changed in a writable one comes back as an archive
+//!   that is checked before it is applied ([`share`]);
+//! - out: four single-port virtio-consoles, /dev/hvc0 = the command's
+//!   stdout, /dev/hvc1 = its stderr, /dev/hvc2 = `exit N` from the init,
+//!   /dev/hvc3 = the share archive (into a bounded file); the serial
+//!   console (kernel log) stays apart ([`capture`]).
 
 pub mod capture;
 pub mod cpio;
@@ -22,27 +24,34 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::cli::{ExecArgs, RunArgs};
-use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig, MAX_VIRTIO_DEVICES};
+use crate::cli::ExecArgs;
+use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::virtio::block::guest_device;
 use crate::emulated::{self, EmulatedError};
+use crate::exit::VmExit;
 use crate::guest::{self, GuestError};
-use crate::vmm::{self, exit::VmExit, Extras};
-use capture::{Status, StatusChannel, Tail, Tee};
-use share::{ShareError, ShareSpec};
+use crate::launch::{self, Engine, Notice};
+pub use crate::outcome::Outcome;
+use crate::outcome::{code as codes, signal_code};
+use crate::vmm::{self, Extras};
+use capture::{CaptureError, Spool, Status, StatusChannel, Tail, Tee};
+use kvmini_flags::{FlagsError, VmArgs};
+use share::{CopyBack, ShareError, ShareSpec};
 
-/// `kvmini exec`'s own exit codes (the command's status passes through).
+/// `kvmini exec`'s own exit codes (the command's status passes through),
+/// as [`crate::outcome::code`] names them.
 pub mod code {
+    use crate::outcome::code;
     /// The guest kernel panicked or the VM crashed.
-    pub const GUEST_DIED: u8 = 123;
+    pub const GUEST_DIED: u8 = code::EXEC_GUEST_DIED;
     /// `--timeout` expired.
-    pub const TIMEOUT: u8 = 124;
+    pub const TIMEOUT: u8 = code::EXEC_TIMEOUT;
     /// kvmini could not run the command.
-    pub const ERROR: u8 = 125;
+    pub const ERROR: u8 = code::EXEC_ERROR;
 }
 
 /// The guest side: installed as /kvmini/init in the extra archive.
@@ -53,7 +62,7 @@ const EXEC_INIT: &str = include_str!("../../resources/rootfs/exec-init");
 const EXEC_CMDLINE: &str = "rdinit=/kvmini/init quiet";
 
 /// The virtio-consoles exec adds after the disks.
-const EXEC_CONSOLES: usize = 3;
+const EXEC_CONSOLES: usize = 4;
 
 /// Console lines shown when the VM fails.
 const TAIL_LINES: usize = 25;
@@ -65,10 +74,10 @@ pub enum ExecError {
     Env(String),
     Workdir(String),
     Console(String),
-    TooManyDevices(usize),
     Config(ConfigError),
     Guest(GuestError),
     Share(ShareError),
+    Capture(CaptureError),
     Io(PathBuf, io::Error),
     Vmm(vmm::Error),
     Emulated(EmulatedError),
@@ -95,14 +104,10 @@ impl fmt::Display for ExecError {
                 "invalid --console '{s}' for exec: use none or file=PATH (stdout carries \
                  the command's output)"
             ),
-            Self::TooManyDevices(n) => write!(
-                f,
-                "{n} disks and shares are too many: at most {} fit besides exec's consoles",
-                MAX_VIRTIO_DEVICES - EXEC_CONSOLES
-            ),
             Self::Config(e) => write!(f, "{e}"),
             Self::Guest(e) => write!(f, "{e}"),
             Self::Share(e) => write!(f, "{e}"),
+            Self::Capture(e) => write!(f, "{e}"),
             Self::Io(p, e) => write!(f, "cannot write '{}': {e} (check TMPDIR)", p.display()),
             Self::Vmm(e) => write!(f, "{e}"),
             Self::Emulated(e) => write!(f, "{e}"),
@@ -112,20 +117,10 @@ impl fmt::Display for ExecError {
 
 impl std::error::Error for ExecError {}
 
-/// Parses `90`, `90s`, `10m`, `1h`.
+/// Parses `90`, `90s`, `10m`, `1h` (more than zero).
 pub fn parse_duration(s: &str) -> Result<Duration, ExecError> {
-    let t = s.trim();
-    let (num, mult) = match t.as_bytes().last() {
-        Some(b's') => (&t[..t.len() - 1], 1),
-        Some(b'm') => (&t[..t.len() - 1], 60),
-        Some(b'h') => (&t[..t.len() - 1], 3600),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .and_then(|n| n.checked_mul(mult))
-        .map(Duration::from_secs)
+    config::parse_duration(s)
+        .filter(|d| !d.is_zero())
         .ok_or_else(|| ExecError::Timeout(s.to_string()))
 }
 
@@ -162,23 +157,6 @@ fn parse_console(s: &str) -> Result<ConsoleConfig, ExecError> {
     }
 }
 
-/// How a VM run ended, from exec's point of view.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The command ran to the end with this status; shares may be copied back.
-    Finished(u8),
-    /// It did not; kvmini exits with this code (the reason was printed).
-    Failed(u8),
-}
-
-impl Outcome {
-    pub fn code(&self) -> u8 {
-        match self {
-            Self::Finished(c) | Self::Failed(c) => *c,
-        }
-    }
-}
-
 /// Runs `kvmini exec`; returns the exit code.
 pub fn main(args: ExecArgs) -> u8 {
     match run(args) {
@@ -209,20 +187,35 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         .map(|s| ShareSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ExecError::Share)?;
-    let devices =
-        args.disks.len() + args.nets.len() + usize::from(args.rootfs.is_some()) + shares.len();
-    if devices + EXEC_CONSOLES > MAX_VIRTIO_DEVICES {
-        return Err(ExecError::TooManyDevices(devices));
-    }
-    // Refuse --accel kvm here before building anything.
-    let hw = config::Accel::parse(&args.accel)
-        .and_then(|a| a.resolve(crate::arch::x86_64::cpuid::host_has_hw_virt()))
+    // Every flag is checked, and the engine chosen (`--accel kvm` refused
+    // where it cannot run), before anything is built or packed.
+    let vm_args = exec_vm_args(&args.vm);
+    let added = EXEC_CONSOLES + usize::from(args.rootfs.is_some()) + shares.len();
+    let host_memory = config::host_memory_bytes();
+    let checked = vm_args
+        .check(console.clone(), added, host_memory)
         .map_err(ExecError::Config)?;
-    let kernel = match args.kernel.clone() {
-        Some(k) => k,
-        None => guest::default_kernel().map_err(ExecError::Guest)?,
+    if let Some(rootfs) = &args.rootfs {
+        config::check_readable(rootfs)
+            .map_err(|e| ExecError::Config(ConfigError::RootfsMissing(rootfs.clone(), e)))?;
+    }
+    let notice = if args.quiet {
+        Notice::Quiet
+    } else {
+        Notice::TerminalOnly
     };
-    let base_initrd = match args.initrd.clone() {
+    let engine = launch::engine(&checked, notice).map_err(ExecError::Config)?;
+    let mut vm = vm_args
+        .to_config(console.clone(), added, host_memory, guest::default_guest)
+        .map_err(|e| match e {
+            FlagsError::Config(e) => ExecError::Config(e),
+            FlagsError::DefaultGuest(e) => ExecError::Guest(e),
+        })?;
+    // --timeout counts from here: packing shares and preparing the VM are
+    // part of the command's time (building the default guest on first use
+    // is not).
+    let since = Instant::now();
+    let base_initrd = match vm.initrd.clone() {
         Some(i) => i,
         None => guest::default_initrd().map_err(ExecError::Guest)?,
     };
@@ -236,24 +229,42 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     let dir = tmp.as_path();
 
     // Disks in guest order: the user's, the rootfs, the shares.
-    let mut disks = args.disks.clone();
+    let mut disks = std::mem::take(&mut vm.disks);
     let mut attach = |path: PathBuf, readonly: bool| {
-        disks.push(DiskConfig { path, readonly }.to_arg());
+        disks.push(DiskConfig {
+            path,
+            readonly,
+            limit: Default::default(),
+        });
         guest_device(disks.len() - 1)
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
     let mut guest_shares = Vec::new();
-    let mut images = Vec::new();
+    let mut packed = Vec::new();
     for (i, s) in shares.iter().enumerate() {
         let image = dir.join(format!("share{i}.img"));
-        share::make_image(s, &image).map_err(ExecError::Share)?;
+        packed.push(share::make_image(s, &image).map_err(ExecError::Share)?);
         guest_shares.push(job::GuestShare {
-            device: attach(image.clone(), s.readonly),
+            device: attach(image, s.readonly),
             path: s.guest.clone(),
             readonly: s.readonly,
         });
-        images.push(image);
     }
+    // The writable shares, numbered as in the guest's job.
+    let writable: Vec<CopyBack> = shares
+        .iter()
+        .zip(&packed)
+        .enumerate()
+        .filter(|(_, (s, _))| !s.readonly)
+        .map(|(i, (spec, packed))| CopyBack {
+            number: i + 1,
+            spec,
+            packed,
+        })
+        .collect();
+    let archive = dir.join("shares.tar");
+    let limit = writable.iter().map(|w| w.packed.stream_limit()).sum();
+    let spool = Spool::create(&archive, limit).map_err(|e| ExecError::Io(archive.clone(), e))?;
 
     let job = job::job_script(rootfs_dev.as_deref(), &guest_shares);
     let command = job::command_script(&args.workdir, &env, &args.command);
@@ -288,26 +299,22 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     std::fs::write(&initrd, cpio::append(base, &extra))
         .map_err(|e| ExecError::Io(initrd.clone(), e))?;
 
-    let vm = vm_config(&args, kernel, initrd, disks)?;
-    let outcome = if hw {
-        run_kvm(&vm, timeout, &console)?
-    } else {
-        if vm.accel == config::Accel::Auto {
-            emulated::announce_fallback();
+    vm.disks = disks;
+    vm.initrd = Some(initrd);
+    let outcome = match engine {
+        Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
+        Engine::Emulated => {
+            let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
+            emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
         }
-        emulated::run_exec(&vm, timeout, &console).map_err(ExecError::Emulated)?
     };
 
     if let Outcome::Finished(_) = outcome {
-        for (i, (s, image)) in shares.iter().zip(&images).enumerate() {
-            if s.readonly {
-                continue;
-            }
-            let n = share::copy_back(s, image, &dir.join(format!("staging{i}")))
-                .map_err(ExecError::Share)?;
-            log::info!("--share {}: {n} entries copied back", s.host.display());
+        if !writable.is_empty() {
+            spool.finish().map_err(ExecError::Capture)?;
+            share::copy_back(&writable, &archive).map_err(ExecError::Share)?;
         }
-    } else if shares.iter().any(|s| !s.readonly) {
+    } else if !writable.is_empty() {
         eprintln!(
             "kvmini: the command did not finish: what it wrote under writable shares was \
              not copied back"
@@ -316,29 +323,20 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     Ok(outcome.code())
 }
 
-/// The VM for `kvmini exec`: run's validation, exec's kernel parameters.
-fn vm_config(
-    args: &ExecArgs,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    disks: Vec<String>,
-) -> Result<VmConfig, ExecError> {
-    let mut cmdline = EXEC_CMDLINE.to_string();
-    if let Some(extra) = args.cmdline.as_deref().filter(|c| !c.trim().is_empty()) {
-        cmdline = format!("{cmdline} {extra}");
+/// The VM flags with exec's kernel parameters in front of the user's.
+fn exec_vm_args(vm: &VmArgs) -> VmArgs {
+    let extra = vm
+        .cmdline
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    VmArgs {
+        cmdline: Some(match extra {
+            Some(extra) => format!("{EXEC_CMDLINE} {extra}"),
+            None => EXEC_CMDLINE.to_string(),
+        }),
+        ..vm.clone()
     }
-    let run = RunArgs {
-        kernel: Some(kernel),
-        initrd: Some(initrd),
-        memory: args.memory.clone(),
-        cpus: args.cpus,
-        cmdline: Some(cmdline),
-        accel: args.accel.clone(),
-        disks,
-        nets: args.nets.clone(),
-        console: "none".into(),
-    };
-    VmConfig::from_run_args(&run, config::host_memory_bytes()).map_err(ExecError::Config)
 }
 
 /// Inside the emulated machine: everything was prepared by the outer kvmini.
@@ -347,13 +345,29 @@ fn run_prepared(
     timeout: Option<Duration>,
     console: &ConsoleConfig,
 ) -> Result<u8, ExecError> {
-    let (Some(kernel), Some(initrd)) = (args.kernel.clone(), args.initrd.clone()) else {
+    // The outer kvmini gave every flag, exec's parameters included.
+    if args.vm.kernel.is_none() || args.vm.initrd.is_none() {
         return Err(ExecError::Config(ConfigError::NoKernel));
+    }
+    let vm = args
+        .vm
+        .to_config(console.clone(), EXEC_CONSOLES, None, || {
+            Err::<(PathBuf, PathBuf), _>(ConfigError::NoKernel)
+        })
+        .map_err(|e| match e {
+            FlagsError::Config(e) | FlagsError::DefaultGuest(e) => ExecError::Config(e),
+        })?;
+    // The share archive goes to the emulated machine's port for it.
+    let share_out: Box<dyn Write + Send> = match &args.share_stream {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map_err(|e| ExecError::Io(p.clone(), e))?,
+        ),
+        None => Box::new(io::sink()),
     };
-    let mut vm = vm_config(args, kernel, initrd, args.disks.clone())?;
-    // The outer kvmini already added exec's parameters.
-    vm.cmdline = vm.cmdline.replacen(&format!(" {EXEC_CMDLINE}"), "", 1);
-    let outcome = run_kvm(&vm, timeout, console)?;
+    let outcome = run_kvm(&vm, timeout, Instant::now(), console, share_out)?;
     if let (Outcome::Finished(status), Some(path)) = (&outcome, &args.status_file) {
         std::fs::write(path, format!("{status}\n")).map_err(|e| ExecError::Io(path.clone(), e))?;
     }
@@ -371,11 +385,14 @@ fn std_stream(fd: std::os::fd::BorrowedFd) -> Box<dyn Write + Send> {
     }
 }
 
-/// Runs the prepared VM on this host's KVM and interprets how it ended.
+/// Runs the prepared VM on this host's KVM and interprets how it ended;
+/// the share archive goes to `share_out`; `timeout` counts from `since`.
 pub fn run_kvm(
     vm: &VmConfig,
     timeout: Option<Duration>,
+    since: Instant,
     console: &ConsoleConfig,
+    share_out: Box<dyn Write + Send>,
 ) -> Result<Outcome, ExecError> {
     let tail = Tail::new(16 << 10);
     let file = match console {
@@ -388,10 +405,12 @@ pub fn run_kvm(
             std_stream(io::stdout().as_fd()),
             std_stream(io::stderr().as_fd()),
             Box::new(status.clone()),
+            share_out,
         ],
         serial_out: Some(Box::new(Tee(tail.clone(), file))),
         no_console_input: true,
         timeout,
+        timeout_since: Some(since),
     };
     let exit = vmm::run_with(vm, extras).map_err(ExecError::Vmm)?;
     Ok(interpret(&exit, status.status(), &tail))
@@ -409,36 +428,50 @@ fn interpret(exit: &VmExit, status: Option<Status>, tail: &Tail) -> Outcome {
             }
         }
     };
-    match (exit, status) {
-        (VmExit::Reset | VmExit::PowerOff, Some(Status::Exit(n))) => Outcome::Finished(n),
-        (VmExit::TimedOut(d), _) => {
+    let died = |exit: &VmExit| {
+        eprintln!("kvmini: {exit}");
+        show_tail();
+        Outcome::Failed(codes::EXEC_GUEST_DIED)
+    };
+    // Every exit reason is named: a new one does not compile until it has
+    // its outcome.
+    match exit {
+        VmExit::Reset | VmExit::PowerOff => match status {
+            Some(Status::Exit(n)) => Outcome::Finished(n),
+            Some(Status::Error(why)) => {
+                eprintln!("kvmini: the guest could not run the command: {why}");
+                show_tail();
+                Outcome::Failed(codes::EXEC_ERROR)
+            }
+            None => {
+                eprintln!("kvmini: the guest stopped before the command finished");
+                show_tail();
+                Outcome::Failed(codes::EXEC_ERROR)
+            }
+        },
+        VmExit::TimedOut(d) => {
             eprintln!(
                 "kvmini: the command did not finish within {}s (--timeout); the VM was killed",
                 d.as_secs()
             );
             show_tail();
-            Outcome::Failed(code::TIMEOUT)
+            Outcome::Failed(codes::EXEC_TIMEOUT)
         }
-        (VmExit::HostSignal(s), _) => {
+        // SIGTERM stopped the VM, or pressed an ACPI guest's power button.
+        VmExit::HostSignal(signal)
+        | VmExit::GuestShutDown { signal }
+        | VmExit::ShutdownTimedOut { signal, .. } => {
             eprintln!("kvmini: {exit}");
-            Outcome::Failed(128u8.saturating_add(*s as u8))
+            Outcome::Failed(signal_code(*signal))
         }
-        (VmExit::Reset | VmExit::PowerOff, Some(Status::Error(why))) => {
-            eprintln!("kvmini: the guest could not run the command: {why}");
-            show_tail();
-            Outcome::Failed(code::ERROR)
-        }
-        (VmExit::Reset | VmExit::PowerOff, None) => {
-            eprintln!("kvmini: the guest stopped before the command finished");
-            show_tail();
-            Outcome::Failed(code::ERROR)
-        }
-        (exit, _) => {
-            // Panic or crash.
-            eprintln!("kvmini: {exit}");
-            show_tail();
-            Outcome::Failed(code::GUEST_DIED)
-        }
+        // Ctrl-A x cannot reach exec (its console input is not stdin).
+        VmExit::UserQuit => Outcome::Failed(codes::USER_QUIT),
+        VmExit::GuestPanic(_)
+        | VmExit::TripleFault { .. }
+        | VmExit::FailEntry { .. }
+        | VmExit::InternalError { .. }
+        | VmExit::GuestCrash { .. }
+        | VmExit::VcpuError { .. } => died(exit),
     }
 }
 
@@ -554,5 +587,6 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(exec_init().contains("/dev/hvc2"));
+        assert!(exec_init().contains("/dev/hvc3"));
     }
 }

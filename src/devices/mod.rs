@@ -1,7 +1,0 @@
-//! Device models. They know nothing about KVM: the vCPU loop hands them
-//! port and MMIO accesses through [`bus::Bus`], and they raise interrupts
-//! through eventfds that the VM wires to irqfds.
-
-pub mod bus;
-pub mod legacy;
-pub mod virtio;

@@ -1,0 +1,95 @@
+//! Where a VM runs, decided once: `--accel` resolved against this host
+//! ([`engine`], which also says when `auto` falls back to the emulated
+//! machine), and `kvmini run`'s VM run there ([`run`]). `kvmini exec` asks
+//! [`engine`] too and runs its prepared VM on the engine it names.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use crate::arch::x86_64::cpuid::host_has_hw_virt;
+use crate::config::{Accel, ConfigError, VmConfig};
+use crate::emulated::{self, EmulatedError};
+use crate::outcome;
+use crate::vmm;
+
+/// What runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// This host's /dev/kvm, kvmini's own VMM.
+    Kvm,
+    /// kvmini inside the emulated machine (QEMU TCG with nested KVM).
+    Emulated,
+}
+
+/// Who hears that `--accel auto` chose the emulated machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// kvmini's stderr (`run`).
+    Stderr,
+    /// kvmini's stderr only when it is a terminal, else the log (`exec`:
+    /// its stderr carries the command's, byte for byte).
+    TerminalOnly,
+    /// Nobody (`--quiet`); the log at info level.
+    Quiet,
+}
+
+/// Resolves `config.accel` on this host: `kvm` is refused without vmx/svm,
+/// `auto` picks KVM where the host has it and says when it does not.
+pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> {
+    if config.accel.resolve(host_has_hw_virt())? {
+        return Ok(Engine::Kvm);
+    }
+    if config.accel == Accel::Auto {
+        let tell = match notice {
+            Notice::Stderr => true,
+            Notice::TerminalOnly => std::io::stderr().is_terminal(),
+            Notice::Quiet => false,
+        };
+        if tell {
+            eprintln!("{FALLBACK_NOTICE}");
+        } else {
+            log::info!("{}", FALLBACK_NOTICE.replace("\n        ", " "));
+        }
+    }
+    Ok(Engine::Emulated)
+}
+
+const FALLBACK_NOTICE: &str =
+    "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
+     running the VM inside an emulated machine (much slower). --accel=kvm refuses this.";
+
+#[derive(Debug)]
+pub enum LaunchError {
+    Vmm(vmm::Error),
+    Emulated(EmulatedError),
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Vmm(e) => write!(f, "{e}"),
+            Self::Emulated(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+/// `kvmini run`: boots `config` on `engine` (what [`engine`] chose) and
+/// runs it until it stops; returns kvmini's exit code (why it stopped was
+/// said on stderr unless it stopped cleanly).
+pub fn run(config: &VmConfig, engine: Engine) -> Result<u8, LaunchError> {
+    match engine {
+        Engine::Emulated => emulated::run(config).map_err(LaunchError::Emulated),
+        Engine::Kvm => {
+            let exit = vmm::run(config).map_err(LaunchError::Vmm)?;
+            if exit.is_clean() {
+                log::info!("{exit}");
+            } else {
+                // Not waiting long for a stalled stderr (see logger).
+                crate::logger::stderr_text(&format!("kvmini: {exit}\n"));
+            }
+            Ok(outcome::run_code(&exit))
+        }
+    }
+}
