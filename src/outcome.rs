@@ -126,7 +126,14 @@ mod tests {
             }),
             130
         );
-        assert_eq!(run_code(&VmExit::TripleFault { cpu: 0 }), 3);
+        assert_eq!(
+            run_code(&VmExit::TripleFault {
+                cpu: 0,
+                early: false,
+                report: String::new(),
+            }),
+            3
+        );
         assert_eq!(
             run_code(&VmExit::InternalError {
                 cpu: 1,

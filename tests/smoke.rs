@@ -282,6 +282,22 @@ fn triple_fault_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("about to fault"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vcpu0: the guest triple-faulted"), "{err}");
+    // The report: registers, control and segment state, pending events,
+    // and the serial writes that came before the fault.
+    for want in [
+        "vcpu0 at KVM_EXIT_SHUTDOWN",
+        "rip=0x",
+        "cr0=0x",
+        "efer=0x",
+        "idt base=0x",
+        "gdt base=0x",
+        "  cs  sel=",
+        "events: exception",
+        "bytes at rip",
+        "out  port 0x03f8 len=1 data=0xa",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
 }
 
 #[test]

@@ -44,6 +44,14 @@ check boot-complete 1 boot.sh boot-rig.log
 check boot-exec-complete 0 boot.sh boot-exec-rig.log
 # A complete network run (2 rounds): every figure, exit 0.
 check net-complete 0 net.sh net-rig.log
+# The TCP load loop (issue 17): kvmini after the fix, Firecracker and the
+# kvmini build before it in one L1, every run ok (exit 0), the old build
+# with receive length errors in every run.
+check net-load-fixed 0 net-load.sh net-load-rig.log
+# L1 froze during a Firecracker boot: charged to Firecracker, exit 1.
+check net-load-freeze 1 net-load.sh net-load-rig-freeze.log
+# A kvmini triple fault (before the fix), with its report: exit 1.
+check net-load-triple-fault 1 net-load.sh net-load-rig-triple-fault.log
 
 echo "$pass passed, $fail failed"
 ((fail == 0))

@@ -3,9 +3,9 @@
 # --host). Starts the same guest under kvmini or under QEMU's microvm, so a
 # benchmark scenario differs between the two VMMs in one word only.
 #
-#   bench_vm --vmm kvmini|kvmini-exec|qemu [--mem MIB] [--cpus N] [--kernel VMLINUX]
-#            [--initrd CPIO] [--kparams "KERNEL PARAMS"] [--disk IMG[,readonly=on]]...
-#            [--net TAP]
+#   bench_vm --vmm kvmini|kvmini-exec|qemu|firecracker [--mem MIB] [--cpus N]
+#            [--kernel VMLINUX] [--initrd CPIO] [--kparams "KERNEL PARAMS"]
+#            [--disk IMG[,readonly=on]]... [--net TAP] [--mac MAC]
 #            -- GUEST COMMAND...
 #
 # The guest command runs under resources/rootfs/init (sh -c), whose
@@ -26,7 +26,9 @@
 # for every kvmini run/exec, e.g. "--seccomp off" to measure what the
 # filters cost.
 # Needs KVMINI and, for --vmm qemu, QEMU in the environment (run.sh
-# --with-qemu sets it).
+# --with-qemu sets it); for --vmm firecracker, FIRECRACKER (the path of a
+# Firecracker binary, or of a wrapper script that runs it, as
+# resources/bench/net-load.sh makes).
 
 # QEMU's microvm (QEMU 7.2) puts its virtio-mmio transports at
 # 0xfeb00000 + i * 512, IRQ 5 + i, i = 0..7, and hands them to devices from
@@ -42,7 +44,8 @@ bench_qemu_mmio() {
 
 bench_vm() {
     _vmm="" _mem=512 _cpus=1 _kernel=${GUEST_VMLINUX:-} _initrd=${GUEST_INITRD:-} _kparams=""
-    _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio="" _kvmini_net="" _qemu_net="" _tap=""
+    _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio="" _kvmini_net="" _qemu_net="" _tap="" _mac=""
+    _fc_drives=""
     while [ $# -gt 0 ]; do
         case $1 in
         --vmm) _vmm=$2; shift 2 ;;
@@ -62,10 +65,15 @@ bench_vm() {
             _qemu_disks="$_qemu_disks -drive id=d$_ndisk,file=$_path,format=raw,if=none,readonly=$_ro"
             _qemu_disks="$_qemu_disks -device virtio-blk-device,drive=d$_ndisk"
             _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk)"
+            [ -z "$_fc_drives" ] || _fc_drives="$_fc_drives, "
+            _fc_ro=false
+            [ $_ro = on ] && _fc_ro=true
+            _fc_drives="$_fc_drives{\"drive_id\": \"d$_ndisk\", \"path_on_host\": \"$_path\", \"is_root_device\": false, \"is_read_only\": $_fc_ro}"
             _ndisk=$((_ndisk + 1))
             shift 2
             ;;
         --net) _tap=$2; shift 2 ;;
+        --mac) _mac=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "bench_vm: unknown option $1" >&2; return 2 ;;
         esac
@@ -75,9 +83,9 @@ bench_vm() {
         # One NIC on an existing TAP, after the disks. QEMU: userspace
         # virtio-net (vhost off, QEMU's default for -netdev tap), like
         # kvmini's.
-        _kvmini_net="--net tap=$_tap"
+        _kvmini_net="--net tap=$_tap${_mac:+,mac=$_mac}"
         _qemu_net="-netdev tap,id=n0,ifname=$_tap,script=no,downscript=no"
-        _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0"
+        _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0${_mac:+,mac=$_mac}"
         _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk)"
     fi
     _initrd_kvmini="" _initrd_qemu=""
@@ -118,7 +126,32 @@ bench_vm() {
             -kernel "$_kernel" $_initrd_qemu $_qemu_disks $_qemu_net \
             -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
         ;;
-    *) echo "bench_vm: --vmm must be kvmini, kvmini-exec or qemu (got '$_vmm')" >&2; return 2 ;;
+    firecracker)
+        [ -n "${FIRECRACKER:-}" ] || { echo "bench_vm: FIRECRACKER is not set" >&2; return 2; }
+        # Firecracker takes the VM from a JSON file (--no-api): the same
+        # kernel, initramfs, RAM, vCPUs, disks and TAP. It adds its own
+        # virtio_mmio.device= words before "--" (linux-loader keeps init's
+        # words apart) and exits 0 when the guest resets through the i8042.
+        case "$_kparams $*" in
+        *'"'* | *'\'*) echo "bench_vm: firecracker: no quotes or backslashes in the command line" >&2; return 2 ;;
+        esac
+        _fc_net=""
+        [ -z "$_tap" ] || _fc_net="{\"iface_id\": \"eth0\", \"host_dev_name\": \"$_tap\"${_mac:+, \"guest_mac\": \"$_mac\"}}"
+        _fc_initrd=""
+        [ -z "$_initrd" ] || _fc_initrd="\"initrd_path\": \"$_initrd\", "
+        _fc_dir=$(mktemp -d)
+        cat >"$_fc_dir/vm.json" <<EOF
+{"boot-source": {"kernel_image_path": "$_kernel", $_fc_initrd"boot_args": "console=ttyS0 reboot=k panic=1 $_kparams -- $*"},
+ "drives": [$_fc_drives],
+ "network-interfaces": [$_fc_net],
+ "machine-config": {"vcpu_count": $_cpus, "mem_size_mib": $_mem}}
+EOF
+        "$FIRECRACKER" --no-api --config-file "$_fc_dir/vm.json" </dev/null
+        _fc_rc=$?
+        rm -rf "$_fc_dir"
+        return $_fc_rc
+        ;;
+    *) echo "bench_vm: --vmm must be kvmini, kvmini-exec, qemu or firecracker (got '$_vmm')" >&2; return 2 ;;
     esac
 }
 

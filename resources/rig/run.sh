@@ -224,6 +224,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -accel "tcg,thread=${KVMINI_RIG_TCG_THREAD:-multi}" -cpu max -m 2048 -smp "$smp" \
     -nographic -no-reboot -nic none \
     -serial mon:stdio -serial "file:$tmp/heartbeat" \
+    -monitor "unix:$tmp/monitor,server=on,wait=off" \
     "${disk[@]}" -kernel "$vmlinuz" -initrd "$tmp/l1.cpio" \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
@@ -261,7 +262,17 @@ while :; do
         break
     fi
 done <"$fifo"
-[[ -z $broken ]] || kill "$qemu" 2>/dev/null || true
+if [[ -n $broken ]]; then
+    # Before stopping it: where its vCPUs are (halted? spinning? in L1 or L2?).
+    if command -v python3 >/dev/null && [[ -S $tmp/monitor ]]; then
+        log "L1's vCPUs at the time (QEMU monitor):"
+        python3 "$RIG/l1-dump.py" "$tmp/monitor" 2>&1 |
+            sed 's/^/[run.sh] L1 /' >&2 || true
+    else
+        log "no python3 or no QEMU monitor socket: cannot show where L1's vCPUs were"
+    fi
+    kill "$qemu" 2>/dev/null || true
+fi
 wait "$qemu" || rc=$?
 log "L1 finished after $((SECONDS - start))s (qemu rc=$rc)"
 if [[ -n $broken ]]; then

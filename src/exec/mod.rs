@@ -538,7 +538,15 @@ mod tests {
             Outcome::Failed(code::GUEST_DIED)
         );
         assert_eq!(
-            interpret(&VmExit::TripleFault { cpu: 0 }, None, &tail),
+            interpret(
+                &VmExit::TripleFault {
+                    cpu: 0,
+                    early: false,
+                    report: String::new()
+                },
+                None,
+                &tail
+            ),
             Outcome::Failed(code::GUEST_DIED)
         );
         assert_eq!(

@@ -23,8 +23,14 @@ pub enum VmExit {
     HostSignal(i32),
     /// The run's time limit passed (`kvmini exec --timeout`).
     TimedOut(std::time::Duration),
-    /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted.
-    TripleFault { cpu: u8 },
+    /// `KVM_EXIT_SHUTDOWN`: the guest triple-faulted. `early`: before its
+    /// first port or MMIO access (a boot-protocol problem, typically);
+    /// `report`: the vCPU's state and last exits (multi-line).
+    TripleFault {
+        cpu: u8,
+        early: bool,
+        report: String,
+    },
     /// `KVM_EXIT_FAIL_ENTRY`: the CPU refused to enter the guest.
     FailEntry { cpu: u8, reason: u64 },
     /// `KVM_EXIT_INTERNAL_ERROR`, typically an instruction KVM cannot emulate.
@@ -70,11 +76,20 @@ impl fmt::Display for VmExit {
             Self::UserQuit => write!(f, "terminated from the console (Ctrl-A x)"),
             Self::HostSignal(s) => write!(f, "terminated by signal {s}"),
             Self::TimedOut(d) => write!(f, "timed out after {}s; the VM was killed", d.as_secs()),
-            Self::TripleFault { cpu } => write!(
-                f,
-                "vcpu{cpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); \
-                 is the kernel built for x86_64 and the boot protocol?"
-            ),
+            Self::TripleFault { cpu, early, report } => {
+                write!(f, "vcpu{cpu}: the guest triple-faulted (KVM_EXIT_SHUTDOWN)")?;
+                if *early {
+                    write!(
+                        f,
+                        " before its first device access; is the kernel built for x86_64 \
+                         and the boot protocol?"
+                    )?;
+                }
+                if !report.is_empty() {
+                    write!(f, "\n{}", report.trim_end())?;
+                }
+                Ok(())
+            }
             Self::FailEntry { cpu, reason } => write!(
                 f,
                 "vcpu{cpu}: KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, \
@@ -158,11 +173,26 @@ mod tests {
         assert!(!s.is_raised());
         assert!(s.eventfd().read().is_err());
         s.raise(VmExit::Reset);
-        s.raise(VmExit::TripleFault { cpu: 1 });
+        s.raise(VmExit::TripleFault {
+            cpu: 1,
+            early: false,
+            report: String::new(),
+        });
         assert!(s.is_raised());
         assert_eq!(s.reason(), Some(VmExit::Reset));
         assert_eq!(s.eventfd().read().unwrap(), 1);
         assert!(VmExit::PowerOff.is_clean());
-        assert!(!VmExit::TripleFault { cpu: 0 }.is_clean());
+        let fault = VmExit::TripleFault {
+            cpu: 0,
+            early: true,
+            report: "vcpu0 at KVM_EXIT_SHUTDOWN\n  rip=0x0\n".into(),
+        };
+        assert!(!fault.is_clean());
+        assert_eq!(
+            fault.to_string(),
+            "vcpu0: the guest triple-faulted (KVM_EXIT_SHUTDOWN) before its first device \
+             access; is the kernel built for x86_64 and the boot protocol?\n\
+             vcpu0 at KVM_EXIT_SHUTDOWN\n  rip=0x0"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Thin wrappers over kvm-ioctls: opening `/dev/kvm` with errors a user can
-//! act on, the VM (memory, irqchip, PIT, irqfds) and the vCPU threads.
+//! act on, the VM (memory, irqchip, PIT, irqfds), the vCPU threads and
+//! their crash reports.
 
+pub mod crash;
 pub mod vcpu;
 pub mod vm;
 

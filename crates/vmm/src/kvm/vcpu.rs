@@ -1,7 +1,9 @@
 //! vCPU threads: one per vCPU, named `vcpu<N>`, running `KVM_RUN` and
 //! dispatching port and MMIO exits to the buses. A vCPU stops when the VM's
 //! [`ExitSignal`] is raised (by itself, another vCPU or the VMM) and it is
-//! kicked out of `KVM_RUN` with a signal.
+//! kicked out of `KVM_RUN` with a signal. Each vCPU remembers its last
+//! exits, and a triple fault comes with a report of its state
+//! ([`crate::kvm::crash`]).
 
 use std::io;
 use std::sync::{Arc, Once};
@@ -17,6 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
+use crate::kvm::crash::{ExitHistory, ExitKind, ExitRecord, ShutdownState};
 use crate::seccomp::{Seccomp, ThreadKind};
 use crate::thread::{self, VmmThread};
 
@@ -65,35 +68,48 @@ impl Vcpu {
             format!("vcpu{index}"),
             ThreadKind::Vcpu,
             seccomp,
-            move || self.run(),
+            move || {
+                let mut history = ExitHistory::default();
+                self.run(&mut history)
+            },
         )?;
         Ok(VcpuHandle { index, thread })
     }
 
-    fn run(mut self) {
+    fn run(mut self, history: &mut ExitHistory) {
+        let started = Instant::now();
         while !self.exit.is_raised() {
-            if let Some(reason) = self.run_once() {
+            if let Some(reason) = self.run_once(history, started) {
                 self.exit.raise(reason);
             }
         }
         log::debug!("vcpu{} stopped", self.index);
     }
 
-    /// One `KVM_RUN`; returns why the VM must stop, if it must.
-    fn run_once(&mut self) -> Option<VmExit> {
+    /// One `KVM_RUN`; returns why the VM must stop, if it must. Every exit
+    /// goes into `history`.
+    fn run_once(&mut self, history: &mut ExitHistory, started: Instant) -> Option<VmExit> {
         let cpu = self.index;
+        let now = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.pio.read(u64::from(port), data) {
                     log::debug!("vcpu{cpu}: read of unclaimed port {port:#x}");
                     data.fill(0xff);
                 }
+                history.push(ExitRecord::access(now(), ExitKind::IoIn, port.into(), data));
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !self.pio.write(u64::from(port), data) {
                     log::debug!("vcpu{cpu}: write {data:x?} to unclaimed port {port:#x}");
                 }
+                history.push(ExitRecord::access(
+                    now(),
+                    ExitKind::IoOut,
+                    port.into(),
+                    data,
+                ));
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -101,15 +117,24 @@ impl Vcpu {
                     log::debug!("vcpu{cpu}: read of unclaimed MMIO {addr:#x}");
                     data.fill(0xff);
                 }
+                history.push(ExitRecord::access(now(), ExitKind::MmioRead, addr, data));
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !self.mmio.write(addr, data) {
                     log::debug!("vcpu{cpu}: write to unclaimed MMIO {addr:#x}");
                 }
+                history.push(ExitRecord::access(now(), ExitKind::MmioWrite, addr, data));
                 None
             }
-            Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault { cpu }),
+            Ok(VcpuExit::Shutdown) => {
+                let report = self.shutdown_state(now()).report(history);
+                Some(VmExit::TripleFault {
+                    cpu,
+                    early: history.total() == 0,
+                    report,
+                })
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
                 KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
@@ -131,6 +156,7 @@ impl Vcpu {
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
+                history.push(ExitRecord::event(now(), ExitKind::Interrupted, 0));
                 None
             }
             Err(e) => Some(VmExit::VcpuError {
@@ -180,15 +206,52 @@ impl Vcpu {
 
     /// Reads up to 15 bytes at guest virtual address `rip`, if mapped.
     fn bytes_at(&self, rip: u64) -> Option<Vec<u8>> {
-        let t = self.fd.translate_gva(rip).ok()?;
+        self.guest_bytes(rip, 15).ok()
+    }
+
+    /// Reads `len` bytes at guest virtual address `gva` through the vCPU's
+    /// page tables; stops at the page end.
+    fn guest_bytes(&self, gva: u64, len: usize) -> Result<Vec<u8>, String> {
+        let t = self
+            .fd
+            .translate_gva(gva)
+            .map_err(|e| format!("cannot translate {gva:#x}: {e}"))?;
         if t.valid == 0 {
-            return None;
+            return Err(format!("{gva:#x} is not mapped"));
         }
-        let mut buf = [0u8; 15];
+        let in_page = 0x1000 - (gva & 0xfff) as usize;
+        let mut buf = vec![0u8; len.min(in_page)];
         self.mem
             .read_slice(&mut buf, GuestAddress(t.physical_address))
-            .ok()?;
-        Some(buf.to_vec())
+            .map_err(|e| {
+                format!(
+                    "{gva:#x} maps to {:#x}, not guest RAM: {e}",
+                    t.physical_address
+                )
+            })?;
+        Ok(buf)
+    }
+
+    /// What KVM can tell about this vCPU after `KVM_EXIT_SHUTDOWN`.
+    fn shutdown_state(&self, at_us: u64) -> ShutdownState {
+        let regs = self.fd.get_regs().map_err(|e| e.to_string());
+        let code = match &regs {
+            Ok(r) => self.guest_bytes(r.rip, 15),
+            Err(_) => Err("registers unknown".into()),
+        };
+        let stack = match &regs {
+            Ok(r) => self.guest_bytes(r.rsp, 64),
+            Err(_) => Err("registers unknown".into()),
+        };
+        ShutdownState {
+            cpu: self.index,
+            regs,
+            sregs: self.fd.get_sregs().map_err(|e| e.to_string()),
+            events: self.fd.get_vcpu_events().map_err(|e| e.to_string()),
+            code,
+            stack,
+            at_us,
+        }
     }
 }
 

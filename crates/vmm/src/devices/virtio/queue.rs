@@ -10,15 +10,24 @@
 //! that is ready (host signals, other devices, a stop request) has had its
 //! turn. A guest that keeps a queue full costs its own throughput, never
 //! the VMM's control.
+//!
+//! Also: used-ring entries published as one batch ([`add_used_batch`]),
+//! for a received frame that spans buffers.
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use std::sync::atomic::{fence, Ordering};
+
+use virtio_queue::{DescriptorChain, Error, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Chains served per call before the queue yields to the rest of its
 /// thread's events. A queue holds at most 256; a guest re-posting as fast
 /// as we serve would otherwise keep one call going forever.
 pub const BATCH: usize = 64;
+
+/// Size of the used ring's header (flags, idx) and of one element (id, len).
+const USED_HEADER: u64 = 4;
+const USED_ELEMENT: u64 = 8;
 
 /// What the device did with one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +145,7 @@ where
 
 /// Whether the driver has made chains available that are not served yet.
 fn has_available(queue: &Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
-    let avail = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
+    let avail = queue.avail_idx(mem, Ordering::Acquire)?;
     Ok(avail.0 != queue.next_avail())
 }
 
@@ -147,6 +156,83 @@ pub fn needs_interrupt(
     mem: &GuestMemoryMmap,
 ) -> Result<bool, virtio_queue::Error> {
     Ok(queue.needs_notification(mem)? && !interrupts_suppressed(queue, mem))
+}
+
+/// Adds `entries` (head index, bytes written) to the used ring as one
+/// batch: every element first, then the used index once, so the driver
+/// never sees part of the batch. virtio-queue's `add_used` publishes the
+/// index after each element; for a received frame spread over several
+/// mergeable buffers that lets the driver see its first buffers before the
+/// rest. Linux's virtio-net then fetches the buffers `num_buffers` promises,
+/// counts the ones not yet visible as missing (`rx_length_errors`), drops
+/// the frame, and later takes the rest of it for frames of their own, their
+/// payload read as virtio-net headers (issue 17). QEMU, vhost and
+/// Firecracker publish a frame's buffers together.
+///
+/// Entries added this way are not counted by `Queue::needs_notification`;
+/// ask [`needs_interrupt_since`] instead.
+pub fn add_used_batch(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    entries: &[(u16, u32)],
+) -> Result<(), Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let size = queue.size();
+    let ring = GuestAddress(queue.used_ring());
+    let start = queue.next_used();
+    if entries.iter().any(|&(head, _)| head >= size) {
+        return Err(Error::InvalidDescriptorIndex);
+    }
+    let mut next = start;
+    for &(head, len) in entries {
+        let slot = u64::from(next % size);
+        let at = ring
+            .checked_add(USED_HEADER + slot * USED_ELEMENT)
+            .ok_or(Error::AddressOverflow)?;
+        // struct virtq_used_elem { le32 id; le32 len; }
+        let elem = (u64::from(len) << 32) | u64::from(head);
+        mem.write_obj(elem.to_le(), at)
+            .map_err(Error::GuestMemory)?;
+        next = next.wrapping_add(1);
+    }
+    let idx = ring.checked_add(2).ok_or(Error::AddressOverflow)?;
+    // The elements (and the data they describe) before the index.
+    fence(Ordering::Release);
+    mem.store(next.to_le(), idx, Ordering::Release)
+        .map_err(Error::GuestMemory)?;
+    queue.set_next_used(next);
+    Ok(())
+}
+
+/// Whether the driver wants an interrupt for the used entries added since
+/// the queue's used index was `old` (EVENT_IDX's `used_event`, or
+/// VRING_AVAIL_F_NO_INTERRUPT). The counterpart of [`add_used_batch`].
+pub fn needs_interrupt_since(
+    queue: &Queue,
+    mem: &GuestMemoryMmap,
+    old: u16,
+) -> Result<bool, Error> {
+    let new = queue.next_used();
+    if new == old {
+        return Ok(false);
+    }
+    // The used index must be visible before `used_event` is read: the
+    // driver writes `used_event`, then reads the used index.
+    fence(Ordering::SeqCst);
+    if !queue.event_idx_enabled() {
+        return Ok(!interrupts_suppressed(queue, mem));
+    }
+    let at = GuestAddress(queue.avail_ring())
+        .checked_add(4 + 2 * u64::from(queue.size()))
+        .ok_or(Error::AddressOverflow)?;
+    let event = u16::from_le(
+        mem.load::<u16>(at, Ordering::Acquire)
+            .map_err(Error::GuestMemory)?,
+    );
+    // vring_need_event(): did the index pass `event` in (old, new]?
+    Ok(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old))
 }
 
 /// Without EVENT_IDX the driver may set VRING_AVAIL_F_NO_INTERRUPT, which

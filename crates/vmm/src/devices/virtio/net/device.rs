@@ -240,6 +240,7 @@ impl VirtioDevice for Net {
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
         let ([rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
+        let rx_next_used = rx.next_used();
         // The transport refuses unoffered features; be safe without it too.
         let acked = acked_features & self.features;
         let offload = frame::tap_offload_flags(acked);
@@ -261,6 +262,7 @@ impl VirtioDevice for Net {
             mergeable: acked & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
+            rx_signalled: rx_next_used,
             tx_buf: vec![0; MAX_BUFFER_LEN],
             tx_pending: None,
             stats: NetStats::default(),
@@ -310,6 +312,10 @@ pub struct Worker {
     rx_buf: Vec<u8>,
     /// Length of the frame in `rx_buf` waiting for guest buffers.
     rx_pending: Option<usize>,
+    /// The receive queue's used index when we last decided about an
+    /// interrupt (receive entries go in through `queue::add_used_batch`,
+    /// which virtio-queue's own interrupt accounting does not see).
+    rx_signalled: u16,
     tx_buf: Vec<u8>,
     /// Length of the frame in `tx_buf` waiting for the TAP to take it.
     tx_pending: Option<usize>,
@@ -346,12 +352,22 @@ impl Worker {
         if self.broken {
             return;
         }
-        let mut used = false;
         for _ in 0..RX_BATCH {
             let len = match self.rx_pending.take() {
                 Some(len) => len,
                 None => match self.io.recv(&mut self.rx_buf) {
                     Ok(n) if n < VNET_HDR_LEN + ETH_HLEN => {
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
+                    // TUN returns a frame's whole length even when only the
+                    // start of it fitted the buffer: that frame is cut short.
+                    Ok(n) if n > self.rx_buf.len() => {
+                        log::debug!(
+                            "virtio-net {}: dropped a {n}-byte frame larger than {}",
+                            self.name,
+                            self.rx_buf.len()
+                        );
                         self.stats.rx_dropped += 1;
                         continue;
                     }
@@ -372,8 +388,7 @@ impl Worker {
                 }
             }
             match self.deliver(len) {
-                Ok(Delivery::Delivered | Delivery::Returned) => used = true,
-                Ok(Delivery::Dropped) => {}
+                Ok(Delivery::Delivered | Delivery::Returned | Delivery::Dropped) => {}
                 Ok(Delivery::NoBuffers) => {
                     self.rx_pending = Some(len);
                     break;
@@ -381,13 +396,12 @@ impl Worker {
                 Err(e) => return self.fail("receive", e),
             }
         }
-        if used {
-            match queue::needs_interrupt(&mut self.rx, &self.mem) {
-                Ok(true) => self.signal(),
-                Ok(false) => {}
-                Err(e) => self.fail("receive", e),
-            }
+        match queue::needs_interrupt_since(&self.rx, &self.mem, self.rx_signalled) {
+            Ok(true) => self.signal(),
+            Ok(false) => {}
+            Err(e) => self.fail("receive", e),
         }
+        self.rx_signalled = self.rx.next_used();
     }
 
     /// Puts the frame in `rx_buf[..len]` into as many receive buffers as it
@@ -441,6 +455,7 @@ impl Worker {
         // At most the queue size (256) buffers.
         frame::set_num_buffers(&mut self.rx_buf, count as u16);
         let mut at = 0;
+        let mut used = Vec::with_capacity(bufs.len());
         for b in &bufs {
             let n = match frame::write_rx_buffer(&self.mem, b, &self.rx_buf[at..len]) {
                 Ok(n) => n,
@@ -452,8 +467,11 @@ impl Worker {
             };
             at += n;
             // n <= the chain's length, which fits a u32.
-            self.rx.add_used(&self.mem, b.head, n as u32)?;
+            used.push((b.head, n as u32));
         }
+        // The whole frame at once: the driver must never see only its
+        // first buffers (see queue::add_used_batch).
+        queue::add_used_batch(&mut self.rx, &self.mem, &used)?;
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
         Ok(Delivery::Delivered)
@@ -470,10 +488,12 @@ impl Worker {
         log::debug!("virtio-net {}: bad receive chain: {e}", self.name);
         self.stats.rx_bad_chains += 1;
         self.stats.rx_dropped += 1;
-        for b in taken {
-            self.rx.add_used(&self.mem, b.head, 0)?;
-        }
-        self.rx.add_used(&self.mem, bad_head, 0)?;
+        let empty: Vec<(u16, u32)> = taken
+            .iter()
+            .map(|b| (b.head, 0))
+            .chain(std::iter::once((bad_head, 0)))
+            .collect();
+        queue::add_used_batch(&mut self.rx, &self.mem, &empty)?;
         Ok(Delivery::Returned)
     }
 

@@ -12,4 +12,6 @@ pub use device::{Error, Net, NetConfig, NetHandler, NetStats};
 pub use mac::MacAddr;
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;

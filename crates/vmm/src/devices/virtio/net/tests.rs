@@ -859,6 +859,77 @@ fn inactive_device_leaves_the_tap_alone() {
     assert!(env.io.sock.recv(&mut [0u8; 200]).is_ok());
 }
 
+/// A backend that claims a frame longer than the buffer, as TUN does when
+/// a frame does not fit, then one normal frame.
+struct TruncatingIo {
+    sock: UnixDatagram,
+    calls: Mutex<u32>,
+}
+
+impl AsRawFd for TruncatingIo {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl FrameIo for TruncatingIo {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        match *calls {
+            1 => {
+                buf.fill(0x5a);
+                Ok(buf.len() + 100)
+            }
+            2 => {
+                let f = frame_bytes(100, 9);
+                buf[..f.len()].copy_from_slice(&f);
+                Ok(f.len())
+            }
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+    fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        Ok(frame.len())
+    }
+    fn set_offload(&self, _: u32) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_frame_cut_short_by_the_tap_is_dropped_not_delivered() {
+    let mem = memory();
+    let (a, _b) = UnixDatagram::pair().unwrap();
+    let io = Arc::new(TruncatingIo {
+        sock: a,
+        calls: Mutex::new(0),
+    });
+    let mut net = Net::with_backend("trunc0".into(), MacAddr(MAC), io).unwrap();
+    let mut handler = net.event_handler().unwrap();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QS);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QS);
+    rxq.add_desc_chains(&chain(0, &[(BUF, 0x2_0000, true)]), 0)
+        .unwrap();
+    let irq = Arc::new(Interrupt::new().unwrap());
+    let queues = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()];
+    net.activate(
+        mem.clone(),
+        feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MRG_RXBUF),
+        queues,
+        irq,
+    )
+    .unwrap();
+    handler.process_rx();
+    // Only the whole frame reached the guest.
+    assert_eq!(used(&rxq), [(0, 112)]);
+    let mut got = vec![0u8; 100];
+    mem.read_slice(&mut got, GuestAddress(BUF + 12)).unwrap();
+    assert_eq!(got, frame_bytes(100, 9)[12..]);
+    let s = handler.stats().unwrap();
+    assert_eq!((s.rx_frames, s.rx_dropped), (1, 1));
+}
+
 #[test]
 fn bandwidth_limit_holds_frames_back_in_both_directions() {
     use std::time::Duration;
