@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TCP load reproducer (issue 17): boots the bench guest (iperf3) again and
-# again under kvmini and under Firecracker (/work/shared/peers, or
+# again under kvmini and under Firecracker (../shared/peers beside the checkout, or
 # --firecracker) in the nested rig, alternating on the same TAP, and runs
 # an iperf3 upload then a download of --secs each against a fresh server in
 # L1 (resources/bench/scenarios/net-load.sh). Prints, per VMM, how many
@@ -38,7 +38,7 @@ source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
 runs=100 chunk=12 secs=3 mem=512 vmms="kvmini firecracker" smp=1 run_timeout=150
-kvmini="" firecracker=/work/shared/peers/firecracker/firecracker log_dir="" lock=/tmp/kvmini-heavy.lock
+kvmini="" firecracker=$(cd "$RESOURCES_DIR/../.." && pwd)/../shared/peers/firecracker/firecracker log_dir="" lock=/tmp/kvmini-heavy.lock
 trace=0 variants=()
 parse=()
 while (($#)); do
