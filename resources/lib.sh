@@ -95,13 +95,13 @@ apt_install() {
         sudo=(sudo)
     fi
     local out rc=0
-    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq 2>&1) || rc=$?
+    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq -oAcquire::Retries=5 2>&1) || rc=$?
     if ((rc != 0)); then
         tail -n 15 <<<"$out" >&2
         die "apt-get update failed (exit status $rc; its last lines are above): check the apt sources and the network"
     fi
     out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}" 2>&1) || rc=$?
+        apt-get install -y -q -oAcquire::Retries=5 --no-install-recommends "${missing[@]}" 2>&1) || rc=$?
     if ((rc != 0)); then
         tail -n 15 <<<"$out" >&2
         local unknown=()

@@ -22,7 +22,7 @@ apt_install busybox-static cpio binutils
 apt_lists_ready() { apt-cache show --no-all-versions "${TOOLS[@]}" >/dev/null 2>&1; }
 if ! apt_lists_ready; then
     log "apt does not know ${TOOLS[*]}; running apt-get update"
-    apt-get update -qq >&2 || die "apt-get update failed (need root and Debian's archive)"
+    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed (need root and Debian's archive)"
     apt_lists_ready || die "apt-cache knows no ${TOOLS[*]}: check the apt sources (Debian main)"
 fi
 
@@ -55,7 +55,7 @@ on_exit 'rm -rf "$tmp"'
 log "downloading ${#pkgs[@]} Debian packages (${TOOLS[*]} and their libraries; once, then cached)"
 mkdir -p "$tmp/debs" "$tmp/x"
 # shellcheck disable=SC2086 # one word per package=version
-(cd "$tmp/debs" && apt-get download -q $versions >"$tmp/download.log" 2>&1) ||
+(cd "$tmp/debs" && apt-get download -q -oAcquire::Retries=5 $versions >"$tmp/download.log" 2>&1) ||
     { tail -n 20 "$tmp/download.log" >&2; die "apt-get download failed (see above)"; }
 log "unpacking"
 for deb in "$tmp"/debs/*.deb; do

@@ -36,7 +36,7 @@ kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 if [[ -z $kpkg ]]; then
     log "apt knows no linux-image-cloud-amd64; running apt-get update"
-    apt-get update -qq >&2 || die "apt-get update failed"
+    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed"
     kpkg=$(apt-cache depends linux-image-cloud-amd64 |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 fi
@@ -71,6 +71,7 @@ run_logged "$cache/$hash.log" mmdebstrap \
     mmdebstrap --variant=minbase --mode=root --format=directory \
     --include=systemd-sysv,udev,kmod,linux-image-cloud-amd64,initramfs-tools,dbus \
     --aptopt='Acquire::Languages "none"' \
+    --aptopt='Acquire::Retries "5"' \
     --aptopt='APT::Install-Recommends "false"' \
     "${excludes[@]}" \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \

@@ -11,7 +11,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
 if [[ -z $pkg ]]; then
     apt_install apt-utils >/dev/null 2>&1 || true
     log "apt knows no linux-image-cloud-amd64; running apt-get update"
-    apt-get update -qq >&2 || die "apt-get update failed"
+    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed"
     pkg=$(apt-cache depends linux-image-cloud-amd64 |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 fi
@@ -25,7 +25,7 @@ if [[ -f $out/.done ]]; then
 fi
 mkdir -p "$out.tmp"
 log "downloading $pkg"
-(cd "$out.tmp" && apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
+(cd "$out.tmp" && apt-get download -q -oAcquire::Retries=5 "$pkg" >&2) || die "apt-get download $pkg failed"
 log "unpacking $pkg"
 dpkg-deb -x "$out.tmp"/"$pkg"_*.deb "$out.tmp/root"
 rm -rf "$out"
