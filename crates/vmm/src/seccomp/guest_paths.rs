@@ -19,6 +19,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::{Seccomp, ThreadKind};
+use crate::devices::bus::BusDevice;
+use crate::devices::legacy::pvpanic::PvPanic;
 use crate::devices::output::Output;
 use crate::devices::rate_limiter::RateLimit;
 use crate::devices::virtio::block::{Block, BlockConfig};
@@ -28,7 +30,9 @@ use crate::devices::virtio::net::{MacAddr, Net};
 use crate::devices::virtio::{
     feature, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
+use crate::exit::{ExitSignal, VmExit};
 use crate::thread;
+use crate::vmm::guest_state::{GuestState, PVPANIC_REPORT};
 
 const CHILD: &str = "KVMINI_SECCOMP_GUEST_PATHS_CHILD";
 
@@ -118,6 +122,39 @@ fn disk(f: &TempFile) -> Block {
         },
     })
     .unwrap()
+}
+
+#[test]
+fn a_guest_panic_reported_on_a_vcpu_thread() {
+    // pvpanic's "panicked" is written by the guest on a vCPU thread; the
+    // grace before the VM stops once started a thread there, which the
+    // vCPU filter forbids (a Debian guest's panic ended kvmini with
+    // SIGSYS, issue 15 + 16). The wait is now the control loop's.
+    in_child(
+        "seccomp::guest_paths::a_guest_panic_reported_on_a_vcpu_thread",
+        || {
+            use event_manager::{EventManager, SubscriberOps};
+            let exit = Arc::new(ExitSignal::new().unwrap());
+            let state = Arc::new(GuestState::new(exit.clone()).unwrap());
+            let mut control = EventManager::<crate::vmm::Subscriber>::new().unwrap();
+            control.add_subscriber(Box::new(state.panic_timer().unwrap()));
+            let mut pvpanic = PvPanic::new(state.clone());
+            on_thread(ThreadKind::Vcpu, move || {
+                let mut b = [0u8];
+                pvpanic.read(0, &mut b); // the driver probes
+                pvpanic.write(0, &[b[0] & 1]); // "panicked"
+            });
+            let t = std::time::Instant::now();
+            while !exit.is_raised() {
+                assert!(t.elapsed().as_secs() < 20, "no stop after the panic");
+                control.run_with_timeout(100).unwrap();
+            }
+            assert_eq!(
+                exit.reason(),
+                Some(VmExit::GuestPanic(PVPANIC_REPORT.into()))
+            );
+        },
+    );
 }
 
 #[test]

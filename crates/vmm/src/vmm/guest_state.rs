@@ -13,9 +13,15 @@
 //!   --timeout` pressed the power button), a power-off or reset is that
 //!   stop, reported as the signal or the timeout.
 
+use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::devices::bus::lock;
 use crate::devices::events::{GuestEvent, GuestEvents};
@@ -35,6 +41,10 @@ pub struct GuestState {
     acpi: AtomicBool,
     panic_driver: AtomicBool,
     panicked: AtomicBool,
+    /// Written once on pvpanic's "panicked" (by a vCPU thread, whose
+    /// filter allows no new thread and no timer); [`PanicTimer`] on the
+    /// control loop waits out [`PANIC_GRACE`] and stops the VM.
+    panic_kick: EventFd,
     /// Why the host pressed the power button, once it has.
     stop_request: Mutex<Option<StopRequest>>,
 }
@@ -49,14 +59,24 @@ pub enum StopRequest {
 }
 
 impl GuestState {
-    pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self {
+    pub fn new(exit: Arc<ExitSignal>) -> io::Result<Self> {
+        Ok(Self {
             exit,
             acpi: AtomicBool::new(false),
             panic_driver: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            panic_kick: EventFd::new(EFD_NONBLOCK)?,
             stop_request: Mutex::new(None),
-        }
+        })
+    }
+
+    /// The control loop's side of a pvpanic report: see [`PanicTimer`].
+    pub fn panic_timer(&self) -> io::Result<PanicTimer> {
+        Ok(PanicTimer {
+            kick: self.panic_kick.try_clone()?,
+            timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
+            exit: self.exit.clone(),
+        })
     }
 
     /// Whether the guest has shown that its ACPI interpreter runs (so it
@@ -139,19 +159,57 @@ impl GuestEvents for GuestState {
                 }
                 // Give the panic message time to reach the console; a
                 // guest with panic=N resets first, and `verdict` still
-                // reports the panic.
-                let exit = self.exit.clone();
-                let stop = move || {
-                    std::thread::sleep(PANIC_GRACE);
-                    exit.raise(VmExit::GuestPanic(PVPANIC_REPORT.into()));
-                };
-                if let Err(e) = std::thread::Builder::new()
-                    .name("pvpanic".into())
-                    .spawn(stop)
-                {
+                // reports the panic. The wait is the control loop's: this
+                // runs on a vCPU thread, which may start no thread.
+                if let Err(e) = self.panic_kick.write(1) {
                     log::warn!("cannot start the pvpanic timer ({e}); stopping the VM now");
                     self.exit.raise(VmExit::GuestPanic(PVPANIC_REPORT.into()));
                 }
+            }
+        }
+    }
+}
+
+/// Stops the VM [`PANIC_GRACE`] after the guest's pvpanic report, unless
+/// it stopped by then (a `panic=N` reset): a subscriber of the control
+/// loop, which runs unfiltered on the main thread.
+pub struct PanicTimer {
+    kick: EventFd,
+    timer: TimerFd,
+    exit: Arc<ExitSignal>,
+}
+
+impl PanicTimer {
+    fn kicked(&mut self) {
+        let _ = self.kick.read();
+        if let Err(e) = self.timer.reset(PANIC_GRACE, None) {
+            log::warn!("cannot start the pvpanic timer ({e}); stopping the VM now");
+            self.expired();
+        }
+    }
+
+    fn expired(&mut self) {
+        self.exit.raise(VmExit::GuestPanic(PVPANIC_REPORT.into()));
+    }
+}
+
+impl MutEventSubscriber for PanicTimer {
+    fn process(&mut self, events: Events, _: &mut EventOps) {
+        if events.fd() == self.kick.as_raw_fd() {
+            self.kicked();
+        } else {
+            let _ = self.timer.wait();
+            self.expired();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for e in [
+            Events::new(&self.kick, EventSet::IN),
+            Events::new(&self.timer, EventSet::IN),
+        ] {
+            if let Err(e) = ops.add(e) {
+                log::error!("cannot watch for the guest's pvpanic report: {e}");
             }
         }
     }
@@ -163,7 +221,7 @@ mod tests {
 
     fn state() -> (GuestState, Arc<ExitSignal>) {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        (GuestState::new(exit.clone()), exit)
+        (GuestState::new(exit.clone()).unwrap(), exit)
     }
 
     const FAKE: &str = "Kernel panic - not syncing: printed by a user process";
@@ -223,15 +281,20 @@ mod tests {
     #[test]
     fn a_pvpanic_report_stops_a_guest_that_does_not_reset() {
         let (s, exit) = state();
-        s.report(GuestEvent::Panicked);
+        use event_manager::SubscriberOps;
+        let mut control = event_manager::EventManager::<crate::vmm::Subscriber>::new().unwrap();
+        control.add_subscriber(Box::new(s.panic_timer().unwrap()));
         let t = std::time::Instant::now();
+        s.report(GuestEvent::Panicked);
+        assert!(!exit.is_raised(), "the panic output gets its grace");
         while !exit.is_raised() {
             assert!(
                 t.elapsed() < PANIC_GRACE * 5,
                 "no stop after a panic report"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            control.run_with_timeout(100).unwrap();
         }
+        assert!(t.elapsed() >= PANIC_GRACE, "stopped before the grace");
         assert_eq!(
             exit.reason(),
             Some(VmExit::GuestPanic(PVPANIC_REPORT.into()))

@@ -283,7 +283,7 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     let disk_threads = virtio.take_disk_threads();
     let entry = builder::load_guest(&mem, config, &cmdline, placed)?;
 
-    let guest = Arc::new(GuestState::new(exit.clone()));
+    let guest = Arc::new(GuestState::new(exit.clone()).map_err(Error::EventFd)?);
     // The console's power-off words count only for guests without ACPI.
     let watching = guest.clone();
     let (out, panic_line) = console_watch::ConsoleWatch::new(
@@ -306,6 +306,7 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     // time limit.
     let mut control = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
     control.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    control.add_subscriber(Box::new(guest.panic_timer().map_err(Error::EventFd)?));
     let on_signal = GracefulStop {
         press: power_button(&guest, &legacy.acpi, StopRequest::Signal),
         timeout: config.shutdown_timeout,
