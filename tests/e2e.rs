@@ -1326,7 +1326,7 @@ fn number(c: &Check, key: &str) -> u64 {
 
 #[test]
 fn stalled_reader_sigterm() {
-    // `kvmini run | sleep 600`: SIGTERM stops kvmini within a second.
+    // `kvmini exec -- <flood> | sleep 600`: SIGTERM stops kvmini within a second.
     let c = scenario("stalled_reader_sigterm");
     c.rc(0);
     expect(&c, "kvmini-rc=", "143");

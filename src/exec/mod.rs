@@ -289,14 +289,15 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             data: command.as_bytes(),
         },
     ]);
-    let base = std::fs::read(&base_initrd).map_err(|e| {
+    let mut base = File::open(&base_initrd).map_err(|e| {
         ExecError::Config(ConfigError::InitrdMissing(
             base_initrd.clone(),
             e.to_string(),
         ))
     })?;
     let initrd = dir.join("initrd");
-    std::fs::write(&initrd, cpio::append(base, &extra))
+    File::create(&initrd)
+        .and_then(|mut out| cpio::append_file(&mut base, &extra, &mut out))
         .map_err(|e| ExecError::Io(initrd.clone(), e))?;
 
     vm.disks = disks;

@@ -18,8 +18,25 @@ for limit in 5 40; do
     {
         "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_BENCH_INITRD" --memory 512M \
             --disk "path=$img" --timeout "${limit}s" -- sh -c "echo fio-starting; exec $fio" \
-            2>/tmp/kvmini-fio.err
+            2>/tmp/kvmini-fio.err &
+        pid=$!
+        # Still running 1.5 s past the limit: show where each thread is,
+        # once a second, so a slow stop says why.
+        (
+            sleep $((limit + 1)).5
+            while kill -0 "$pid" 2>/dev/null; do
+                echo "late-at-ms-$limit=$((($(cs) - t0) * 10))" >&2
+                for t in /proc/"$pid"/task/*; do
+                    echo "  $(cat "$t/comm") state=$(cut -d' ' -f3 "$t/stat") wchan=$(cat "$t/wchan" 2>/dev/null)" >&2
+                    head -n 4 "$t/stack" 2>/dev/null | sed 's/^/      /' >&2
+                done
+                sleep 1
+            done
+        ) >/dev/null &
+        watcher=$!
+        wait "$pid"
         echo $? >/tmp/kvmini-fio.rc
+        kill "$watcher" 2>/dev/null
     } | while IFS= read -r line; do
         case $line in fio-starting) echo "fio-at-ms-$limit=$((($(cs) - t0) * 10))" ;; esac
     done
