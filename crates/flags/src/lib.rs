@@ -46,12 +46,15 @@ pub struct VmArgs {
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
-    /// How to run the guest. `kvm`: /dev/kvm with hardware virtualization
-    /// (refused when the CPU has no vmx/svm). `emulated`: inside an emulated
-    /// machine (QEMU TCG with nested KVM), much slower, for hosts without
-    /// hardware virtualization. `auto`: `kvm` where possible, else
-    /// `emulated`, and says which. `kvm-any`: /dev/kvm even without
-    /// hardware virtualization (software KVM runs only simple guests).
+    /// How to run the guest. `kvm`: kvmini's VMM on /dev/kvm with hardware
+    /// virtualization (refused when the CPU has no vmx/svm). `tcg`: QEMU's
+    /// software CPU runs the guest (qemu-system-x86_64, microvm machine),
+    /// much slower, for hosts without hardware virtualization; no --net.
+    /// `auto`: `kvm` where possible, else `tcg`, and says which.
+    /// `emulated`: kvmini's own VMM nested in an emulated machine (QEMU TCG
+    /// with nested KVM), slower still, to test kvmini on such hosts.
+    /// `kvm-any`: /dev/kvm even without hardware virtualization (software
+    /// KVM runs only simple guests).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub accel: String,
 
@@ -70,7 +73,7 @@ pub struct VmArgs {
     /// it first: `sudo ip tuntap add dev NAME mode tap user $USER`. The host
     /// side is yours to configure (address, or a bridge); the guest can
     /// configure itself with the kernel's `ip=` parameter. Needs hardware
-    /// KVM: not available with --accel emulated.
+    /// KVM: not available with --accel tcg or emulated.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub nets: Vec<String>,
 
