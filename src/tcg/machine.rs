@@ -113,9 +113,9 @@ pub fn args(
         ]);
     };
     for (i, d) in config.disks.iter().enumerate() {
-        // Raw; cache=writeback: the guest sees a write cache and flushes
-        // it (fsync, sync) to the user's file with fdatasync; QEMU writes
-        // everything else through to the file when it exits.
+        // Raw; cache=writeback: each guest write goes to the user's file
+        // (the host's page cache) as it is made, and the guest's flushes
+        // (fsync, sync) become fdatasync on it.
         a.extend([
             "-drive".into(),
             format!(

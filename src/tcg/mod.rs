@@ -31,6 +31,7 @@ use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::exec::capture::Tail;
 use crate::exit::VmExit;
+use crate::guest::resources_dir;
 use crate::qemu::streams::{Sink, Streams};
 use crate::qemu::supervise::{watch, Ended};
 use crate::qemu::{self as q, SavedTerminal};
@@ -58,6 +59,8 @@ pub enum TcgError {
     TempDir(io::Error),
     Streams(io::Error),
     SpawnQemu(io::Error),
+    /// QEMU is missing and could not be installed.
+    InstallQemu(String),
     /// QEMU failed by itself: its status and last messages.
     Qemu {
         status: ExitStatus,
@@ -103,6 +106,13 @@ impl fmt::Display for TcgError {
                 f,
                 "cannot start {}: {e}; install Debian's qemu-system-x86 (or use a host with \
                  hardware virtualization)",
+                q::QEMU
+            ),
+            Self::InstallQemu(why) => write!(
+                f,
+                "{} is missing and could not be installed ({why}); install Debian's \
+                 qemu-system-x86 (apt-get install qemu-system-x86), or use a host with \
+                 hardware virtualization",
                 q::QEMU
             ),
             Self::Qemu { status, tail } => {
@@ -164,6 +174,34 @@ fn preflight(config: &VmConfig, exec: bool) -> Result<(), TcgError> {
     Ok(())
 }
 
+/// Installs QEMU on first use (resources/tcg/qemu.sh), as the emulated
+/// machine's build script does, when it is not on PATH.
+fn ensure_qemu() -> Result<(), TcgError> {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(q::QEMU).is_file()));
+    if on_path {
+        return Ok(());
+    }
+    let script = resources_dir()
+        .map_err(|e| TcgError::InstallQemu(e.to_string()))?
+        .join("tcg/qemu.sh");
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| TcgError::InstallQemu(format!("cannot run '{}': {e}", script.display())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(TcgError::InstallQemu(format!(
+            "'{}' {}; see its messages above",
+            script.display(),
+            q::describe(status)
+        )))
+    }
+}
+
 fn boot(
     config: &VmConfig,
     console: &ConsoleConfig,
@@ -171,6 +209,7 @@ fn boot(
     ports: Option<[Sink; 4]>,
 ) -> Result<(VmExit, Tail), TcgError> {
     preflight(config, ports.is_some())?;
+    ensure_qemu()?;
     stop::install().map_err(TcgError::Signals)?;
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-tcg."))
         .map_err(|e| TcgError::TempDir(io::Error::from_raw_os_error(e.errno())))?;
