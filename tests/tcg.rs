@@ -414,6 +414,9 @@ fn exec_timeout_is_124_and_console_file_holds_the_kernel_log() {
         "8",
         "--console",
         &console,
+        // exec's kernel is quiet; this makes it say when init starts.
+        "--cmdline",
+        "loglevel=7",
         "--",
         "sleep",
         "600",
