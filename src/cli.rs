@@ -77,7 +77,10 @@ pub struct ExecArgs {
     pub rootfs: Option<PathBuf>,
 
     /// Kill the VM after this long and exit 124: a number of seconds, or
-    /// with an s, m or h suffix (`90s`, `10m`, `1h`). Default: no limit.
+    /// with an s, m or h suffix (`90s`, `10m`, `1h`). The clock starts
+    /// when kvmini starts preparing the VM (packing shares, booting count;
+    /// building the default guest on first use does not). Default: no
+    /// limit.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
 
@@ -108,7 +111,7 @@ pub struct ExecArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Internal (the emulated fallback's inner kvmini): the initrd already
+    /// Internal (the emulated machine's inner kvmini): the initrd already
     /// carries the command and the disks are in place.
     #[arg(long, hide = true)]
     pub prepared: bool,

@@ -1,6 +1,7 @@
-//! The emulated fallback (`--accel emulated`, or `auto` on hosts without
-//! vmx/svm): kvmini runs itself inside an emulated machine (QEMU TCG with an
-//! SVM-capable CPU and nested KVM) and boots the guest there.
+//! The emulated machine (`--accel emulated`; `auto` picks the direct
+//! software-CPU engine, [`crate::tcg`], instead): kvmini runs itself
+//! inside an emulated machine (QEMU TCG with an SVM-capable CPU and nested
+//! KVM) and boots the guest there.
 //!
 //! The emulated machine ("L1") is a Debian cloud kernel with a busybox
 //! initramfs that `resources/rig/emulated.sh` builds per run in a temporary
@@ -83,8 +84,9 @@ pub enum EmulatedError {
     SpawnQemu(io::Error),
     /// L1's /init could not run kvmini; its reason.
     L1Setup(String),
-    /// L1 stopped its heartbeat (livelocked) and was stopped.
-    L1Froze(Duration),
+    /// L1 stopped its heartbeat (livelocked) and was stopped; what it was
+    /// doing last (the inner kvmini running, or L1's own set-up before it).
+    L1Froze(Duration, Option<String>),
     /// L1 ended without reporting kvmini's exit status.
     L1Died {
         last_step: Option<String>,
@@ -149,13 +151,14 @@ impl fmt::Display for EmulatedError {
                  Debian's qemu-system-x86"
             ),
             Self::L1Setup(why) => write!(f, "the emulated machine could not run the VM: {why}"),
-            Self::L1Froze(stall) => write!(
+            Self::L1Froze(stall, last_step) => write!(
                 f,
-                "the emulated machine stopped responding (no heartbeat for {} s) and was \
-                 stopped: nested KVM under QEMU's software CPU sometimes freezes; this is \
-                 not the guest's doing. Run the command again (disks keep what the guest \
-                 flushed before the freeze; --share files were not copied back)",
-                stall.as_secs()
+                "the emulated machine stopped responding (no heartbeat for {} s; last step: \
+                 {}) and was stopped: nested KVM under QEMU's software CPU sometimes \
+                 freezes. Run the command again (disks keep what the guest flushed before \
+                 the freeze; --share files were not copied back)",
+                stall.as_secs(),
+                last_step.as_deref().unwrap_or("booting its kernel")
             ),
             Self::L1Died {
                 last_step,
@@ -279,7 +282,7 @@ fn inner_args(config: &VmConfig) -> Vec<String> {
             .enumerate()
             .map(|(i, d)| DiskConfig {
                 path: guest_device(i).into(),
-                readonly: d.readonly,
+                ..d.clone()
             })
             .collect(),
         ..config.clone()
@@ -438,7 +441,7 @@ fn run_inner(
         return Ok((code, None));
     }
     if ended == Ended::Froze {
-        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL));
+        return Err(EmulatedError::L1Froze(HEARTBEAT_STALL, report.last_step));
     }
     if ended == Ended::TimedOut {
         eprintln!(
@@ -626,14 +629,20 @@ mod tests {
                 DiskConfig {
                     path: "/home/me/a.img".into(),
                     readonly: true,
+                    limit: Default::default(),
                 },
                 DiskConfig {
                     path: "/home/me/b.img".into(),
                     readonly: false,
+                    limit: crate::devices::virtio::block::RateLimit {
+                        ops: Some(100),
+                        bytes: None,
+                    },
                 },
             ],
             nets: vec![],
             shutdown_timeout: Duration::from_secs(7),
+            seccomp: crate::config::Seccomp::Off,
         };
         let a = inner_args(&config);
         assert_eq!(
@@ -652,12 +661,14 @@ mod tests {
                 "kvm",
                 "--shutdown-timeout",
                 "7s",
+                "--seccomp",
+                "off",
                 "--cmdline",
                 "-- echo 'a b'",
                 "--disk",
                 "path=/dev/vda,readonly=on",
                 "--disk",
-                "path=/dev/vdb",
+                "path=/dev/vdb,iops=100",
             ]
         );
         let plain = VmConfig {

@@ -87,6 +87,17 @@ impl fmt::Display for LaunchError {
 
 impl std::error::Error for LaunchError {}
 
+impl LaunchError {
+    /// `run`'s exit code for this failure: 159 when QEMU's seccomp sandbox
+    /// killed it (as for a forbidden call on hardware KVM), else 1.
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Tcg(e) if e.sandbox_killed() => outcome::code::SECCOMP_VIOLATION,
+            _ => outcome::code::ERROR,
+        }
+    }
+}
+
 /// `kvmini run`: boots `config` on `engine` (what [`engine`] chose) and
 /// runs it until it stops; returns kvmini's exit code (why it stopped was
 /// said on stderr unless it stopped cleanly).
@@ -103,7 +114,8 @@ fn ended(exit: &VmExit) -> u8 {
     if exit.is_clean() {
         log::info!("{exit}");
     } else {
-        eprintln!("kvmini: {exit}");
+        // Not waiting long for a stalled stderr (see logger).
+        crate::logger::stderr_text(&format!("kvmini: {exit}\n"));
     }
     outcome::run_code(exit)
 }

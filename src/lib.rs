@@ -12,7 +12,7 @@
 //! their paths), `kvmini bench` the `kvmini-bench` crate. The library exists
 //! so that the tests can reach the pieces directly.
 
-pub use kvmini_vmm::{arch, config, devices, exit, kvm, stop, vmm};
+pub use kvmini_vmm::{arch, config, devices, exit, kvm, seccomp, stop, vmm};
 
 pub mod cli;
 pub mod emulated;

@@ -1,7 +1,41 @@
 //! A minimal `log` backend: `kvmini: LEVEL: message` on stderr, with the
 //! level from `--log-level` or `RUST_LOG` (default `warn`).
+//!
+//! Messages never wait long for a reader: with stderr on a pipe nobody
+//! reads (`kvmini run 2>&1 | sleep 600`), a message waits at most
+//! [`STDERR_WAIT`] for room and is dropped otherwise, and once one was, the
+//! rest are dropped without waiting, so a stalled reader cannot keep a VMM
+//! thread, or kvmini's exit after SIGTERM, waiting.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long one message waits for room on stderr.
+pub const STDERR_WAIT: Duration = Duration::from_millis(100);
+
+/// Set once stderr had no room for a message in [`STDERR_WAIT`].
+static STDERR_STALLED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to stderr if it takes it within [`STDERR_WAIT`] (messages
+/// are short: a pipe with room for one takes it whole); else drops it.
+pub fn stderr_text(text: &str) {
+    if STDERR_STALLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, STDERR_WAIT.as_millis() as libc::c_int) };
+    if ready == 0 {
+        STDERR_STALLED.store(true, Ordering::Relaxed);
+        return;
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -15,12 +49,11 @@ impl Log for StderrLogger {
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
             // In raw terminal mode "\n" does not return the carriage.
-            let _ = write!(
-                std::io::stderr().lock(),
+            stderr_text(&format!(
                 "kvmini: {}: {}\r\n",
                 record.level().as_str().to_lowercase(),
                 record.args()
-            );
+            ));
         }
     }
 

@@ -32,6 +32,9 @@ pub mod code {
     pub const USER_QUIT: u8 = 130;
     /// 128 + N: stopped by host signal N (SIGTERM: 143, SIGINT: 130).
     pub const SIGNAL_BASE: u8 = 128;
+    /// A VMM thread made a system call its seccomp filter forbids (128 +
+    /// SIGSYS); the SIGSYS handler exits with it, naming the call.
+    pub const SECCOMP_VIOLATION: u8 = kvmini_vmm::seccomp::EXIT_SECCOMP as u8;
 }
 
 /// 128 + `signal`, as shells report a process a signal ended.
@@ -80,6 +83,7 @@ pub fn config_code(e: &ConfigError) -> u8 {
         | ConfigError::RootfsMissing(..)
         | ConfigError::ConsoleFile(..)
         | ConfigError::ShutdownTimeout(_)
+        | ConfigError::Seccomp(_)
         | ConfigError::Cmdline(_) => code::USAGE,
     }
 }

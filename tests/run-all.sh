@@ -2,9 +2,9 @@
 # The whole test suite in one command, on a fresh Debian 12 machine; CI runs
 # it through .ci/run. Non-zero exit on any failure.
 #
-# Steps: host packages -> cargo fmt -> clippy -> test artefacts (guest kernel,
-# rootfs, rig L1 kernel; cached, see docs/testing.md) -> cargo test (unit,
-# KVM smoke and end-to-end tiers).
+# Steps: host packages -> cargo fmt -> clippy -> fuzz targets (short pass) ->
+# test artefacts (guest kernel, rootfs, rig L1 kernel; cached, see
+# docs/testing.md) -> cargo test (unit, KVM smoke and end-to-end tiers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source resources/lib.sh
@@ -23,7 +23,10 @@ on_exit '((EXIT_STATUS == 0)) || echo "==> FAILED during: $step_name (exit statu
 
 step "host packages"
 # Kernel build dependencies are installed by resources/kernel/build.sh itself.
-apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs
+# fonts-dejavu-core: the bench chart's text (its unit test fails without it;
+# apt_install uses --no-install-recommends, so nothing else pulls it in).
+apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs \
+    fonts-dejavu-core
 command -v cargo >/dev/null ||
     die "cargo not found: install Rust (https://rustup.rs) with the rustfmt and clippy components"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
@@ -32,10 +35,18 @@ step_done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 step_done
 
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+step_done
+
+# 20,000 executions per target from the committed corpus, on the stable
+# toolchain: ~30 s once built; building the instrumented targets the first
+# time takes ~3 min more (docs/testing.md, "Fuzzing").
+step "fuzz targets (short fixed-count pass)"
+fuzz/run.sh
 step_done
 
 # Build the artefacts here, with their progress, rather than silently inside

@@ -4,60 +4,18 @@
 //! i8042 reset, a triple fault, an emulation failure, and bad input.
 //!
 //! These need `/dev/kvm`; without it they fail with a message saying so,
-//! because a test that cannot run must not pass.
+//! because a test that cannot run must not pass. Every kvmini run has a
+//! time limit: a hang fails its test instead of stalling `cargo test`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempfile::TempFile;
 
-/// Guest physical address the test kernels load at (1 MiB, where Linux goes).
-const LOAD_ADDR: u64 = 0x10_0000;
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-
-/// Wraps 64-bit code in a minimal ELF64 executable loaded at `LOAD_ADDR`.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let code_off = (EHDR_SIZE + PHDR_SIZE) as u64;
-    let total = code_off + code.len() as u64;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00"); // 64-bit, little endian, v1
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&(LOAD_ADDR + code_off).to_le_bytes()); // e_entry
-    f.extend_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // e_phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    f.extend_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-    f.extend_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    f.extend_from_slice(&[0; 6]); // no section headers
-    assert_eq!(f.len(), EHDR_SIZE);
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-    f.extend_from_slice(&0u64.to_le_bytes()); // p_offset
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&total.to_le_bytes()); // p_filesz
-    f.extend_from_slice(&total.to_le_bytes()); // p_memsz
-    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
-    f.extend_from_slice(code);
-    f
-}
-
-/// `mov dx, 0x3f8`, then `mov al, c; out dx, al` for every byte of `text`.
-fn print(text: &[u8]) -> Vec<u8> {
-    let mut code = vec![0x66, 0xba, 0xf8, 0x03];
-    for &c in text {
-        code.extend_from_slice(&[0xb0, c, 0xee]);
-    }
-    code
-}
-
-/// `mov al, 0xfe; out 0x64, al` (i8042 CPU reset), then `hlt` in a loop.
-const RESET: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+mod common;
+use common::{elf, lflags, open_pty, print, HALT, RESET};
 
 fn require_kvm() {
     assert!(
@@ -77,6 +35,51 @@ fn write_kernel(bytes: &[u8]) -> TempFile {
     f
 }
 
+/// Longest any kvmini run here may take: these guests run for milliseconds,
+/// so reaching it means kvmini hung (the test fails, naming the command).
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for `child` at most until `deadline`; kills it and panics past it.
+fn wait_limited(child: &mut Child, what: &str, deadline: Instant) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for kvmini") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {RUN_LIMIT:?}: killed (kvmini hung?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` (stdin /dev/null) to completion within RUN_LIMIT.
+fn output_limited(cmd: &mut Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait_limited(&mut child, &what, Instant::now() + RUN_LIMIT);
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
     run_kernel_accel(kernel, "kvm-any", extra)
 }
@@ -84,13 +87,12 @@ fn run_kernel(kernel: &Path, extra: &[&str]) -> Output {
 /// `accel`: kvm-any, because these guests run on any /dev/kvm, hardware or
 /// software, unless a test is about `--accel` itself.
 fn run_kernel_accel(kernel: &Path, accel: &str, extra: &[&str]) -> Output {
-    let out = kvmini()
-        .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
-        .arg(kernel)
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("cannot start kvmini");
+    let out = output_limited(
+        kvmini()
+            .args(["run", "--accel", accel, "--memory", "32M", "--kernel"])
+            .arg(kernel)
+            .args(extra),
+    );
     eprintln!(
         "kvmini exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
         out.status.code(),
@@ -140,6 +142,132 @@ fn console_to_file() {
         std::fs::read_to_string(log.as_path()).unwrap(),
         "hello from a tiny guest\n"
     );
+}
+
+#[test]
+fn console_none_discards_the_output() {
+    require_kvm();
+    // The guest prints, then resets: exit 0 means it got past its output.
+    let k = write_kernel(&hello_guest());
+    let out = run_kernel(k.as_path(), &["--console", "none"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stdout.is_empty(),
+        "--console none printed: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("hello from a tiny guest"),
+        "console output went to stderr"
+    );
+}
+
+/// Starts a guest that prints `ready` and then halts forever; returns once
+/// it has printed (or panics after RUN_LIMIT).
+fn start_halting_guest(kernel: &Path, stdin: Stdio) -> Child {
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(kernel)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(RUN_LIMIT).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the guest never printed its ready line");
+    }
+    child
+}
+
+fn halting_guest() -> Vec<u8> {
+    let mut code = print(b"ready\n");
+    code.extend_from_slice(&HALT);
+    elf(&code)
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_vm_with_128_plus_n() {
+    require_kvm();
+    // README: 128+N for host signal N, SIGTERM and SIGINT stopping the VM
+    // cleanly (an exit status, not death by the signal).
+    let k = write_kernel(&halting_guest());
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut child = start_halting_guest(k.as_path(), Stdio::null());
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let ret = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(ret, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = wait_limited(
+            &mut child,
+            "kvmini after a signal",
+            Instant::now() + RUN_LIMIT,
+        );
+        let mut err = String::new();
+        let _ = child
+            .stderr
+            .take()
+            .expect("piped stderr")
+            .read_to_string(&mut err);
+        assert_eq!(status.code(), Some(code), "signal {sig}: {status}; {err}");
+        assert!(
+            err.contains(&format!("terminated by signal {sig}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn ctrl_a_x_quits_with_130_and_restores_the_terminal() {
+    require_kvm();
+    use std::io::Write;
+    let k = write_kernel(&halting_guest());
+    // stdin is a terminal: the console is interactive, the escape active.
+    let (mut master, slave) = open_pty();
+    let before = lflags(&slave);
+    let stdin = Stdio::from(slave.try_clone().expect("cannot dup the pty"));
+    let mut child = start_halting_guest(k.as_path(), stdin);
+    // The guest runs, so the terminal is raw: type the escape.
+    assert_eq!(
+        lflags(&slave) & libc::ICANON,
+        0,
+        "terminal not raw while the VM runs"
+    );
+    master
+        .write_all(b"\x01x")
+        .expect("cannot type into the pty");
+    let status = wait_limited(
+        &mut child,
+        "kvmini with Ctrl-A x typed",
+        Instant::now() + RUN_LIMIT,
+    );
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err);
+    assert_eq!(status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("terminated from the console (Ctrl-A x)"),
+        "{err}"
+    );
+    assert_eq!(lflags(&slave), before, "terminal settings not restored");
 }
 
 #[test]
@@ -203,7 +331,7 @@ fn expect_error(args: &[&str], kernel: Option<&Path>, code: i32, needle: &str) {
     if let Some(k) = kernel {
         cmd.arg("--kernel").arg(k);
     }
-    let out = cmd.output().expect("cannot start kvmini");
+    let out = output_limited(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
@@ -272,11 +400,11 @@ fn bad_input_is_rejected_cleanly() {
         "invalid --console",
     );
     // `tcg` is a mode (QEMU's software CPU); an unknown one is a usage error.
-    let unknown = kvmini()
-        .args(["run", "--accel", "qemu", "--kernel"])
-        .arg(good.as_path())
-        .output()
-        .unwrap();
+    let unknown = output_limited(
+        kvmini()
+            .args(["run", "--accel", "qemu", "--kernel"])
+            .arg(good.as_path()),
+    );
     assert_eq!(unknown.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("invalid --accel 'qemu'"));
     let long = "x".repeat(4000);
@@ -292,4 +420,243 @@ fn bad_input_is_rejected_cleanly() {
         2,
         "cannot read initrd",
     );
+}
+
+/// A socket pair whose writing end holds little (4 KiB asked, the kernel's
+/// minimum given): a reader that never reads makes writes block at once.
+fn stalled_socket() -> (
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+) {
+    use std::os::fd::AsRawFd;
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    for (fd, opt) in [
+        (writer.as_raw_fd(), libc::SO_SNDBUF),
+        (reader.as_raw_fd(), libc::SO_RCVBUF),
+    ] {
+        let size: libc::c_int = 4096;
+        // SAFETY: setsockopt with a valid int option on our own socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    (reader, writer)
+}
+
+/// Prints `text`, then spins (`jmp $`): a guest that never stops by itself.
+fn spinning_guest(text: &[u8]) -> Vec<u8> {
+    let mut code = print(text);
+    code.extend_from_slice(&[0xeb, 0xfe]);
+    elf(&code)
+}
+
+/// Runs kvmini with `args`, `env` added, stdout to `stdout`; kills it
+/// (and fails) if it is still running after `limit`.
+fn run_with_limit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdout: std::process::Stdio,
+    limit: std::time::Duration,
+) -> Output {
+    let mut child = kvmini()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start kvmini");
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "kvmini {args:?} still ran after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every thread kind runs under its filter: the test trigger makes one
+/// thread of the kind make a forbidden call (getppid) right after its
+/// filter is in place, and kvmini must die naming it, exit 159.
+#[test]
+fn a_forbidden_system_call_stops_kvmini_in_every_thread_kind() {
+    require_kvm();
+    let k = write_kernel(&spinning_guest(b"spinning\n"));
+    let disk = TempFile::new().unwrap();
+    disk.as_file().set_len(1 << 20).unwrap();
+    let disk_arg = format!("path={}", disk.as_path().display());
+    for kind in ["vcpu", "event-loop", "disk-io", "writer"] {
+        let out = run_with_limit(
+            &[
+                "run",
+                "--accel",
+                "kvm-any",
+                "--memory",
+                "32M",
+                "--disk",
+                &disk_arg,
+                "--kernel",
+                k.as_path().to_str().unwrap(),
+            ],
+            &[(kvmini_vmm_trigger(), kind)],
+            std::process::Stdio::null(),
+            std::time::Duration::from_secs(30),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(159), "{kind}: {err}");
+        let says = format!("seccomp: a thread of kind {kind} made the system call getppid (110)");
+        assert!(err.contains(&says), "{kind}: {err}");
+        assert!(err.contains("--seccomp off"), "{err}");
+    }
+}
+
+fn kvmini_vmm_trigger() -> &'static str {
+    kvmini::seccomp::TEST_TRIGGER_ENV
+}
+
+#[test]
+fn seccomp_off_runs_without_filters() {
+    require_kvm();
+    let k = write_kernel(&hello_guest());
+    let out = run_with_limit(
+        &[
+            "run",
+            "--accel",
+            "kvm-any",
+            "--memory",
+            "32M",
+            "--seccomp",
+            "off",
+            "--kernel",
+            k.as_path().to_str().unwrap(),
+        ],
+        &[(kvmini_vmm_trigger(), "vcpu")],
+        std::process::Stdio::piped(),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a tiny guest\n"
+    );
+}
+
+/// `kvmini run | sleep 600`: a reader that never reads. The guest prints
+/// without end; the socket fills, then kvmini's buffer (past which the
+/// console is dropped). SIGTERM still stops kvmini within a second (before
+/// issue 16 only SIGKILL did: the vCPU blocked in its write).
+#[test]
+fn sigterm_stops_a_vm_whose_console_reader_never_reads() {
+    require_kvm();
+    let k = write_kernel(&elf(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', // mov al, 'x'
+        0xee, // out dx, al
+        0xeb, 0xfd, // jmp back to the out
+    ]));
+    let (reader, writer) = stalled_socket();
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the guest fill the socket and kvmini's buffer.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kvmini ended by itself"
+    );
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("kvmini still ran 5 s after SIGTERM with a stalled reader");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = start.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("stopped {took:?} after SIGTERM; stderr:\n{err}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("bytes of guest output were not written: its reader is not reading"),
+        "{err}"
+    );
+    drop(reader);
+}
+
+/// `kvmini run 2>&1 | sleep 600`: stdout and stderr on the same socket
+/// nobody reads. kvmini's own messages wait at most 100 ms for room and
+/// are dropped after that, so SIGTERM still stops it within a second.
+#[test]
+fn sigterm_stops_kvmini_when_stderr_is_stalled_too() {
+    require_kvm();
+    let k = write_kernel(&elf(&[
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'x', // mov al, 'x'
+        0xee, // out dx, al
+        0xeb, 0xfd, // jmp back to the out
+    ]));
+    let (reader, writer) = stalled_socket();
+    let err = writer.try_clone().unwrap();
+    let mut child = kvmini()
+        .args(["run", "--accel", "kvm-any", "--memory", "32M", "--kernel"])
+        .arg(k.as_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::from(std::os::fd::OwnedFd::from(err)))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "kvmini ended by itself"
+    );
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("kvmini still ran 5 s after SIGTERM with stdout and stderr stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(status.code(), Some(143));
+    drop(reader);
 }

@@ -102,13 +102,13 @@ fn run_boots_the_default_guest_with_two_cpus() {
 
 #[test]
 fn auto_picks_the_software_cpu_without_hardware_virtualization_and_says_so() {
-    if kvmini::arch::x86_64::cpuid::host_has_hw_virt() {
-        return; // auto means kvm here.
-    }
     let out = kvmini(&["run", "--cmdline", "-- true"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(
+    // With vmx/svm auto means kvm, and says nothing about a software CPU.
+    let software = !kvmini::arch::x86_64::cpuid::host_has_hw_virt();
+    assert_eq!(
         text(&out.stderr).contains("QEMU's software CPU (TCG) runs the guest"),
+        software,
         "{}",
         text(&out.stderr)
     );
@@ -302,6 +302,115 @@ fn disks_keep_guest_writes_and_read_only_ones_refuse_them() {
     );
     assert!(l.contains(&"vdb-rc=1"), "read-only disk refused the write");
     assert!(untouched, "read-only image unchanged");
+}
+
+#[test]
+fn disk_rate_limits_hold_the_guest_back() {
+    // 2 MiB each: at bw=512K a second's burst then 3 s of refill; at iops=8
+    // (32 direct 64 KiB reads) 8 at once then 3 s. Unlimited, either read
+    // takes a fraction of a second. Whole seconds of the guest's clock, a
+    // lower bound: load can only make the reads slower.
+    let bw = temp_path("bw.img");
+    let iops = temp_path("iops.img");
+    for p in [&bw, &iops] {
+        std::fs::write(p, vec![0u8; 2 << 20]).unwrap();
+    }
+    let bw_arg = format!("path={},bw=512K", bw.display());
+    let iops_arg = format!("path={},readonly=on,iops=8", iops.display());
+    let out = kvmini(&[
+        "run",
+        "--accel",
+        "tcg",
+        "--disk",
+        &bw_arg,
+        "--disk",
+        &iops_arg,
+        "--cmdline",
+        "-- for d in vda vdb; do s=$(date +%s); \
+         dd if=/dev/$d of=/dev/null bs=64k iflag=direct 2>/dev/null; \
+         echo $d-took=$(( $(date +%s) - s )); done",
+    ]);
+    let _ = (std::fs::remove_file(&bw), std::fs::remove_file(&iops));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for d in ["vda", "vdb"] {
+        let took: u64 = lines(&stdout)
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{d}-took=")))
+            .unwrap_or_else(|| panic!("no {d}-took= line"))
+            .parse()
+            .unwrap();
+        assert!(
+            took >= 2,
+            "{d}: 2 MiB read in {took} s, faster than its limit"
+        );
+    }
+}
+
+/// The `Seccomp:` mode of QEMU, kvmini's child, once the guest's init ran
+/// (QEMU is set up by then): 2 under a filter, 0 without.
+fn qemu_seccomp_mode(seccomp: &str) -> String {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let console = temp_path(&format!("console-seccomp-{seccomp}"));
+    let console_arg = format!("file={}", console.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmini"))
+        .args([
+            "run",
+            "--accel",
+            "tcg",
+            "--seccomp",
+            seccomp,
+            "--console",
+            &console_arg,
+            "--cmdline",
+            "-- sleep 600",
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut mode = None;
+    while mode.is_none() && start.elapsed() < RUN_LIMIT {
+        std::thread::sleep(Duration::from_millis(200));
+        let booted =
+            std::fs::read(&console).is_ok_and(|c| text(&c).contains("kvmini-guest: init reached"));
+        if booted {
+            mode = qemu_child_of(child.id()).map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:"))
+                    .expect("no Seccomp: line in /proc/PID/status")
+                    .trim()
+                    .to_string()
+            });
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_limited(&mut child, "kvmini run (seccomp)");
+    let _ = std::fs::remove_file(&console);
+    assert_eq!(status.code(), Some(143));
+    mode.expect("the guest's init never ran, or kvmini had no QEMU child")
+}
+
+/// The pid of the qemu-system-x86_64 whose parent is `parent`.
+fn qemu_child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so after ')'.
+        let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && comm.starts_with("qemu-system")).then_some(pid)
+    })
+}
+
+#[test]
+fn seccomp_on_runs_qemu_in_its_sandbox_and_off_without() {
+    assert_eq!(qemu_seccomp_mode("on"), "2", "--seccomp on: no filter");
+    assert_eq!(qemu_seccomp_mode("off"), "0", "--seccomp off: a filter");
 }
 
 #[test]

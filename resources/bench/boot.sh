@@ -10,9 +10,11 @@
 #    /proc/PID/status and /proc/PID/smaps while the booted guest sleeps.
 #
 #   resources/bench/boot.sh [--kvmini PATH] [--repeats N] [--mem MIB]
-#                           [--log FILE] [--host]
+#                           [--kvmini-flags FLAGS] [--log FILE] [--host]
 #   resources/bench/boot.sh --parse CONSOLE_LOG
 #
+# --kvmini-flags: extra flags for every kvmini run and exec (e.g.
+# "--seccomp off": boot.sh with and without it measures the filters).
 # stdout: the table; progress on stderr; a figure that could not be
 # measured is "missing". Exit status 0 when every figure is there, 1 when
 # some are missing, 2 usage.
@@ -21,12 +23,13 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-kvmini="" repeats=5 mem=128 log="" host=() parse=""
+kvmini="" repeats=5 mem=128 log="" host=() parse="" kflags=""
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --kvmini-flags) kflags=$2; shift 2 ;;
     --log) log=$2; shift 2 ;;
     --host) host=(--host); shift ;;
     --parse) parse=$2; shift 2 ;;
@@ -57,7 +60,7 @@ ROWS=("boot-secs|launch to exit s|lower" "exec-secs|exec -- true s|lower" "rss-o
     "rss-vmrss|VmRSS MiB|lower" "rss-guest|guest RAM touched MiB|-")
 
 report() {
-    bench_report "$1" "$RSS_AWK" "Boot and memory: 1 vCPU, ${mem} MiB, default guest (kvmini vs QEMU microvm)" "boot-secs exec-secs rss-overhead" "${ROWS[@]}"
+    bench_report "$1" "$RSS_AWK" "Boot and memory: 1 vCPU, ${mem} MiB, default guest (kvmini${kflags:+ $kflags} vs QEMU microvm)" "boot-secs exec-secs rss-overhead" "${ROWS[@]}"
 }
 
 bench_parse_only "$parse"
@@ -67,6 +70,7 @@ cat >"$BENCH_WORK/data/params" <<EOF2
 BENCH_REPEATS=$repeats
 BENCH_MEM=$mem
 BENCH_VMMS="kvmini qemu"
+BENCH_KVMINI_FLAGS="$kflags"
 EOF2
 timeout=$(((repeats * 4 + 2) * 240))
 bench_go boot "$repeats boot(s) and exec(s) per VMM and one RSS run each" "$timeout" "${host[@]}"

@@ -22,6 +22,9 @@
 #   @@BENCH-RUN-BEGIN <bench> <vmm> <round>
 #   @@BENCH-RUN-END <bench> <vmm> <round> rc=<n> secs=<s.ss>
 #
+# BENCH_KVMINI_FLAGS (optional, from the benchmark's params): extra flags
+# for every kvmini run/exec, e.g. "--seccomp off" to measure what the
+# filters cost.
 # Needs KVMINI and, for --vmm qemu, QEMU in the environment (run.sh
 # --with-qemu sets it).
 
@@ -86,7 +89,7 @@ bench_vm() {
         # kvmini prepends "console=ttyS0 reboot=k panic=1" itself and puts its
         # own virtio_mmio.device= parameters before "--".
         # shellcheck disable=SC2086 # word lists built above (paths have no spaces)
-        "$KVMINI" run --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
+        "$KVMINI" run ${BENCH_KVMINI_FLAGS:-} --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
             $_kvmini_disks $_kvmini_net --cmdline "$_kparams -- $*"
         ;;
     kvmini-exec)
@@ -94,7 +97,7 @@ bench_vm() {
         # (its own quiet kernel parameters); output and status come back
         # over virtio-consoles instead of the serial console.
         # shellcheck disable=SC2086
-        "$KVMINI" exec --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
+        "$KVMINI" exec ${BENCH_KVMINI_FLAGS:-} --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
             $_kvmini_disks -- sh -c "$*"
         ;;
     qemu)

@@ -4,7 +4,7 @@
 # has SVM (-cpu max), load kvm-amd there, and run the scenarios inside L1.
 #
 #   run.sh --kvmini PATH --scenarios DIR [--timeout SECS] [--smp N] [--host]
-#          [--with-qemu] [--data DIR]
+#          [--with-qemu] [--data DIR] [--track-kvmini]
 #
 # --kvmini     statically linked kvmini binary (it runs inside L1)
 # --scenarios  directory of *.sh scenario scripts (POSIX sh / busybox)
@@ -18,6 +18,11 @@
 #              default: it adds ~50 MB that L1 unpacks under emulation.
 # --data DIR   copy DIR's files into L1 (/opt/data); scenarios get the
 #              directory in RIG_DATA (the host's DIR with --host)
+# --track-kvmini  record on L1's heartbeat port every start of $KVMINI (a
+#              wrapper that says so, then execs the binary), so that a frozen
+#              L1 can be blamed on the rig only when no kvmini process was
+#              running (see below). Off by default: benchmarks time kvmini's
+#              launch and should not time the wrapper. Ignored with --host.
 #
 # Guest artefacts are built (or taken from the cache) by resources/kernel and
 # resources/rootfs unless GUEST_VMLINUX/GUEST_BZIMAGE/GUEST_INITRD (and
@@ -34,11 +39,17 @@
 # workloads; scenarios get its path in GUEST_BENCH_INITRD. Unset: not carried.
 # stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
 # Never hangs: QEMU runs under an overall timeout.
+# Exit 75 (EX_TEMPFAIL): L1 froze or broke and was stopped; the last stdout
+# line is then
+#   @@KVMINI-RIG-FROZE kvmini-running=yes|no <why>
+# where yes means a kvmini process was (or may have been) running when L1
+# stopped: the last heartbeat saw one, or one started after it. Only a
+# "no" is the rig's own failure for certain.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
 
-kvmini="" scenarios="" per_timeout=300 smp=2 host=0 with_qemu=0 data=""
+kvmini="" scenarios="" per_timeout=300 smp=2 host=0 with_qemu=0 data="" track=0
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -48,6 +59,7 @@ while (($#)); do
     --host) host=1; shift ;;
     --with-qemu) with_qemu=1; shift ;;
     --data) data=$2; shift 2 ;;
+    --track-kvmini) track=1; shift ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
     esac
 done
@@ -146,7 +158,19 @@ fi
 copy_with_libs "$root" "$(command -v crun)"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
-cp "$kvmini" "$root/opt/kvmini/kvmini"
+if ((track)); then
+    # The scenarios' $KVMINI says on the heartbeat port that it starts, then
+    # becomes the real binary: the same process, and still called kvmini
+    # (kvmini bench finds its VMs by that name), in a directory of its own.
+    # L1's heartbeat counts the running kvmini processes.
+    mkdir -p "$root/opt/kvmini/bin"
+    cp "$kvmini" "$root/opt/kvmini/bin/kvmini"
+    printf '%s\n' '#!/bin/sh' 'echo kvmini-start >/dev/ttyS1' \
+        'exec /opt/kvmini/bin/kvmini "$@"' >"$root/opt/kvmini/kvmini"
+    chmod 0755 "$root/opt/kvmini/kvmini"
+else
+    cp "$kvmini" "$root/opt/kvmini/kvmini"
+fi
 cp "$GUEST_VMLINUX" "$root/opt/guest/vmlinux"
 cp "$GUEST_BZIMAGE" "$root/opt/guest/bzImage"
 cp "$GUEST_INITRD" "$root/opt/guest/initramfs.cpio.gz"
@@ -187,9 +211,12 @@ rc=0
 # CPU, or simply silence), which no timeout inside L1 can break. L1's init
 # writes a heartbeat to its second serial port ($tmp/heartbeat here), so
 # such an L1 is stopped at once (soft lockup, or a scenario that survives
-# SIGKILL), or when its heartbeat has not moved for $stall s, and run.sh
-# exits 75 (EX_TEMPFAIL): the rig failed, not necessarily kvmini.
+# SIGKILL), or when its heartbeat has not moved for $stall s ($first_beat s
+# for the first beat, which comes after L1's boot), and run.sh exits 75
+# (EX_TEMPFAIL) saying whether a kvmini process was running then: only
+# without one is it certainly the rig's failure.
 stall=${KVMINI_RIG_STALL:-60}
+first_beat=${KVMINI_RIG_FIRST_BEAT:-120}
 fifo=$tmp/console
 mkfifo "$fifo"
 : >"$tmp/heartbeat"
@@ -226,7 +253,10 @@ while :; do
     size=$(stat -c %s "$tmp/heartbeat")
     if ((size != beat_size)); then
         beat_size=$size beat_at=$SECONDS
-    elif ((SECONDS - beat_at > stall)); then
+    elif ((beat_size == 0 && SECONDS - beat_at > first_beat)); then
+        broken="no heartbeat from L1 for ${first_beat}s after its start"
+        break
+    elif ((beat_size > 0 && SECONDS - beat_at > stall)); then
         broken="no heartbeat from L1 for ${stall}s"
         break
     fi
@@ -235,7 +265,15 @@ done <"$fifo"
 wait "$qemu" || rc=$?
 log "L1 finished after $((SECONDS - start))s (qemu rc=$rc)"
 if [[ -n $broken ]]; then
-    log "ERROR: the rig broke: $broken; stopped L1"
+    # Heartbeat lines (l1-init): "beat kvmini=N" every 5 s, N running kvmini
+    # processes; "kvmini-start" from the --track-kvmini wrapper. Serial
+    # lines end in \r\n.
+    running=$(awk '{ sub(/\r$/, "") }
+        /^beat kvmini=/ { seen = ($2 != "kvmini=0"); started = 0 }
+        /^kvmini-start/ { started = 1 }
+        END { print (seen || started) ? "yes" : "no" }' "$tmp/heartbeat")
+    log "ERROR: the rig broke: $broken; stopped L1 (kvmini running then: $running)"
+    echo "@@KVMINI-RIG-FROZE kvmini-running=$running $broken"
     exit 75
 fi
 ((rc != 124 && rc != 137)) || die "rig timed out after ${overall}s"

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
 
@@ -166,7 +166,11 @@ pub fn main(args: ExecArgs) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvmini: error: {e}");
-            code::ERROR
+            match e {
+                // As for a forbidden call on hardware KVM.
+                ExecError::Tcg(t) if t.sandbox_killed() => codes::SECCOMP_VIOLATION,
+                _ => code::ERROR,
+            }
         }
     }
 }
@@ -214,6 +218,10 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             FlagsError::Config(e) => ExecError::Config(e),
             FlagsError::DefaultGuest(e) => ExecError::Guest(e),
         })?;
+    // --timeout counts from here: packing shares and preparing the VM are
+    // part of the command's time (building the default guest on first use
+    // is not).
+    let since = Instant::now();
     let base_initrd = match vm.initrd.clone() {
         Some(i) => i,
         None => guest::default_initrd().map_err(ExecError::Guest)?,
@@ -230,7 +238,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     // Disks in guest order: the user's, the rootfs, the shares.
     let mut disks = std::mem::take(&mut vm.disks);
     let mut attach = |path: PathBuf, readonly: bool| {
-        disks.push(DiskConfig { path, readonly });
+        disks.push(DiskConfig {
+            path,
+            readonly,
+            limit: Default::default(),
+        });
         guest_device(disks.len() - 1)
     };
     let rootfs_dev = args.rootfs.clone().map(|p| attach(p, true));
@@ -297,8 +309,8 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     vm.disks = disks;
     vm.initrd = Some(initrd);
     let outcome = match engine {
-        Engine::Kvm => run_kvm(&vm, timeout, &console, Box::new(spool.clone()))?,
-        Engine::Tcg => run_tcg(&vm, timeout, &console, Box::new(spool.clone()))?,
+        Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
+        Engine::Tcg => run_tcg(&vm, timeout, since, &console, Box::new(spool.clone()))?,
         Engine::Emulated => {
             let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
             emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
@@ -363,7 +375,7 @@ fn run_prepared(
         ),
         None => Box::new(io::sink()),
     };
-    let outcome = run_kvm(&vm, timeout, console, share_out)?;
+    let outcome = run_kvm(&vm, timeout, Instant::now(), console, share_out)?;
     if let (Outcome::Finished(status), Some(path)) = (&outcome, &args.status_file) {
         std::fs::write(path, format!("{status}\n")).map_err(|e| ExecError::Io(path.clone(), e))?;
     }
@@ -382,10 +394,11 @@ fn std_stream(fd: std::os::fd::BorrowedFd) -> Box<dyn Write + Send> {
 }
 
 /// Runs the prepared VM on this host's KVM and interprets how it ended;
-/// the share archive goes to `share_out`.
+/// the share archive goes to `share_out`; `timeout` counts from `since`.
 pub fn run_kvm(
     vm: &VmConfig,
     timeout: Option<Duration>,
+    since: Instant,
     console: &ConsoleConfig,
     share_out: Box<dyn Write + Send>,
 ) -> Result<Outcome, ExecError> {
@@ -405,16 +418,19 @@ pub fn run_kvm(
         serial_out: Some(Box::new(Tee(tail.clone(), file))),
         no_console_input: true,
         timeout,
+        timeout_since: Some(since),
     };
     let exit = vmm::run_with(vm, extras).map_err(ExecError::Vmm)?;
     Ok(interpret(&exit, status.status(), &tail))
 }
 
 /// Runs the prepared VM on QEMU's software CPU, its four consoles on the
-/// same streams as [`run_kvm`]'s, and interprets how it ended the same way.
+/// same streams as [`run_kvm`]'s, and interprets how it ended the same way;
+/// `timeout` counts from `since`, as for [`run_kvm`].
 fn run_tcg(
     vm: &VmConfig,
     timeout: Option<Duration>,
+    since: Instant,
     console: &ConsoleConfig,
     share_out: Box<dyn Write + Send>,
 ) -> Result<Outcome, ExecError> {
@@ -425,7 +441,7 @@ fn run_tcg(
         Box::new(status.clone()) as Box<dyn Write + Send>,
         share_out,
     ];
-    let (exit, tail) = tcg::run_exec(vm, timeout, console, ports).map_err(ExecError::Tcg)?;
+    let (exit, tail) = tcg::run_exec(vm, timeout, since, console, ports).map_err(ExecError::Tcg)?;
     Ok(interpret(&exit, status.status(), &tail))
 }
 

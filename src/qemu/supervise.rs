@@ -115,6 +115,8 @@ mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn spawn_sh(script: &str) -> Child {
         Command::new("sh").args(["-c", script]).spawn().unwrap()
@@ -126,33 +128,52 @@ mod tests {
         p
     }
 
+    /// Appends a beat to `path` every 100 ms until the flag is set: a
+    /// heartbeat that keeps going however loaded the machine is (a thread,
+    /// not a shell forking `sleep`), far inside the stall limits below.
+    fn beat(path: PathBuf) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let t = thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, b"."));
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        (stop, t)
+    }
+
     #[test]
     fn watch_stops_qemu_when_the_heartbeat_stops() {
         let path = temp_file("silent");
-        // Beats twice, then goes silent but keeps running.
+        // Beats twice, then goes silent but keeps running (for 10 minutes:
+        // only the watch can end it early, with SIGTERM).
         let mut child = spawn_sh(&format!(
-            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 30",
+            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 600",
             p = path.display()
         ));
         let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(5));
-        let started = Instant::now();
         let (status, ended) = watch(&mut child, None, &mut hb);
         assert_eq!(ended, Ended::Froze);
         assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
-        assert!(started.elapsed() < Duration::from_secs(10));
         let _ = std::fs::remove_file(&path);
     }
 
     #[test]
     fn watch_waits_while_the_heartbeat_goes_on() {
         let path = temp_file("beating");
-        // Runs 4 s, longer than the 2 s stall limit, beating every 0.5 s.
-        let mut child = spawn_sh(&format!(
-            "for i in 1 2 3 4 5 6 7 8; do echo . >>{}; sleep 0.5; done; exit 7",
-            path.display()
-        ));
+        // Runs 5 s, longer than the 2 s stall limit, while a beat comes
+        // every 0.1 s: only a watch that ignores the heartbeat stops it.
+        let (stop, beater) = beat(path.clone());
+        let mut child = spawn_sh("sleep 5; exit 7");
         let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(2));
         let (status, ended) = watch(&mut child, None, &mut hb);
+        stop.store(true, Ordering::SeqCst);
+        let _ = beater.join();
         assert_eq!(ended, Ended::Exited);
         assert_eq!(status.unwrap().code(), Some(7));
         let _ = std::fs::remove_file(&path);
@@ -161,25 +182,33 @@ mod tests {
     #[test]
     fn watch_gives_l1_time_for_its_first_beat_then_stops_it() {
         let path = temp_file("never");
-        let mut child = spawn_sh("exec sleep 30");
+        let mut child = spawn_sh("exec sleep 600");
         let mut hb = Heartbeat::new(path, Duration::from_secs(1), Duration::from_secs(3));
         let started = Instant::now();
-        let (_, ended) = watch(&mut child, None, &mut hb);
+        let (status, ended) = watch(&mut child, None, &mut hb);
         assert_eq!(ended, Ended::Froze);
-        // Not at the 1 s stall limit: the first beat may take 3 s.
+        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
+        // Not at the 1 s stall limit: the first beat may take 3 s. (A lower
+        // bound: load can only make it later.)
         assert!(started.elapsed() >= Duration::from_secs(3));
     }
 
     #[test]
     fn watch_stops_qemu_at_the_deadline() {
         let path = temp_file("deadline");
-        let mut child = spawn_sh(&format!(
-            "while :; do echo . >>{}; sleep 0.2; done",
-            path.display()
-        ));
-        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(5), Duration::from_secs(5));
+        // Beating, and a stall limit far beyond the 1 s deadline: only the
+        // deadline can end it.
+        let (stop, beater) = beat(path.clone());
+        let mut child = spawn_sh("exec sleep 600");
+        let mut hb = Heartbeat::new(
+            path.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(300),
+        );
         let deadline = Instant::now() + Duration::from_secs(1);
         let (status, ended) = watch(&mut child, Some(deadline), &mut hb);
+        stop.store(true, Ordering::SeqCst);
+        let _ = beater.join();
         assert_eq!(ended, Ended::TimedOut);
         assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
         let _ = std::fs::remove_file(&path);

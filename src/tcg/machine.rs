@@ -7,10 +7,15 @@
 //! `--disk` order (/dev/vda, /dev/vdb, ...). `kvmini exec` adds one
 //! virtio-serial device with four console ports: /dev/hvc0..3 in the guest,
 //! the layout exec's guest init expects.
+//!
+//! Two of kvmini's own protections become QEMU's: a disk's `iops=`/`bw=`
+//! its `-drive` throttling (a bucket of one second's worth, as kvmini's
+//! token bucket), and `--seccomp on` QEMU's seccomp sandbox (`-sandbox`),
+//! since QEMU's threads, not kvmini's, serve the guest here.
 
 use std::path::Path;
 
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, DiskConfig, Seccomp, VmConfig};
 use crate::qemu::qemu_path;
 
 /// Where microvm's virtio-mmio transports lie: transport N at
@@ -70,6 +75,9 @@ pub fn args(
     ]
     .map(String::from)
     .to_vec();
+    if config.seccomp == Seccomp::On {
+        a.extend(["-sandbox".into(), SANDBOX.into()]);
+    }
     a.extend([
         "-D".into(),
         logs.resets.to_string_lossy().into_owned(),
@@ -119,9 +127,10 @@ pub fn args(
         a.extend([
             "-drive".into(),
             format!(
-                "file={},if=none,id=disk{i},format=raw,cache=writeback{}",
+                "file={},if=none,id=disk{i},format=raw,cache=writeback{}{}",
                 qemu_path(&d.path),
-                if d.readonly { ",readonly=on" } else { "" }
+                if d.readonly { ",readonly=on" } else { "" },
+                throttling(d)
             ),
         ]);
         place(&mut a, format!("virtio-blk-device,drive=disk{i}"));
@@ -147,6 +156,25 @@ pub fn args(
     }
     a.extend(["-append".into(), with_kernel_words(&config.cmdline, &words)]);
     a
+}
+
+/// QEMU's seccomp sandbox for `--seccomp on`: its default filter (no
+/// obsolete system calls) plus no privilege changes, no new processes or
+/// programs, no scheduler or resource-limit changes; QEMU as kvmini runs
+/// it needs none of them. A call outside it kills QEMU with SIGSYS.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// A disk's `iops=`/`bw=` as QEMU's `-drive` throttling: each limit as the
+/// average and the burst rate (with QEMU's default burst length of one
+/// second, a bucket of one second's worth, as kvmini's own).
+fn throttling(d: &DiskConfig) -> String {
+    let mut t = String::new();
+    for (key, limit) in [("iops-total", d.limit.ops), ("bps-total", d.limit.bytes)] {
+        if let Some(n) = limit {
+            t.push_str(&format!(",throttling.{key}={n},throttling.{key}-max={n}"));
+        }
+    }
+    t
 }
 
 /// `cmdline` with `words` added to the kernel's parameters: before the
@@ -182,7 +210,8 @@ fn memory_arg(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Accel, DiskConfig};
+    use crate::config::Accel;
+    use crate::devices::virtio::block::RateLimit;
     use std::time::Duration;
 
     fn config() -> VmConfig {
@@ -198,14 +227,17 @@ mod tests {
                 DiskConfig {
                     path: "/d/a,b.img".into(),
                     readonly: false,
+                    limit: RateLimit::default(),
                 },
                 DiskConfig {
                     path: "/d/ro.img".into(),
                     readonly: true,
+                    limit: RateLimit::default(),
                 },
             ],
             nets: vec![],
             shutdown_timeout: Duration::from_secs(30),
+            seccomp: Seccomp::On,
         }
     }
 
@@ -315,5 +347,47 @@ mod tests {
         assert!(TRANSPORTS
             .iter()
             .all(|n| IRQ_BASE + n != 8 && IRQ_BASE + n != 12));
+    }
+
+    #[test]
+    fn disk_rate_limits_become_qemu_throttling() {
+        let logs = Logs {
+            console: Path::new("/t/c"),
+            resets: Path::new("/t/r"),
+        };
+        let mut c = config();
+        c.disks[0].limit = RateLimit {
+            ops: Some(500),
+            bytes: None,
+        };
+        c.disks[1].limit = RateLimit {
+            ops: Some(10),
+            bytes: Some(4 << 20),
+        };
+        let a = args(&c, &ConsoleConfig::None, false, &logs, false);
+        assert_eq!(
+            value_after(&a, "-drive"),
+            [
+                "file=/d/a,,b.img,if=none,id=disk0,format=raw,cache=writeback,\
+                 throttling.iops-total=500,throttling.iops-total-max=500",
+                "file=/d/ro.img,if=none,id=disk1,format=raw,cache=writeback,readonly=on,\
+                 throttling.iops-total=10,throttling.iops-total-max=10,\
+                 throttling.bps-total=4194304,throttling.bps-total-max=4194304"
+            ]
+        );
+    }
+
+    #[test]
+    fn seccomp_on_is_qemus_sandbox_and_off_runs_without() {
+        let logs = Logs {
+            console: Path::new("/t/c"),
+            resets: Path::new("/t/r"),
+        };
+        let mut c = config();
+        let on = args(&c, &ConsoleConfig::None, false, &logs, false);
+        assert_eq!(value_after(&on, "-sandbox"), [SANDBOX]);
+        c.seccomp = Seccomp::Off;
+        let off = args(&c, &ConsoleConfig::None, false, &logs, false);
+        assert!(!off.contains(&"-sandbox".to_string()), "{off:?}");
     }
 }

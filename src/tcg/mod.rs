@@ -20,6 +20,7 @@ pub mod verdict;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, Seccomp, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::exec::capture::Tail;
 use crate::exit::VmExit;
@@ -61,11 +62,22 @@ pub enum TcgError {
     SpawnQemu(io::Error),
     /// QEMU is missing and could not be installed.
     InstallQemu(String),
-    /// QEMU failed by itself: its status and last messages.
+    /// QEMU failed by itself: its status and last messages; `sandboxed`:
+    /// it ran under its seccomp sandbox (`--seccomp on`).
     Qemu {
         status: ExitStatus,
         tail: Vec<String>,
+        sandboxed: bool,
     },
+}
+
+impl TcgError {
+    /// QEMU's seccomp sandbox killed it (SIGSYS): a forbidden system call,
+    /// what exit 159 means on hardware KVM too.
+    pub fn sandbox_killed(&self) -> bool {
+        matches!(self, Self::Qemu { status, sandboxed: true, .. }
+            if status.signal() == Some(libc::SIGSYS))
+    }
 }
 
 impl fmt::Display for TcgError {
@@ -115,13 +127,21 @@ impl fmt::Display for TcgError {
                  hardware virtualization",
                 q::QEMU
             ),
-            Self::Qemu { status, tail } => {
+            Self::Qemu { status, tail, .. } => {
                 write!(
                     f,
                     "{} {} before the guest stopped",
                     q::QEMU,
                     q::describe(*status)
                 )?;
+                if self.sandbox_killed() {
+                    write!(
+                        f,
+                        ": QEMU's seccomp sandbox (what --seccomp on means with --accel tcg) \
+                         stopped a system call it forbids, a QEMU bug or a guest attacking \
+                         it; --seccomp off runs QEMU without the sandbox, for debugging"
+                    )?;
+                }
                 if !tail.is_empty() {
                     write!(f, "; its messages:")?;
                     for l in tail {
@@ -138,19 +158,21 @@ impl std::error::Error for TcgError {}
 
 /// `kvmini run` on QEMU's software CPU: how the guest stopped.
 pub fn run(config: &VmConfig) -> Result<VmExit, TcgError> {
-    boot(config, &config.console, None, None).map(|(exit, _)| exit)
+    boot(config, &config.console, None, Instant::now(), None).map(|(exit, _)| exit)
 }
 
 /// `kvmini exec`'s prepared VM on QEMU's software CPU; `ports`: where
 /// /dev/hvc0..3 go (stdout, stderr, status, share archive). Returns how it
-/// stopped and the tail of its console.
+/// stopped and the tail of its console. `timeout` counts from `since` (exec
+/// started preparing the VM), as on hardware KVM.
 pub fn run_exec(
     config: &VmConfig,
     timeout: Option<Duration>,
+    since: Instant,
     console: &ConsoleConfig,
     ports: [Sink; 4],
 ) -> Result<(VmExit, Tail), TcgError> {
-    boot(config, console, timeout, Some(ports))
+    boot(config, console, timeout, since, Some(ports))
 }
 
 /// Checks what the host can check before QEMU starts.
@@ -206,10 +228,15 @@ fn boot(
     config: &VmConfig,
     console: &ConsoleConfig,
     timeout: Option<Duration>,
+    since: Instant,
     ports: Option<[Sink; 4]>,
 ) -> Result<(VmExit, Tail), TcgError> {
     preflight(config, ports.is_some())?;
+    // Installing QEMU on first use does not count against --timeout, as
+    // building the default guest on first use does not.
+    let installing = Instant::now();
     ensure_qemu()?;
+    let deadline = timeout.map(|t| since + installing.elapsed() + t);
     stop::install().map_err(TcgError::Signals)?;
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-tcg."))
         .map_err(|e| TcgError::TempDir(io::Error::from_raw_os_error(e.errno())))?;
@@ -260,7 +287,7 @@ fn boot(
     let copying = streams.map(Streams::copy);
     let tail = Tail::new(CONSOLE_TAIL);
     let mut watcher = ConsoleWatch::new(console_log, tail.clone());
-    let (waited, ended) = watch(&mut child, timeout.map(|t| started + t), &mut watcher);
+    let (waited, ended) = watch(&mut child, deadline, &mut watcher);
     stop::set_child(0);
     if let Some(c) = copying {
         c.finish();
@@ -279,7 +306,11 @@ fn boot(
         let text = String::from_utf8_lossy(&text);
         let lines: Vec<String> = text.lines().map(str::to_string).collect();
         let tail = lines[lines.len().saturating_sub(QEMU_LINES)..].to_vec();
-        return Err(TcgError::Qemu { status, tail });
+        return Err(TcgError::Qemu {
+            status,
+            tail,
+            sandboxed: config.seccomp == Seccomp::On,
+        });
     }
     let exit = verdict::exit(
         ended,
@@ -289,4 +320,36 @@ fn boot(
         verdict::triple_faulted(&resets),
     );
     Ok((exit, tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn died_of(signal: i32) -> ExitStatus {
+        // Killed by `signal`, as wait(2) reports it.
+        ExitStatus::from_raw(signal)
+    }
+
+    #[test]
+    fn a_sigsys_under_the_sandbox_is_a_seccomp_violation() {
+        let killed = |sig, sandboxed| TcgError::Qemu {
+            status: died_of(sig),
+            tail: vec!["last words".into()],
+            sandboxed,
+        };
+        let e = killed(libc::SIGSYS, true);
+        assert!(e.sandbox_killed());
+        let says = e.to_string();
+        assert!(
+            says.contains("seccomp sandbox") && says.contains("--seccomp off"),
+            "{says}"
+        );
+        assert!(says.ends_with("its messages:\n    last words"), "{says}");
+        // Without the sandbox, or another signal: QEMU's own failure.
+        for e in [killed(libc::SIGSYS, false), killed(libc::SIGSEGV, true)] {
+            assert!(!e.sandbox_killed());
+            assert!(!e.to_string().contains("sandbox"), "{e}");
+        }
+    }
 }

@@ -2,8 +2,11 @@
 # with write access could: creates files (text and binary, in new
 # directories), changes, deletes, renames (a file and a directory), chmods,
 # replaces a directory by a file; all of it reaches the host. A read-only
-# share refuses writes and stays unchanged.
+# share is read by the guest, refuses writes (the kernel says it is
+# read-only) and stays unchanged.
 rw=/tmp/share-rw
+# Fresh every run (in host mode /tmp outlives the scenario).
+rm -rf $rw /tmp/share-ro
 mkdir -p $rw/olddir/sub $rw/gone/deep $rw/dirfile /tmp/share-ro
 echo "from-the-host" >$rw/input.txt
 echo bye >$rw/del.txt
@@ -19,7 +22,8 @@ echo "read-only-content" >/tmp/share-ro/keep.txt
         printf "\000\001\377\r\n" > out/bin; echo changed > input.txt;
         rm del.txt; mv old-name.txt new-name.txt; mv olddir newdir; chmod 755 script.sh;
         rm -r gone; rm -r dirfile && echo now-a-file > dirfile;
-        if touch /mnt/ro/new 2>/dev/null; then echo ro-writable; else echo ro-refused; fi'
+        echo "ro-read=$(cat /mnt/ro/keep.txt)";
+        if touch /mnt/ro/new 2>/tmp/ro.err; then echo ro-writable; else echo "ro-refused=$(cat /tmp/ro.err)"; fi'
 echo "exec-rc=$?"
 echo "host-result=$(cat $rw/out/deeper/result.txt)"
 echo "host-input=$(cat $rw/input.txt)"
@@ -28,3 +32,4 @@ echo "host-ro=$(ls /tmp/share-ro | tr '\n' ' ')"
 echo "host-tree=$(cd $rw && find . | sort | tr '\n' ' ')"
 echo "host-moved=$(cat $rw/new-name.txt) $(cat $rw/newdir/sub/y) $(cat $rw/dirfile)"
 echo "host-mode=$(stat -c %a $rw/script.sh)"
+echo "host-ro-content=$(cat /tmp/share-ro/keep.txt)"

@@ -2,7 +2,8 @@
 # addresses are used): the guest pings the host side of its TAP, sends
 # NET_UP_MIB MiB of random data over TCP to a host listener, and fetches
 # NET_DOWN_MIB MiB from another; both ends print the SHA-256 of what they
-# sent and got (tests/e2e.rs compares them). The TAP exists beforehand
+# sent and got, and how many bytes arrived (tests/e2e.rs compares them
+# with what was sent). The TAP exists beforehand
 # (busybox tunctl), as for an unprivileged user.
 #
 # 64 MiB up, 16 MiB down: in the nested rig that took the whole scenario
@@ -37,9 +38,10 @@ nc 192.168.100.1 5001 </tmp/up
 echo up-nc-rc=\$?
 echo up-secs=\$t0-\$(up)
 t0=\$(up)
-nc 192.168.100.1 5002 | sha256sum >/tmp/down.sum
+nc 192.168.100.1 5002 >/tmp/down
 echo down-secs=\$t0-\$(up)
-echo guest-down-sha=\$(cut -c1-64 /tmp/down.sum)
+echo guest-down-sha=\$(sha256sum </tmp/down | cut -c1-64)
+echo guest-down-bytes=\$(wc -c </tmp/down)
 GUEST
 nc -l -p 5000 <"$tmp/guest.sh" &
 script_nc=$!
@@ -70,5 +72,6 @@ done
 kill "$script_nc" "$up_nc" "$down_nc" 2>/dev/null
 wait
 echo "host-up-sha=$(sha256sum <"$tmp/up" | cut -c1-64)"
+echo "host-up-bytes=$(wc -c <"$tmp/up")"
 rm -rf "$tmp"
 exit $rc

@@ -1,8 +1,9 @@
 # Two guests on one bridge, in a network namespace of our own: kvmini
 # creates each guest's TAP itself (it has CAP_NET_ADMIN in the namespace)
 # and says so; we add the TAPs to the bridge as they appear. Guest A pings
-# guest B, then sends it a line over TCP, which B prints. (The kernel
-# hands init at most 32 words: keep the guest commands short.)
+# guest B, then sends it a line over TCP, which B prints; A says a-sent=ok
+# only once its nc has succeeded. (The kernel hands init at most 32 words:
+# keep the guest commands short.)
 if [ -z "$KVMINI_IN_NETNS" ]; then
     export KVMINI_IN_NETNS=1
     [ "$(id -u)" = 0 ] && exec unshare -n sh "$0"
@@ -33,7 +34,7 @@ b=$!
     --net tap=ktapa \
     --cmdline "quiet ip=10.0.0.11:::255.255.255.0::eth0:off -- \
 ping -c 1 -w 90 10.0.0.12 >/dev/null; ping -c 2 10.0.0.12 && echo a-ping=ok; \
-until echo hello-from-a | nc 10.0.0.12 7000; do sleep 1; done; echo a-sent=\$?"
+until echo hello-from-a | nc 10.0.0.12 7000 && echo a-sent=ok; do sleep 1; done"
 rca=$?
 wait $b
 rcb=$?

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kvmini_vmm::config::{
     check_console, check_readable, parse_disk, parse_duration, parse_nets, parse_size, Accel,
-    ConfigError, ConsoleConfig, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEMORY,
+    ConfigError, ConsoleConfig, Seccomp, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEMORY,
 };
 
 /// `--shutdown-timeout`'s default.
@@ -59,14 +59,20 @@ pub struct VmArgs {
     pub accel: String,
 
     /// A virtio-blk disk backed by a raw image file or block device:
-    /// `path=PATH[,readonly=on|off]` (a comma in PATH is written twice).
-    /// Repeat for more disks; they appear in the guest as /dev/vda,
-    /// /dev/vdb, ... in order.
-    #[arg(long = "disk", value_name = "path=PATH[,readonly=on]")]
+    /// `path=PATH[,readonly=on|off][,iops=N][,bw=BYTES]` (a comma in PATH
+    /// is written twice). `iops` caps requests per second, `bw` bytes per
+    /// second (K, M, G suffixes: powers of 1024; with `--accel tcg`,
+    /// QEMU's throttling). Repeat for more disks; they appear in the guest
+    /// as /dev/vda, /dev/vdb, ... in order.
+    #[arg(
+        long = "disk",
+        value_name = "path=PATH[,readonly=on][,iops=N][,bw=BYTES]"
+    )]
     pub disks: Vec<String>,
 
     /// A virtio-net NIC backed by the host TAP interface NAME:
-    /// `tap=NAME[,mac=MAC]`. Repeat for more NICs (eth0, eth1, ... in the
+    /// `tap=NAME[,mac=MAC][,bw=BYTES]` (`bw`: bytes per second in each
+    /// direction, K, M, G suffixes). Repeat for more NICs (eth0, eth1, ... in the
     /// guest). Without `mac`, each NIC gets its own 52:54:00:xx:xx:xx
     /// address. If NAME does not exist and kvmini has CAP_NET_ADMIN (e.g.
     /// root), kvmini creates it for the life of the VM; otherwise create
@@ -74,15 +80,25 @@ pub struct VmArgs {
     /// side is yours to configure (address, or a bridge); the guest can
     /// configure itself with the kernel's `ip=` parameter. Needs hardware
     /// KVM: not available with --accel tcg or emulated.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,bw=BYTES]")]
     pub nets: Vec<String>,
 
     /// On SIGTERM (and `exec --timeout`), a guest that runs ACPI gets its
     /// power button pressed and this long to shut down (seconds, or with s,
     /// m); then it is killed. A second SIGTERM or SIGINT kills it at once;
-    /// a guest without ACPI (kvmini's own) is stopped at once.
+    /// a guest without ACPI (kvmini's own), or any guest with `--accel
+    /// tcg`, is stopped at once.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: String,
+
+    /// `on`: every VMM thread (vCPUs, event loop, disk I/O, output
+    /// writers) runs under a seccomp allow-list of the system calls its
+    /// kind needs, and a call outside it stops kvmini with a message naming
+    /// it (exit 159). With `--accel tcg` QEMU's threads run the guest, so
+    /// `on` is QEMU's own seccomp sandbox (`-sandbox`) instead. `off`: no
+    /// filters, for debugging only.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pub seccomp: String,
 }
 
 impl Default for VmArgs {
@@ -97,6 +113,7 @@ impl Default for VmArgs {
             disks: Vec::new(),
             nets: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT.into(),
+            seccomp: "on".into(),
         }
     }
 }
@@ -184,6 +201,8 @@ impl VmArgs {
         let nets = parse_nets(&self.nets, std::process::id())?;
         let shutdown_timeout = parse_duration(&self.shutdown_timeout)
             .ok_or_else(|| ConfigError::ShutdownTimeout(self.shutdown_timeout.clone()))?;
+        let seccomp = Seccomp::parse(&self.seccomp)
+            .ok_or_else(|| ConfigError::Seccomp(self.seccomp.clone()))?;
         let mut cmdline = DEFAULT_CMDLINE.to_string();
         if let Some(extra) = self
             .cmdline
@@ -205,6 +224,7 @@ impl VmArgs {
             disks,
             nets,
             shutdown_timeout,
+            seccomp,
         };
         config.check(consoles)?;
         Ok(config)
@@ -227,6 +247,7 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
         disks,
         nets,
         shutdown_timeout,
+        seccomp,
     } = config;
     let mut a = vec!["--kernel".to_string(), kernel.display().to_string()];
     if let Some(initrd) = initrd {
@@ -241,6 +262,8 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
         accel.name().into(),
         "--shutdown-timeout".into(),
         format!("{}s", shutdown_timeout.as_secs()),
+        "--seccomp".into(),
+        seccomp.name().into(),
     ]);
     let extra = cmdline
         .strip_prefix(DEFAULT_CMDLINE)
@@ -253,7 +276,8 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
         a.extend(["--disk".into(), d.to_arg()]);
     }
     for n in nets {
-        a.extend(["--net".into(), format!("tap={},mac={}", n.tap, n.mac)]);
+        let bw = n.bw.map(|b| format!(",bw={b}")).unwrap_or_default();
+        a.extend(["--net".into(), format!("tap={},mac={}{bw}", n.tap, n.mac)]);
     }
     a
 }

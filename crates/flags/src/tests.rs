@@ -146,6 +146,36 @@ fn shutdown_timeout_round_trips() {
 }
 
 #[test]
+fn seccomp_round_trips() {
+    let k = TempFile::new().unwrap();
+    for mode in ["on", "off"] {
+        let mut a = with_kernel(&k);
+        a.seccomp = mode.into();
+        round_trip(&a);
+        assert!(vm_args(&config(&a).unwrap())
+            .windows(2)
+            .any(|w| w == ["--seccomp", mode]));
+    }
+    assert_eq!(config(&with_kernel(&k)).unwrap().seccomp, Seccomp::On);
+}
+
+#[test]
+fn rate_limits_round_trip() {
+    let k = TempFile::new().unwrap();
+    let mut a = with_kernel(&k);
+    a.disks = vec![
+        "path=/a.img,iops=500".into(),
+        "path=/b.img,bw=64M".into(),
+        "path=/c.img,readonly=on,iops=10,bw=4K".into(),
+    ];
+    a.nets = vec!["tap=t0,bw=1G".into(), "tap=t1".into()];
+    let c = config(&a).unwrap();
+    assert_eq!(c.disks[1].limit.bytes, Some(64 << 20));
+    assert_eq!(c.nets[0].bw, Some(1 << 30));
+    round_trip(&a);
+}
+
+#[test]
 fn every_flag_at_once_round_trips() {
     let (k, i) = (TempFile::new().unwrap(), TempFile::new().unwrap());
     let a = VmArgs {
@@ -155,9 +185,10 @@ fn every_flag_at_once_round_trips() {
         cpus: 3,
         cmdline: Some("root=/dev/vda -- true".into()),
         accel: "kvm-any".into(),
-        disks: vec!["path=/x,,y,readonly=on".into()],
-        nets: vec!["tap=t0".into()],
+        disks: vec!["path=/x,,y,readonly=on,iops=7,bw=9K".into()],
+        nets: vec!["tap=t0,bw=3M".into()],
         shutdown_timeout: "7s".into(),
+        seccomp: "off".into(),
     };
     round_trip(&a);
 }
@@ -167,7 +198,7 @@ fn every_flag_at_once_round_trips() {
 #[test]
 fn bad_values_are_refused_before_the_default_guest() {
     type Break = fn(&mut VmArgs);
-    let cases: [(&str, Break); 9] = [
+    let cases: [(&str, Break); 12] = [
         ("--memory", |a| a.memory = "1X".into()),
         ("--memory", |a| a.memory = "1.5G".into()),
         ("--cpus", |a| a.cpus = 0),
@@ -176,6 +207,9 @@ fn bad_values_are_refused_before_the_default_guest() {
         ("--disk", |a| a.disks = vec!["disk.img".into()]),
         ("--net", |a| a.nets = vec!["user".into()]),
         ("--shutdown-timeout", |a| a.shutdown_timeout = "soon".into()),
+        ("--seccomp", |a| a.seccomp = "maybe".into()),
+        ("--disk", |a| a.disks = vec!["path=/a,iops=0".into()]),
+        ("--net", |a| a.nets = vec!["tap=t0,bw=lots".into()]),
         ("--cmdline", |a| a.cmdline = Some("x".repeat(3000))),
     ];
     for (flag, break_it) in cases {

@@ -79,9 +79,11 @@ impl Accel {
 pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
 
 use crate::arch::x86_64::layout;
+use crate::devices::rate_limiter::{parse_rate, RateLimit};
 /// One `--net`: the network device's own config type.
 pub use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::net::{tap, MacAddr};
+pub use crate::seccomp::Seccomp;
 
 /// Splits `key=value,key=value`, rejecting unknown keys, repeated keys and
 /// items without `=`. A comma inside a value is written twice (`,,`), as
@@ -125,25 +127,38 @@ fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+/// `iops=` or `bw=`: a rate per second ([`parse_rate`]), its key named in
+/// the error.
+fn parse_limit(key: &str, v: &str) -> Result<u64, String> {
+    parse_rate(v).map_err(|e| format!("{key}={v}: {e}"))
+}
+
 pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
     let err = |why: String| ConfigError::Disk(s.to_string(), why);
     if !s.contains('=') && !s.is_empty() {
         return Err(err(format!(
-            "a disk is path=PATH[,readonly=on]: did you mean --disk path={}?",
+            "a disk is path=PATH[,readonly=on][,iops=N][,bw=BYTES]: did you mean --disk path={}?",
             kv_escape(s)
         )));
     }
     let mut path = None;
     let mut readonly = false;
-    for (k, v) in parse_kv(s, &["path", "readonly"]).map_err(err)? {
+    let mut limit = RateLimit::default();
+    for (k, v) in parse_kv(s, &["path", "readonly", "iops", "bw"]).map_err(err)? {
         match k.as_str() {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "path" => return Err(err("empty path".into())),
+            "iops" => limit.ops = Some(parse_limit(&k, &v).map_err(err)?),
+            "bw" => limit.bytes = Some(parse_limit(&k, &v).map_err(err)?),
             _ => readonly = parse_on_off(&k, &v).map_err(err)?,
         }
     }
     let path = path.ok_or_else(|| err("path=PATH is required".into()))?;
-    Ok(DiskConfig { path, readonly })
+    Ok(DiskConfig {
+        path,
+        readonly,
+        limit,
+    })
 }
 
 /// Parses the `index`th `--net`; without `mac=`, the NIC gets
@@ -159,12 +174,13 @@ fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
     }
     if !s.contains('=') && tap::valid_name(s) {
         return Err(err(format!(
-            "a NIC is tap=NAME[,mac=MAC]: did you mean --net tap={s}?"
+            "a NIC is tap=NAME[,mac=MAC][,bw=BYTES]: did you mean --net tap={s}?"
         )));
     }
     let mut name = None;
     let mut mac = None;
-    for (k, v) in parse_kv(s, &["tap", "mac"]).map_err(err)? {
+    let mut bw = None;
+    for (k, v) in parse_kv(s, &["tap", "mac", "bw"]).map_err(err)? {
         match k.as_str() {
             "tap" if tap::valid_name(&v) => name = Some(v),
             "tap" => {
@@ -173,6 +189,7 @@ fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
                      or whitespace)"
                 )))
             }
+            "bw" => bw = Some(parse_limit(&k, &v).map_err(err)?),
             _ => mac = Some(v.parse::<MacAddr>().map_err(err)?),
         }
     }
@@ -180,6 +197,7 @@ fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
     Ok(NetConfig {
         tap,
         mac: mac.unwrap_or_else(|| MacAddr::generated(pid, index)),
+        bw,
     })
 }
 
@@ -221,6 +239,8 @@ pub struct VmConfig {
     /// How long a guest with ACPI gets to shut down after its power button
     /// was pressed (SIGTERM, `exec --timeout`).
     pub shutdown_timeout: Duration,
+    /// Whether the VMM's threads run under their seccomp filters.
+    pub seccomp: Seccomp,
 }
 
 /// Bytes of the kernel command line kept free for each virtio device's
@@ -301,6 +321,7 @@ pub enum ConfigError {
     ConsoleFile(PathBuf, String),
     ShutdownTimeout(String),
     Cmdline(String),
+    Seccomp(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -355,6 +376,10 @@ impl fmt::Display for ConfigError {
                 f,
                 "invalid --console file={}: cannot write it ({e})",
                 p.display()
+            ),
+            Self::Seccomp(s) => write!(
+                f,
+                "invalid --seccomp '{s}': use on (the default) or off (no filters, for debugging)"
             ),
             Self::ShutdownTimeout(s) => write!(
                 f,
@@ -525,16 +550,34 @@ mod tests {
             parse_disk("path=/a.img").unwrap(),
             DiskConfig {
                 path: "/a.img".into(),
-                readonly: false
+                readonly: false,
+                limit: RateLimit::default(),
             }
         );
         assert_eq!(
             parse_disk("path=/a.img,readonly=on").unwrap(),
             DiskConfig {
                 path: "/a.img".into(),
-                readonly: true
+                readonly: true,
+                limit: RateLimit::default(),
             }
         );
+        assert_eq!(
+            parse_disk("path=/a.img,iops=500,bw=50M").unwrap().limit,
+            RateLimit {
+                ops: Some(500),
+                bytes: Some(50 << 20)
+            }
+        );
+        for (bad, says) in [
+            ("path=/a,iops=0", "iops=0: a rate of 0"),
+            ("path=/a,bw=fast", "bw=fast: 'fast' is not a rate"),
+            ("path=/a,bw=1.5M", "not a rate"),
+            ("path=/a,iops=1,iops=2", "'iops' given twice"),
+        ] {
+            let e = parse_disk(bad).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("--disk"), "{bad}: {e}");
+        }
         for bad in [
             "",
             "/a.img",
@@ -553,6 +596,15 @@ mod tests {
         let n = parse_net("tap=tap0,mac=52:54:00:12:34:56", 0, 1).unwrap();
         assert_eq!(n.tap, "tap0");
         assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        assert_eq!(n.bw, None);
+        assert_eq!(
+            parse_net("tap=tap0,bw=10M", 0, 1).unwrap().bw,
+            Some(10 << 20)
+        );
+        let e = parse_net("tap=tap0,bw=0", 0, 1).unwrap_err().to_string();
+        assert!(e.contains("--net") && e.contains("bw=0"), "{e}");
+        let e = parse_net("tap=tap0,iops=5", 0, 1).unwrap_err().to_string();
+        assert!(e.contains("unknown key 'iops'"), "{e}");
         // The default MAC differs per NIC and per process.
         let a = parse_net("tap=tap0", 0, 1000).unwrap().mac;
         assert_eq!(a, MacAddr::generated(1000, 0));

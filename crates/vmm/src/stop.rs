@@ -53,12 +53,18 @@ pub fn signalled() -> Option<u8> {
     }
 }
 
+/// Tests that install signal handlers or send signals to this process
+/// take turns.
+#[cfg(test)]
+pub static SIGNAL_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_signal_is_recorded_and_stops_the_registered_child() {
+        let _turn = crate::sync::lock(&SIGNAL_TESTS);
         install().unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")

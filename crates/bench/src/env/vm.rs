@@ -57,6 +57,7 @@ impl Env for VmEnv {
             vm.disks.push(DiskConfig {
                 path: disk.clone(),
                 readonly: false,
+                limit: Default::default(),
             });
             env.push(format!("{TARGET_VAR}={}", guest_device(0)));
         }
@@ -64,6 +65,7 @@ impl Env for VmEnv {
             vm.nets.push(NetConfig {
                 tap: tap.clone(),
                 mac: MacAddr::generated(std::process::id(), 0),
+                bw: None,
             });
             vm.cmdline = format!("{} {ip}", vm.cmdline);
         }

@@ -6,4 +6,6 @@ pub mod acpi;
 pub mod bus;
 pub mod events;
 pub mod legacy;
+pub mod output;
+pub mod rate_limiter;
 pub mod virtio;

@@ -5,8 +5,7 @@
 
 use std::io;
 use std::sync::{Arc, Once};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
@@ -18,6 +17,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::exit::{ExitSignal, VmExit};
+use crate::seccomp::{Seccomp, ThreadKind};
+use crate::thread::{self, VmmThread};
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
 fn kick_signal() -> i32 {
@@ -50,16 +51,23 @@ pub struct Vcpu {
 
 /// A running vCPU thread.
 pub struct VcpuHandle {
-    thread: JoinHandle<()>,
+    index: u8,
+    thread: VmmThread<()>,
 }
 
 impl Vcpu {
-    pub fn spawn(self) -> io::Result<VcpuHandle> {
-        install_kick_handler()?;
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run())?;
-        Ok(VcpuHandle { thread })
+    /// Starts the thread `vcpu<N>`, under the vCPU seccomp filter unless
+    /// `seccomp` is off.
+    pub fn spawn(self, seccomp: Seccomp) -> Result<VcpuHandle, thread::Error> {
+        install_kick_handler().map_err(thread::Error::Spawn)?;
+        let index = self.index;
+        let thread = thread::spawn(
+            format!("vcpu{index}"),
+            ThreadKind::Vcpu,
+            seccomp,
+            move || self.run(),
+        )?;
+        Ok(VcpuHandle { index, thread })
     }
 
     fn run(mut self) {
@@ -186,16 +194,29 @@ impl Vcpu {
 
 impl VcpuHandle {
     /// Kicks the thread out of `KVM_RUN` until it notices the raised exit
-    /// signal, then joins it. The exit signal must already be raised.
-    pub fn stop(self) {
+    /// signal, then joins it; gives up after `timeout` (a thread stuck
+    /// outside KVM_RUN is left behind, and the process ends it when it
+    /// exits). Returns whether it stopped. The exit signal must already be
+    /// raised.
+    pub fn stop(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while !self.thread.is_finished() {
+            if Instant::now() >= deadline {
+                log::warn!(
+                    "vcpu{}: did not stop within {timeout:?}; not waiting for it",
+                    self.index
+                );
+                return false;
+            }
             // A kick that lands just before the thread enters KVM_RUN is lost,
             // so keep kicking until it is gone.
-            let _ = self.thread.kill(kick_signal());
-            std::thread::sleep(Duration::from_millis(1));
+            let _ = self.thread.handle().kill(kick_signal());
+            self.thread
+                .wait_until(Some(Instant::now() + Duration::from_millis(1)));
         }
-        if self.thread.join().is_err() {
-            log::error!("a vCPU thread panicked");
+        if self.thread.join_within(Duration::ZERO).is_none() {
+            log::error!("vcpu{}: the thread panicked", self.index);
         }
+        true
     }
 }

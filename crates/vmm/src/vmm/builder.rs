@@ -12,6 +12,7 @@ use super::Error;
 use crate::arch::x86_64::acpi::{self, AcpiConfig, VirtioMmioDevice};
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
 use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::devices::output::Output;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{self, MmioTransport};
@@ -21,6 +22,7 @@ use crate::exit::{ExitSignal, VmExit};
 use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 
+use super::loop_thread::LoopThread;
 use super::Subscriber;
 use crate::devices::acpi::AcpiPower;
 use crate::devices::bus::Bus;
@@ -31,6 +33,7 @@ use crate::devices::legacy::rtc::{Rtc, RTC_PORT_LEN};
 use crate::devices::legacy::serial::{SerialDevice, COM1_PORT, COM1_PORT_LEN};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::Vm;
+use crate::seccomp::ThreadKind;
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -155,17 +158,22 @@ pub fn legacy_devices(
 /// Places virtio devices on the virtio-mmio transport, one slot after the
 /// other: MMIO window and IRQ from the layout, queue notifications through
 /// ioeventfds, interrupts through an irqfd, the device's queue handler on
-/// the event loop, and the device announced on the kernel command line
-/// (kernels without ACPI) and recorded for the DSDT (kernels with ACPI).
-/// Every device type (block, net, console) goes through [`Self::add`].
+/// the event loop (a disk's on an I/O thread of its own), and the device
+/// announced on the kernel command line (kernels without ACPI) and
+/// recorded for the DSDT (kernels with ACPI). Every device type (block,
+/// net, console) goes through [`Self::place`].
 pub struct VirtioSlots<'a> {
     pub vm: &'a Vm,
     pub mem: &'a GuestMemoryMmap,
     pub cmdline: &'a mut Cmdline,
     pub mmio: &'a mut Bus,
     pub events: &'a mut EventManager<Subscriber>,
+    /// Raised by a disk thread whose loop fails.
+    pub exit: Arc<ExitSignal>,
     next: u32,
     placed: Vec<VirtioMmioDevice>,
+    /// One I/O thread per disk, started with the vCPUs.
+    disk_threads: Vec<LoopThread>,
 }
 
 impl<'a> VirtioSlots<'a> {
@@ -175,6 +183,7 @@ impl<'a> VirtioSlots<'a> {
         cmdline: &'a mut Cmdline,
         mmio: &'a mut Bus,
         events: &'a mut EventManager<Subscriber>,
+        exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
             vm,
@@ -182,9 +191,16 @@ impl<'a> VirtioSlots<'a> {
             cmdline,
             mmio,
             events,
+            exit,
             next: 0,
             placed: Vec::new(),
+            disk_threads: Vec::new(),
         }
+    }
+
+    /// The disks' I/O threads, to start once the VM is built.
+    pub fn take_disk_threads(&mut self) -> Vec<LoopThread> {
+        std::mem::take(&mut self.disk_threads)
     }
 
     /// The devices placed so far, in slot order, as the ACPI tables
@@ -196,11 +212,17 @@ impl<'a> VirtioSlots<'a> {
     /// Adds `device` in the next free slot, with `handler` (the subscriber
     /// that runs its queues) on the event loop.
     pub fn add(&mut self, device: Box<dyn VirtioDevice>, handler: Subscriber) -> Result<(), Error> {
+        self.place(device)?;
+        self.events.add_subscriber(handler);
+        Ok(())
+    }
+
+    /// Puts `device` in the next free slot; its handler is the caller's.
+    fn place(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), Error> {
         let index = self.next;
         let (base, irq) = layout::virtio_mmio_slot(index)
             .zip(layout::virtio_irq(index))
             .ok_or(Error::TooManyDevices(index))?;
-        self.events.add_subscriber(handler);
         let transport = MmioTransport::new(device, self.mem.clone()).map_err(Error::EventFd)?;
         self.vm
             .register_irqfd(transport.interrupt_evt(), irq)
@@ -227,12 +249,21 @@ impl<'a> VirtioSlots<'a> {
         Ok(())
     }
 
-    /// One virtio-blk device per `--disk`, in order (/dev/vda, /dev/vdb, ...).
+    /// One virtio-blk device per `--disk`, in order (/dev/vda, /dev/vdb,
+    /// ...), each served by an I/O thread of its own (`disk<N>`).
     pub fn add_disks(&mut self, disks: &[DiskConfig]) -> Result<(), Error> {
-        for disk in disks {
+        for (i, disk) in disks.iter().enumerate() {
             let block = Block::new(disk).map_err(Error::Disk)?;
-            let handler = Box::new(block.event_handler().map_err(Error::EventFd)?);
-            self.add(Box::new(block), handler)?;
+            let handler = block.event_handler().map_err(Error::Disk)?;
+            let mut io = LoopThread::new(
+                format!("disk{i}"),
+                ThreadKind::DiskIo,
+                Some(handler.stop_flag()),
+                self.exit.clone(),
+            )?;
+            io.events().add_subscriber(Box::new(handler));
+            self.place(Box::new(block))?;
+            self.disk_threads.push(io);
         }
         Ok(())
     }
@@ -242,19 +273,16 @@ impl<'a> VirtioSlots<'a> {
     pub fn add_nets(&mut self, nets: &[NetConfig]) -> Result<(), Error> {
         for net in nets {
             let dev = Net::new(net).map_err(Error::Net)?;
-            let handler = Box::new(dev.event_handler().map_err(Error::EventFd)?);
+            let handler = Box::new(dev.event_handler().map_err(Error::Net)?);
             self.add(Box::new(dev), handler)?;
         }
         Ok(())
     }
 
-    /// One single-port virtio-console per writer (/dev/hvc0, ... in order).
-    pub fn add_consoles(
-        &mut self,
-        sinks: Vec<Box<dyn std::io::Write + Send>>,
-    ) -> Result<(), Error> {
-        for sink in sinks {
-            let console = Console::new(sink).map_err(Error::EventFd)?;
+    /// One single-port virtio-console per output (/dev/hvc0, ... in order).
+    pub fn add_consoles(&mut self, outputs: &[Output]) -> Result<(), Error> {
+        for output in outputs {
+            let console = Console::new(output.clone()).map_err(Error::EventFd)?;
             let handler = Box::new(console.event_handler().map_err(Error::EventFd)?);
             self.add(Box::new(console), handler)?;
         }

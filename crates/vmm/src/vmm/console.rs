@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -96,6 +95,12 @@ extern "C" fn on_signal(num: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     }
 }
 
+/// Records `sig` as the last signal, as the handler does (tests).
+#[cfg(test)]
+pub fn set_last_signal(sig: i32) {
+    LAST_SIGNAL.store(sig, Ordering::SeqCst);
+}
+
 /// What SIGTERM does to a guest that can shut down by itself.
 pub struct GracefulStop {
     /// Presses the guest's power button if it has one (it runs ACPI), for
@@ -109,6 +114,11 @@ pub struct GracefulStop {
 /// finishes and the terminal is restored. With a [`GracefulStop`], the first
 /// SIGTERM asks the guest to shut down instead (ACPI power button) and
 /// stops it only after the timeout or a second SIGTERM/SIGINT.
+///
+/// The handlers last as long as this value: dropping it puts back what
+/// was there before (the default: the signal ends the process), so once
+/// the VM has stopped, Ctrl-C works on what the caller does next (exec's
+/// share copy-back).
 pub struct HostSignals {
     evt: EventFd,
     exit: Arc<ExitSignal>,
@@ -116,6 +126,8 @@ pub struct HostSignals {
     timer: TimerFd,
     /// The signal that pressed the power button, once it has.
     pressed_by: Option<i32>,
+    /// The actions our handlers replaced, put back on drop.
+    replaced: Vec<(i32, libc::sigaction)>,
 }
 
 impl HostSignals {
@@ -126,9 +138,23 @@ impl HostSignals {
         // the handler never writes to a closed (or reused) descriptor.
         let fd = std::os::fd::IntoRawFd::into_raw_fd(evt.try_clone()?);
         SIGNAL_FD.store(fd, Ordering::SeqCst);
+        let mut replaced = Vec::new();
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            register_signal_handler(sig, on_signal)
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+            // SAFETY: a zeroed sigaction is a valid "no flags, empty mask"
+            // value.
+            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+            act.sa_sigaction = on_signal as extern "C" fn(_, _, _) as libc::sighandler_t;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: both structures are valid for the call; `on_signal`
+            // only makes async-signal-safe calls.
+            if unsafe { libc::sigaction(sig, &act, &mut old) } != 0 {
+                let e = io::Error::last_os_error();
+                restore(&replaced);
+                return Err(e);
+            }
+            replaced.push((sig, old));
         }
         Ok(Self {
             evt,
@@ -136,7 +162,25 @@ impl HostSignals {
             graceful,
             timer,
             pressed_by: None,
+            replaced,
         })
+    }
+
+    /// A HostSignals with no handlers installed, and the eventfd the
+    /// handler would write (a signal stand-in), for tests.
+    #[cfg(test)]
+    pub fn for_test(exit: Arc<ExitSignal>, graceful: Option<GracefulStop>) -> (Self, EventFd) {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let stand_in = evt.try_clone().unwrap();
+        let s = Self {
+            evt,
+            exit,
+            graceful,
+            timer: TimerFd::new().unwrap(),
+            pressed_by: None,
+            replaced: Vec::new(),
+        };
+        (s, stand_in)
     }
 
     /// One signal (or `count` of them since the last look) arrived.
@@ -172,6 +216,20 @@ impl HostSignals {
                 after: g.timeout,
             });
         }
+    }
+}
+
+/// Puts back the signal actions `replaced` holds.
+fn restore(replaced: &[(i32, libc::sigaction)]) {
+    for (sig, old) in replaced {
+        // SAFETY: `old` is the action sigaction(2) returned for `sig`.
+        unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for HostSignals {
+    fn drop(&mut self) {
+        restore(&self.replaced);
     }
 }
 
@@ -219,8 +277,38 @@ mod tests {
             graceful: Some(graceful),
             timer: TimerFd::new().unwrap(),
             pressed_by: None,
+            replaced: Vec::new(),
         };
         (s, exit, presses)
+    }
+
+    /// The action installed for `sig` now.
+    fn action(sig: i32) -> libc::sighandler_t {
+        // SAFETY: a zeroed sigaction is a valid value to be overwritten.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: querying only (no new action); `old` is valid.
+        let rc = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+        assert_eq!(rc, 0);
+        old.sa_sigaction
+    }
+
+    #[test]
+    fn the_handlers_go_when_the_vm_stops_so_ctrl_c_works_again() {
+        let _turn = crate::sync::lock(&crate::stop::SIGNAL_TESTS);
+        let before: Vec<_> = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP]
+            .map(action)
+            .to_vec();
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let signals = HostSignals::install(exit, None).unwrap();
+        let ours = on_signal as extern "C" fn(_, _, _) as libc::sighandler_t;
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert_eq!(action(sig), ours);
+        }
+        drop(signals);
+        let after: Vec<_> = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP]
+            .map(action)
+            .to_vec();
+        assert_eq!(after, before, "the previous actions are back");
     }
 
     #[test]

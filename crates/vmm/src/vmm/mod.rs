@@ -1,9 +1,19 @@
-//! The VMM: builds the VM from a [`VmConfig`], runs the event loop until
-//! the guest stops, then stops the vCPUs and reports why it stopped.
+//! The VMM: builds the VM from a [`VmConfig`], starts its threads, serves
+//! host signals and deadlines until the guest stops, then stops the
+//! threads and reports why it stopped.
+//!
+//! Threads (each under its seccomp filter, see [`crate::seccomp`]): the
+//! vCPUs; the event loop (virtio-net, virtio-console, console input); one
+//! I/O thread per disk; one writer per output stream (serial console,
+//! each virtio-console). The caller's thread builds everything, then runs
+//! the control loop: host signals, `exec --timeout`'s deadline and the
+//! VM's exit, nothing a guest can keep busy. Stopping waits for each
+//! thread with a deadline, never for guest I/O or a stalled reader.
 
 pub mod builder;
 pub mod console;
 pub mod console_watch;
+pub mod loop_thread;
 /// Why the VM stopped: the core's lowest layer, here for the callers of
 /// [`run`].
 pub use crate::exit;
@@ -13,7 +23,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -24,10 +34,15 @@ use crate::config::VmConfig;
 use crate::devices::acpi::AcpiPower;
 use crate::devices::bus::{lock, Bus, BusError};
 use crate::devices::legacy::serial::ConsoleInput;
+use crate::devices::output::{LossyWriter, Output, OutputWriter};
+use crate::kvm::vcpu::{Vcpu, VcpuHandle};
 use crate::kvm::{self, vm::Vm, KvmError};
+use crate::seccomp::{Seccomp, ThreadKind};
+use crate::thread;
 use console::GracefulStop;
 use exit::{ExitSignal, VmExit};
 use guest_state::{GuestState, StopRequest};
+use loop_thread::{LoopThread, RunningLoop};
 
 #[derive(Debug)]
 pub enum Error {
@@ -48,7 +63,8 @@ pub enum Error {
     Cpuid(kvm_ioctls::Error),
     CreateVcpu(u8, kvm_ioctls::Error),
     ConfigureVcpu(u8, arch::Error),
-    SpawnVcpu(u8, std::io::Error),
+    SpawnVcpu(u8, thread::Error),
+    Thread(String, thread::Error),
     TooManyDevices(u32),
     Disk(crate::devices::virtio::block::Error),
     Net(crate::devices::virtio::net::Error),
@@ -83,6 +99,7 @@ impl fmt::Display for Error {
             Self::CreateVcpu(i, e) => write!(f, "cannot create vcpu{i}: {e}"),
             Self::ConfigureVcpu(i, e) => write!(f, "cannot configure vcpu{i}: {e}"),
             Self::SpawnVcpu(i, e) => write!(f, "cannot start the vcpu{i} thread: {e}"),
+            Self::Thread(name, e) => write!(f, "cannot start the {name} thread: {e}"),
             Self::EventLoop(e) => write!(f, "event loop failed: {e}"),
             Self::TooManyDevices(i) => write!(f, "no room for virtio device {i}"),
             // The disk errors name the image themselves.
@@ -124,6 +141,30 @@ struct Deadline {
 }
 
 impl Deadline {
+    /// The deadline of the time limit `limit`, `left` of it to go.
+    fn new(
+        limit: Duration,
+        left: Duration,
+        exit: Arc<ExitSignal>,
+        graceful: GracefulStop,
+    ) -> Result<Self, Error> {
+        let errno = |e: vmm_sys_util::errno::Error| {
+            Error::EventFd(std::io::Error::from_raw_os_error(e.errno()))
+        };
+        let mut timer = TimerFd::new().map_err(errno)?;
+        // A zero duration would disarm the timer: a spent limit fires now.
+        timer
+            .reset(left.max(Duration::from_millis(1)), None)
+            .map_err(errno)?;
+        Ok(Self {
+            timer,
+            limit,
+            exit,
+            graceful,
+            pressed: false,
+        })
+    }
+
     /// The limit (or the grace after it) passed.
     fn expired(&mut self) {
         let grace = self.graceful.timeout;
@@ -170,6 +211,9 @@ pub struct Extras {
     pub no_console_input: bool,
     /// Stop the VM with [`VmExit::TimedOut`] after this long.
     pub timeout: Option<Duration>,
+    /// When the time limit's clock started (`None`: when the VM starts):
+    /// `exec --timeout` counts its own preparation too.
+    pub timeout_since: Option<Instant>,
 }
 
 /// Boots the VM described by `config` and runs it until it stops.
@@ -177,6 +221,20 @@ pub struct Extras {
 pub fn run(config: &VmConfig) -> Result<VmExit, Error> {
     run_with(config, Extras::default())
 }
+
+/// Bytes of serial console output held for a slow reader; past this it
+/// is dropped (and counted).
+pub const SERIAL_BUFFER: usize = 256 << 10;
+/// Bytes of each virtio-console's output held for a slow reader; past this
+/// the console stops taking the guest's output until the reader catches
+/// up (nothing is lost).
+pub const CONSOLE_BUFFER: usize = 256 << 10;
+/// How long stopping waits for each thread.
+pub const STOP_WAIT: Duration = Duration::from_secs(1);
+/// How long output still gets to reach its reader when the VM was stopped
+/// by a host signal, the console escape or `--timeout`: the user asked
+/// for the stop, a reader that does not read must not hold it up.
+pub const FLUSH_AFTER_STOP: Duration = Duration::from_millis(200);
 
 /// [`run`], with `extras` added to the VM.
 pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
@@ -189,26 +247,49 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     }
     let mem = builder::guest_memory(config)?;
     let vm = Vm::new(&kvm, &mem).map_err(Error::Vm)?;
-    let mut events = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
-    let mut mmio = Bus::new();
-    let mut cmdline = builder::cmdline(config)?;
-    let mut virtio = builder::VirtioSlots::new(&vm, &mem, &mut cmdline, &mut mmio, &mut events);
-    virtio.add_disks(&config.disks)?;
-    virtio.add_nets(&config.nets)?;
-    virtio.add_consoles(extras.consoles)?;
-    let placed = virtio.placed();
-    let entry = builder::load_guest(&mem, config, &cmdline, placed)?;
-
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
-    let guest = Arc::new(GuestState::new(exit.clone()));
-    let out = match extras.serial_out {
+
+    // Output streams: buffers now, their writer threads once all is built.
+    let serial_sink = match extras.serial_out {
         Some(out) => out,
         None => console::output(&config.console).map_err(Error::Console)?,
     };
+    let serial = Output::new("serial", SERIAL_BUFFER).map_err(Error::EventFd)?;
+    let consoles = (0..extras.consoles.len())
+        .map(|i| Output::new(&format!("hvc{i}"), CONSOLE_BUFFER))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::EventFd)?;
+
+    let mut event_loop = LoopThread::new(
+        "event-loop".into(),
+        ThreadKind::EventLoop,
+        None,
+        exit.clone(),
+    )?;
+    let mut mmio = Bus::new();
+    let mut cmdline = builder::cmdline(config)?;
+    let mut virtio = builder::VirtioSlots::new(
+        &vm,
+        &mem,
+        &mut cmdline,
+        &mut mmio,
+        event_loop.events(),
+        exit.clone(),
+    );
+    virtio.add_disks(&config.disks)?;
+    virtio.add_nets(&config.nets)?;
+    virtio.add_consoles(&consoles)?;
+    let placed = virtio.placed();
+    let disk_threads = virtio.take_disk_threads();
+    let entry = builder::load_guest(&mem, config, &cmdline, placed)?;
+
+    let guest = Arc::new(GuestState::new(exit.clone()));
     // The console's power-off words count only for guests without ACPI.
     let watching = guest.clone();
-    let (out, panic_line) =
-        console_watch::ConsoleWatch::new(out, Box::new(move || watching.console_power_down()));
+    let (out, panic_line) = console_watch::ConsoleWatch::new(
+        Box::new(LossyWriter(serial.clone())),
+        Box::new(move || watching.console_power_down()),
+    );
     let legacy = builder::legacy_devices(&vm, Box::new(out), &exit, guest.clone())?;
     let vcpus = builder::create_vcpus(
         &kvm,
@@ -221,43 +302,43 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         &exit,
     )?;
 
-    events.add_subscriber(Box::new(ExitWatcher(exit.clone())));
+    // The control loop, on this thread: the VM's exit, host signals, the
+    // time limit.
+    let mut control = EventManager::<Subscriber>::new().map_err(Error::EventLoop)?;
+    control.add_subscriber(Box::new(ExitWatcher(exit.clone())));
     let on_signal = GracefulStop {
         press: power_button(&guest, &legacy.acpi, StopRequest::Signal),
         timeout: config.shutdown_timeout,
     };
-    events.add_subscriber(Box::new(
+    control.add_subscriber(Box::new(
         console::HostSignals::install(exit.clone(), Some(on_signal)).map_err(Error::EventFd)?,
     ));
     if let Some(limit) = extras.timeout {
-        let errno = |e: vmm_sys_util::errno::Error| {
-            Error::EventFd(std::io::Error::from_raw_os_error(e.errno()))
-        };
-        let mut timer = TimerFd::new().map_err(errno)?;
-        timer.reset(limit, None).map_err(errno)?;
-        events.add_subscriber(Box::new(Deadline {
-            timer,
+        let spent = extras.timeout_since.map_or(Duration::ZERO, |t| t.elapsed());
+        control.add_subscriber(Box::new(Deadline::new(
             limit,
-            exit: exit.clone(),
-            graceful: GracefulStop {
+            limit.saturating_sub(spent),
+            exit.clone(),
+            GracefulStop {
                 press: power_button(&guest, &legacy.acpi, move |_| StopRequest::Timeout(limit)),
                 timeout: config.shutdown_timeout,
             },
-            pressed: false,
-        }));
+        )?));
     }
     let interactive = !extras.no_console_input && console::interactive(&config.console);
     if let Some(input) = console::input().filter(|_| !extras.no_console_input) {
         let quit = exit.clone();
-        events.add_subscriber(Box::new(ConsoleInput::new(
-            input,
-            legacy.serial.clone(),
-            legacy.serial_wake,
-            interactive,
-            Box::new(move || quit.raise(VmExit::UserQuit)),
-        )));
+        event_loop
+            .events()
+            .add_subscriber(Box::new(ConsoleInput::new(
+                input,
+                legacy.serial.clone(),
+                legacy.serial_wake,
+                interactive,
+                Box::new(move || quit.raise(VmExit::UserQuit)),
+            )));
     }
-    let _raw = if interactive {
+    let raw = if interactive {
         console::RawTerminal::enter()
             .map_err(|e| log::warn!("cannot put the terminal in raw mode: {e}"))
             .ok()
@@ -265,38 +346,136 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         None
     };
 
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        let index = vcpu.index;
-        match vcpu.spawn() {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                exit.raise(VmExit::VcpuError {
-                    cpu: index,
-                    detail: e.to_string(),
-                });
-                handles.into_iter().for_each(|h| h.stop());
-                return Err(Error::SpawnVcpu(index, e));
-            }
-        }
+    // Every device, file and TAP is open: start the threads, each under its
+    // filter.
+    let mut threads = Threads::default();
+    if let Err(e) = threads.start(
+        config.seccomp,
+        (serial, serial_sink),
+        consoles.into_iter().zip(extras.consoles).collect(),
+        event_loop,
+        disk_threads,
+        vcpus,
+    ) {
+        exit.raise(VmExit::VcpuError {
+            cpu: 0,
+            detail: format!("kvmini could not start: {e}"),
+        });
+        threads.stop();
+        threads.flush(Some(Instant::now() + FLUSH_AFTER_STOP));
+        return Err(e);
     }
+
     let mut loop_error = None;
     while !exit.is_raised() {
-        if let Err(e) = events.run() {
+        if let Err(e) = control.run() {
             loop_error = Some(e);
             exit.raise(VmExit::VcpuError {
                 cpu: 0,
-                detail: "event loop failed".into(),
+                detail: "the control loop failed".into(),
             });
         }
     }
-    handles.into_iter().for_each(|h| h.stop());
+    let reason = exit.reason().unwrap_or(VmExit::PowerOff);
+    threads.stop();
+    // The terminal back to normal, the signal handlers back to what they
+    // were: from here on Ctrl-C and SIGTERM end kvmini as they end any
+    // program (also while it waits below for a reader, or copies back
+    // exec's shares).
+    drop(raw);
+    drop(control);
+    let user_stopped =
+        reason.host_signal().is_some() || matches!(reason, VmExit::UserQuit | VmExit::TimedOut(_));
+    threads.flush(user_stopped.then(|| Instant::now() + FLUSH_AFTER_STOP));
     if let Some(e) = loop_error {
         return Err(Error::EventLoop(e));
     }
-    let reason = exit.reason().unwrap_or(VmExit::PowerOff);
     let panic = lock(&panic_line).take();
     Ok(guest.verdict(reason, panic))
+}
+
+/// The VM's threads once started, in the order they are stopped.
+#[derive(Default)]
+struct Threads {
+    vcpus: Vec<VcpuHandle>,
+    event_loop: Option<RunningLoop>,
+    disks: Vec<RunningLoop>,
+    writers: Vec<OutputWriter>,
+}
+
+impl Threads {
+    /// Starts the writers, the event loop, the disks' threads and the
+    /// vCPUs, in that order (the guest runs last). What started before a
+    /// failure stays in `self` for [`Self::stop`].
+    fn start(
+        &mut self,
+        seccomp: Seccomp,
+        serial: (Output, Box<dyn Write + Send>),
+        consoles: Vec<(Output, Box<dyn Write + Send>)>,
+        event_loop: LoopThread,
+        disks: Vec<LoopThread>,
+        vcpus: Vec<Vcpu>,
+    ) -> Result<(), Error> {
+        for (output, sink) in std::iter::once(serial).chain(consoles) {
+            let writer = output
+                .start_writer(sink, seccomp)
+                .map_err(|e| Error::Thread("output writer".into(), e))?;
+            self.writers.push(writer);
+        }
+        self.event_loop = Some(
+            event_loop
+                .spawn(seccomp)
+                .map_err(|e| Error::Thread("event-loop".into(), e))?,
+        );
+        for (i, disk) in disks.into_iter().enumerate() {
+            let running = disk
+                .spawn(seccomp)
+                .map_err(|e| Error::Thread(format!("disk{i}"), e))?;
+            self.disks.push(running);
+        }
+        for vcpu in vcpus {
+            let index = vcpu.index;
+            let handle = vcpu
+                .spawn(seccomp)
+                .map_err(|e| Error::SpawnVcpu(index, e))?;
+            self.vcpus.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Stops the vCPUs, the event loop and the disks' threads (the exit
+    /// signal is raised), each waited for at most [`STOP_WAIT`].
+    fn stop(&mut self) {
+        // Told first, so a disk request in progress gives up (and frees the
+        // device a vCPU may be waiting for) while the vCPUs are stopped.
+        if let Some(l) = &self.event_loop {
+            l.stop();
+        }
+        for d in &self.disks {
+            d.stop();
+        }
+        for v in self.vcpus.drain(..) {
+            v.stop(STOP_WAIT);
+        }
+        for l in self
+            .event_loop
+            .take()
+            .into_iter()
+            .chain(self.disks.drain(..))
+        {
+            if let Err(e) = l.join_within(STOP_WAIT) {
+                log::debug!("a VMM loop had failed: {e}");
+            }
+        }
+    }
+
+    /// Lets the writers write what is buffered, until `deadline` (`None`:
+    /// as long as their readers take).
+    fn flush(&mut self, deadline: Option<Instant>) {
+        for w in self.writers.drain(..) {
+            w.finish(deadline);
+        }
+    }
 }
 
 /// Presses the guest's ACPI power button, if the guest runs ACPI, and
@@ -323,6 +502,9 @@ fn power_button(
         }
     })
 }
+
+#[cfg(test)]
+mod flood_tests;
 
 #[cfg(test)]
 mod tests {

@@ -4,10 +4,17 @@
 //! command's stdout, stderr, exit status and share archive as separate byte
 //! streams.
 //!
+//! Output goes through a bounded [`Output`] buffer that a writer thread
+//! drains, with backpressure: a chain is taken only while the buffer has
+//! room for the most one chain may produce ([`MAX_CHAIN_BYTES`]); when it
+//! has not, the transmit queue is left alone (the guest's write waits,
+//! nothing is lost) until the writer signals room on its eventfd. The
+//! event loop never waits for the host's reader.
+//!
 //! Only the transmit queue is served; nothing is ever offered on the receive
 //! queue (the guest reads end-of-nothing, never blocks the VMM).
 
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -17,36 +24,45 @@ use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::lock;
+use crate::devices::output::Output;
+use crate::devices::virtio::queue::{self, Step, Stop};
 use crate::devices::virtio::{
-    feature, queue, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
-/// Device ID (virtio 1.2, 5).
-pub const TYPE_CONSOLE: u32 = 3;
+pub use crate::devices::virtio::TYPE_CONSOLE;
 pub const QUEUE_SIZE: u16 = 256;
 /// Queue 0 is receiveq (never used), queue 1 transmitq.
 const TX: usize = 1;
 /// `struct virtio_console_config`: cols, rows, max_nr_ports, emerg_wr. No
 /// feature that gives them meaning is offered, so they read as zero.
-const CONFIG_LEN: u64 = 12;
+const CONFIG_LEN: usize = 12;
 /// Bytes copied from guest memory per step: a guest descriptor may claim up
 /// to 4 GiB, and the VMM must not allocate what the guest asks for.
 const CHUNK: usize = 64 << 10;
-
-/// Where the guest's output goes, shared with the queue handler.
-type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+/// The most one transmit chain produces; the rest of a longer chain is
+/// dropped and counted. Linux writes at most 32 KiB per buffer, but an
+/// indirect table behind one 16-byte ring entry can claim up to 4 GiB.
+pub const MAX_CHAIN_BYTES: usize = 64 << 10;
 
 pub struct Console {
     queue_evts: [EventFd; 2],
-    sink: Sink,
+    /// The transmit queue's eventfd again, for the worker to re-arm it:
+    /// made here, because activation runs on a vCPU thread, whose seccomp
+    /// filter does not allow duplicating descriptors.
+    tx_kick: Arc<EventFd>,
+    output: Output,
     worker: Arc<Mutex<Option<Worker>>>,
 }
 
 impl Console {
-    pub fn new(sink: Box<dyn Write + Send>) -> io::Result<Self> {
+    /// A console whose output goes to `output` (see [`Output::spawn`]).
+    pub fn new(output: Output) -> io::Result<Self> {
+        let tx = EventFd::new(EFD_NONBLOCK)?;
         Ok(Self {
-            queue_evts: [EventFd::new(EFD_NONBLOCK)?, EventFd::new(EFD_NONBLOCK)?],
-            sink: Arc::new(Mutex::new(sink)),
+            tx_kick: Arc::new(tx.try_clone()?),
+            queue_evts: [EventFd::new(EFD_NONBLOCK)?, tx],
+            output,
             worker: Arc::new(Mutex::new(None)),
         })
     }
@@ -55,6 +71,7 @@ impl Console {
     pub fn event_handler(&self) -> io::Result<ConsoleHandler> {
         Ok(ConsoleHandler {
             tx_evt: self.queue_evts[TX].try_clone()?,
+            space_evt: self.output.space_event().try_clone()?,
             worker: self.worker.clone(),
         })
     }
@@ -77,38 +94,27 @@ impl VirtioDevice for Console {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if offset >= CONFIG_LEN {
-            log::debug!("virtio-console: config read past its end at {offset:#x}");
-        }
+    fn config_space(&self) -> &[u8] {
+        &[0; CONFIG_LEN]
     }
 
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         _acked_features: u64,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: queues.len(),
-            });
-        }
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([_rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
         *worker = Some(Worker {
             mem,
-            tx: queues.swap_remove(TX),
-            sink: self.sink.clone(),
+            tx,
+            kick: self.tx_kick.clone(),
+            output: self.output.clone(),
             interrupt,
             broken: false,
-            sink_failed: false,
             bad_chains: 0,
+            truncated_bytes: 0,
         });
         drop(worker);
         // Output queued before DRIVER_OK is written right away.
@@ -117,7 +123,6 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         lock(&self.worker).take();
-        let _ = lock(&self.sink).flush();
     }
 }
 
@@ -125,285 +130,129 @@ impl VirtioDevice for Console {
 pub struct Worker {
     mem: GuestMemoryMmap,
     tx: Queue,
-    sink: Sink,
+    /// The transmit queue's eventfd, re-armed when a batch leaves more.
+    kick: Arc<EventFd>,
+    output: Output,
     interrupt: Arc<Interrupt>,
     /// The queue itself is corrupt; nothing more is done until a reset.
     broken: bool,
-    /// The host writer failed (e.g. the reader of our stdout went away):
-    /// further output is consumed and dropped so the guest never stalls.
-    sink_failed: bool,
     /// Chains with device-writable or unreadable descriptors, dropped.
     pub bad_chains: u64,
+    /// Bytes past [`MAX_CHAIN_BYTES`] in a chain, dropped.
+    pub truncated_bytes: u64,
 }
 
 impl Worker {
-    pub fn process_tx(&mut self) {
+    /// Serves a batch of transmit chains while the output has room.
+    pub fn process_tx(&mut self) -> Stop {
         if self.broken {
-            return;
+            return Stop::Empty;
         }
-        let mut sink = lock(&self.sink);
-        let (mem, failed, bad) = (&self.mem, &mut self.sink_failed, &mut self.bad_chains);
-        let result = queue::drain(&mut self.tx, mem, |chain| {
-            if let Err(e) = write_chain(mem, chain, &mut **sink, failed) {
-                *bad += 1;
-                log::debug!("virtio-console: dropped a bad transmit chain: {e}");
+        let (mem, out) = (&self.mem, &self.output);
+        let (bad, truncated) = (&mut self.bad_chains, &mut self.truncated_bytes);
+        let result = queue::drain(&mut self.tx, mem, &self.kick, |chain| {
+            if !out.reserve(MAX_CHAIN_BYTES) {
+                // The writer signals room; the chain waits in the ring.
+                return Step::NotNow;
             }
-            0
-        });
-        let _ = sink.flush();
-        drop(sink);
-        match result {
-            Ok(true) => {
-                if let Err(e) = self.interrupt.signal_used_queue() {
-                    log::error!("virtio-console: cannot interrupt the guest: {e}");
+            match write_chain(mem, chain, out) {
+                Ok(cut) => *truncated += cut,
+                Err(e) => {
+                    *bad += 1;
+                    log::debug!("virtio-console: dropped a bad transmit chain: {e}");
                 }
             }
-            Ok(false) => {}
+            Step::Used(0)
+        });
+        match result {
+            Ok(d) => {
+                if d.interrupt {
+                    if let Err(e) = self.interrupt.signal_used_queue() {
+                        log::error!("virtio-console: cannot interrupt the guest: {e}");
+                    }
+                }
+                d.stop
+            }
             Err(e) => {
                 log::error!("virtio-console: transmit queue is corrupt ({e}); device needs reset");
                 self.broken = true;
                 self.interrupt.set_needs_reset();
+                Stop::Empty
             }
         }
     }
 }
 
-/// Copies the readable descriptors of one transmit chain to `sink`, in
-/// bounded chunks. A device-writable descriptor or one outside guest memory
-/// ends the chain with an error (what was before it has been written).
+/// Copies the readable descriptors of one transmit chain to `out`, in
+/// bounded chunks, at most [`MAX_CHAIN_BYTES`] in all; returns the bytes
+/// cut off past that. A device-writable descriptor or one outside guest
+/// memory ends the chain with an error (what was before it is kept).
 fn write_chain(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
-    sink: &mut dyn Write,
-    sink_failed: &mut bool,
-) -> Result<(), String> {
+    out: &Output,
+) -> Result<u64, String> {
     let mut buf = vec![0u8; CHUNK];
+    let mut room = MAX_CHAIN_BYTES;
+    let mut cut = 0u64;
     for desc in chain {
         if desc.is_write_only() {
             return Err("device-writable descriptor in a transmit chain".into());
         }
-        let mut done = 0usize;
         let len = desc.len() as usize;
-        while done < len {
-            let n = (len - done).min(CHUNK);
+        let keep = len.min(room);
+        cut += (len - keep) as u64;
+        let mut done = 0usize;
+        while done < keep {
+            let n = (keep - done).min(CHUNK);
             let addr = desc
                 .addr()
                 .checked_add(done as u64)
                 .ok_or("descriptor wraps around the address space")?;
             mem.read_slice(&mut buf[..n], addr)
                 .map_err(|e| format!("descriptor outside guest memory: {e}"))?;
-            if !*sink_failed {
-                if let Err(e) = sink.write_all(&buf[..n]) {
-                    log::warn!("virtio-console: output dropped from now on: {e}");
-                    *sink_failed = true;
-                }
-            }
+            out.push(&buf[..n]);
             done += n;
         }
+        room -= keep;
     }
-    Ok(())
+    Ok(cut)
 }
 
-/// Event-loop subscriber: runs the transmit path when the driver kicks it.
+/// Event-loop subscriber: runs the transmit path when the driver kicks it
+/// or when the output has room again.
 pub struct ConsoleHandler {
     tx_evt: EventFd,
+    space_evt: EventFd,
     worker: Arc<Mutex<Option<Worker>>>,
 }
 
 impl ConsoleHandler {
-    pub fn process(&self) {
-        if let Some(w) = lock(&self.worker).as_mut() {
-            w.process_tx();
-        }
+    pub fn process(&self) -> Option<Stop> {
+        lock(&self.worker).as_mut().map(Worker::process_tx)
     }
 }
 
 impl MutEventSubscriber for ConsoleHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() != self.tx_evt.as_raw_fd() {
+        if events.fd() == self.tx_evt.as_raw_fd() {
+            let _ = self.tx_evt.read();
+        } else if events.fd() == self.space_evt.as_raw_fd() {
+            let _ = self.space_evt.read();
+        } else {
             return;
         }
-        let _ = self.tx_evt.read();
         ConsoleHandler::process(self);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.tx_evt, EventSet::IN)) {
-            log::error!("virtio-console: cannot watch the transmit queue: {e}");
+        for evt in [&self.tx_evt, &self.space_evt] {
+            if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
+                log::error!("virtio-console: cannot watch the transmit queue: {e}");
+            }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::virtio::VRING_DESC_F_NEXT;
-    use crate::devices::virtio::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
-
-    /// A writer the test can look into.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    struct Broken;
-
-    impl Write for Broken {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::BrokenPipe.into())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
-    }
-
-    /// Activates a console on `mem` with the chains `chains` (each a list of
-    /// (addr, len, device-writable)) made available on its transmit queue.
-    fn run(
-        mem: &GuestMemoryMmap,
-        sink: Box<dyn Write + Send>,
-        chains: &[&[(u64, u32, bool)]],
-    ) -> (Console, Arc<Interrupt>, u16) {
-        let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
-        let tx: Queue = vq.create_queue().unwrap();
-        let mut descs = Vec::new();
-        for chain in chains {
-            let start = descs.len();
-            for (i, &(addr, len, w)) in chain.iter().enumerate() {
-                let last = i + 1 == chain.len();
-                let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
-                if !last {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                let next = if last { 0 } else { (start + i + 1) as u16 };
-                descs.push(RawDescriptor::from(SplitDescriptor::new(
-                    addr, len, flags, next,
-                )));
-            }
-        }
-        vq.add_desc_chains(&descs, 0).unwrap();
-        // The receive queue's rings live apart from the transmit queue's.
-        let rx: Queue = MockSplitQueue::create(mem, GuestAddress(0x8_0000), QUEUE_SIZE)
-            .create_queue()
-            .unwrap();
-        let mut console = Console::new(sink).unwrap();
-        let irq = Arc::new(Interrupt::new().unwrap());
-        console
-            .activate(
-                mem.clone(),
-                feature(VIRTIO_F_VERSION_1),
-                vec![rx, tx],
-                irq.clone(),
-            )
-            .unwrap();
-        console.event_handler().unwrap().process();
-        let used = vq.used().idx().load();
-        (console, irq, used)
-    }
-
-    #[test]
-    fn transmit_chains_reach_the_sink_in_order() {
-        let m = mem();
-        m.write_slice(b"hello, ", GuestAddress(0x10_1000)).unwrap();
-        m.write_slice(b"world\n\0\xff", GuestAddress(0x10_2000))
-            .unwrap();
-        m.write_slice(b"second", GuestAddress(0x10_3000)).unwrap();
-        let out = Shared::default();
-        let (_, irq, used) = run(
-            &m,
-            Box::new(out.clone()),
-            &[
-                &[(0x10_1000, 7, false), (0x10_2000, 8, false)],
-                &[(0x10_3000, 6, false)],
-            ],
-        );
-        assert_eq!(&*lock(&out.0), b"hello, world\n\0\xffsecond");
-        assert_eq!(used, 2);
-        assert_eq!(
-            irq.status() & crate::devices::virtio::VIRTIO_MMIO_INT_VRING,
-            1
-        );
-    }
-
-    #[test]
-    fn large_descriptor_is_copied_in_chunks() {
-        let m = mem();
-        let data: Vec<u8> = (0..(3 * CHUNK + 5)).map(|i| (i % 251) as u8).collect();
-        m.write_slice(&data, GuestAddress(0x20_0000)).unwrap();
-        let out = Shared::default();
-        run(
-            &m,
-            Box::new(out.clone()),
-            &[&[(0x20_0000, data.len() as u32, false)]],
-        );
-        assert_eq!(*lock(&out.0), data);
-    }
-
-    #[test]
-    fn bad_chains_are_dropped_not_fatal() {
-        let m = mem();
-        m.write_slice(b"ok", GuestAddress(0x10_1000)).unwrap();
-        let out = Shared::default();
-        let (console, irq, used) = run(
-            &m,
-            Box::new(out.clone()),
-            &[
-                // Device-writable descriptor in a transmit chain.
-                &[(0x10_1000, 2, true)],
-                // Past the end of guest memory.
-                &[(0xff_fff0, 0x100, false)],
-                &[(0x10_1000, 2, false)],
-            ],
-        );
-        assert_eq!(&*lock(&out.0), b"ok", "only the good chain is written");
-        assert_eq!(used, 3, "bad chains are still returned to the driver");
-        assert!(!irq.needs_reset());
-        let bad = lock(&console.worker).as_ref().unwrap().bad_chains;
-        assert_eq!(bad, 2);
-    }
-
-    #[test]
-    fn failing_sink_does_not_stall_the_guest() {
-        let m = mem();
-        let (_, _, used) = run(
-            &m,
-            Box::new(Broken),
-            &[&[(0x10_1000, 4, false)], &[(0x10_1000, 4, false)]],
-        );
-        assert_eq!(used, 2);
-    }
-
-    #[test]
-    fn wrong_queue_count_is_refused() {
-        let m = mem();
-        let mut c = Console::new(Box::new(io::sink())).unwrap();
-        let q: Queue = MockSplitQueue::new(&m, QUEUE_SIZE).create_queue().unwrap();
-        let irq = Arc::new(Interrupt::new().unwrap());
-        assert!(matches!(
-            c.activate(m.clone(), 0, vec![q], irq),
-            Err(ActivateError::QueueCount {
-                expected: 2,
-                got: 1
-            })
-        ));
-        assert!(c.queue_max_sizes().len() == 2 && c.device_type() == TYPE_CONSOLE);
-        let mut cfg = [0xaau8; 12];
-        c.read_config(0, &mut cfg);
-        assert_eq!(cfg, [0; 12]);
-    }
-}
+mod tests;

@@ -466,6 +466,17 @@ mod tests {
 
     const FEATURES: u64 = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_F_RING_EVENT_IDX) | 0b101;
 
+    /// Config bytes 0, 1, 2, ...: byte N reads as N.
+    const CONFIG: [u8; 256] = {
+        let mut c = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            c[i] = i as u8;
+            i += 1;
+        }
+        c
+    };
+
     impl VirtioDevice for FakeDevice {
         fn device_type(&self) -> u32 {
             TYPE_BLOCK
@@ -479,10 +490,8 @@ mod tests {
         fn queue_events(&self) -> &[EventFd] {
             &self.evts
         }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = (offset as u8).wrapping_add(i as u8);
-            }
+        fn config_space(&self) -> &[u8] {
+            &CONFIG
         }
         fn activate(
             &mut self,

@@ -8,7 +8,8 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::{
@@ -79,6 +80,9 @@ pub struct DiskFile {
     /// ZERO_RANGE works (cleared the first time it does not).
     zero_range: AtomicBool,
     id: [u8; ID_BYTES],
+    /// fdatasync calls that succeeded, shared with whoever asked for it
+    /// (see [`DiskFile::sync_counter`]).
+    syncs: Arc<AtomicU64>,
 }
 
 impl DiskFile {
@@ -134,6 +138,7 @@ impl DiskFile {
             readonly,
             discard,
             zero_range: AtomicBool::new(!readonly),
+            syncs: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -214,7 +219,16 @@ impl DiskFile {
         if self.readonly {
             return Ok(());
         }
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many times written data was made durable (successful fdatasync
+    /// calls, including the one on drop). The counter outlives the disk, so
+    /// the flush on close can be observed.
+    pub fn sync_counter(&self) -> Arc<AtomicU64> {
+        self.syncs.clone()
     }
 
     /// Deallocates a range; it reads back as zeros.

@@ -1,33 +1,40 @@
 //! The virtio-blk device: feature and config-space description for the
-//! transport, and the queue worker that the event loop drives through
-//! [`BlockHandler`] whenever the driver notifies the request queue.
+//! transport, and the queue worker that [`BlockHandler`] drives whenever
+//! the driver notifies the request queue. The handler runs on the disk's
+//! own I/O thread (its own small event loop: the queue's eventfd, the
+//! rate limiter's timer, a stop eventfd; see `vmm::io_thread`), so a
+//! guest's disk requests never hold up the event loop, host signals or
+//! other devices, and the VM stops without waiting for them: a request in
+//! progress gives up between its data segments once [`BlockHandler::
+//! stop_flag`] is set.
 
 use std::fmt;
 use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{self, DiskFile, SECTOR_SHIFT};
 use super::request::{self, Limits, Op, RangeLimits, VIRTIO_BLK_S_OK};
 use crate::devices::bus::lock;
+use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
+use crate::devices::virtio::queue::{self, Step, Stop};
 use crate::devices::virtio::{
-    feature, queue, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_RING_EVENT_IDX,
-    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
 // Feature bits (virtio 1.2, 5.2.3).
-pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+pub use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
 
 /// The one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -53,12 +60,15 @@ pub const CONFIG_LEN: usize = 60;
 pub struct BlockConfig {
     pub path: PathBuf,
     pub readonly: bool,
+    /// `iops=` (requests per second) and `bw=` (bytes per second).
+    pub limit: RateLimit,
 }
 
 #[derive(Debug)]
 pub enum Error {
     Disk(backend::Error),
     EventFd(io::Error),
+    RateLimiter(rate_limiter::Error),
 }
 
 impl fmt::Display for Error {
@@ -66,6 +76,7 @@ impl fmt::Display for Error {
         match self {
             Self::Disk(e) => e.fmt(f),
             Self::EventFd(e) => write!(f, "cannot create the disk queue eventfd: {e}"),
+            Self::RateLimiter(e) => write!(f, "disk: {e}"),
         }
     }
 }
@@ -75,6 +86,7 @@ impl std::error::Error for Error {
         match self {
             Self::Disk(e) => e.source(),
             Self::EventFd(e) => Some(e),
+            Self::RateLimiter(e) => Some(e),
         }
     }
 }
@@ -85,9 +97,14 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     queue_evts: [EventFd; 1],
     /// The data path, present while the device is active. Shared with the
-    /// [`BlockHandler`]; locked by the event loop per batch of requests and
+    /// [`BlockHandler`]; locked by the I/O thread per batch of requests and
     /// by the transport on activate/reset only.
     worker: Arc<Mutex<Option<Worker>>>,
+    limit: RateLimit,
+    /// The queue's eventfd again, for the worker to re-arm the queue: made
+    /// here, because activation runs on a vCPU thread, whose seccomp filter
+    /// does not allow duplicating descriptors.
+    kick: Arc<EventFd>,
 }
 
 impl Block {
@@ -107,22 +124,32 @@ impl Block {
                 features |= feature(VIRTIO_BLK_F_DISCARD);
             }
         }
-        let config = config_space(disk.sectors(), disk.supports_discard());
+        let space = config_space(disk.sectors(), disk.supports_discard());
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let kick = Arc::new(evt.try_clone().map_err(Error::EventFd)?);
         Ok(Self {
             disk: Arc::new(disk),
             features,
-            config,
-            queue_evts: [EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?],
+            config: space,
+            queue_evts: [evt],
             worker: Arc::new(Mutex::new(None)),
+            limit: config.limit,
+            kick,
         })
     }
 
-    /// The event-loop subscriber that processes the request queue; add it to
-    /// the event manager once, before the guest runs.
-    pub fn event_handler(&self) -> io::Result<BlockHandler> {
+    /// The subscriber that processes the request queue; add it to the
+    /// disk's I/O thread's event manager once, before the guest runs.
+    pub fn event_handler(&self) -> Result<BlockHandler, Error> {
+        let limiter = match self.limit.is_limited() {
+            true => Some(RateLimiter::new(self.limit).map_err(Error::RateLimiter)?),
+            false => None,
+        };
         Ok(BlockHandler {
-            queue_evt: self.queue_evts[0].try_clone()?,
+            queue_evt: self.queue_evts[0].try_clone().map_err(Error::EventFd)?,
             worker: self.worker.clone(),
+            limiter,
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -163,32 +190,18 @@ impl VirtioDevice for Block {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
         acked_features: u64,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([queue], mut worker) = activation::<_, 1>(queues, &self.worker)?;
         // The transport refuses unoffered features; be safe without it too.
         let acked = |bit| acked_features & self.features & feature(bit) != 0;
         let limits = Limits {
@@ -207,7 +220,8 @@ impl VirtioDevice for Block {
         };
         *worker = Some(Worker {
             mem,
-            queue: queues.remove(0),
+            queue,
+            kick: self.kick.clone(),
             disk: self.disk.clone(),
             interrupt,
             limits,
@@ -230,6 +244,8 @@ impl VirtioDevice for Block {
 pub struct Worker {
     mem: GuestMemoryMmap,
     queue: Queue,
+    /// The queue's eventfd, re-armed when a batch leaves requests waiting.
+    kick: Arc<EventFd>,
     disk: Arc<DiskFile>,
     interrupt: Arc<Interrupt>,
     limits: Limits,
@@ -238,22 +254,46 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Serves every available request (see [`queue::drain`]) and interrupts
-    /// the guest if it asked for it.
-    pub fn process_queue(&mut self) {
+    /// Serves a batch of requests (see [`queue::drain`]), each admitted by
+    /// `limiter` if there is one, and interrupts the guest if it asked for
+    /// it. Once `stopping` is set nothing more is served.
+    pub fn process_queue(
+        &mut self,
+        limiter: Option<&mut RateLimiter>,
+        stopping: &AtomicBool,
+    ) -> Stop {
         if self.broken {
-            return;
+            return Stop::Empty;
         }
-        let (queue, mem) = (&mut self.queue, &self.mem);
+        let (queue, mem, kick) = (&mut self.queue, &self.mem, &self.kick);
         let (disk, limits) = (&self.disk, &self.limits);
-        match queue::drain(queue, mem, |chain| handle(mem, disk, limits, chain)) {
-            Ok(true) => {
-                if let Err(e) = self.interrupt.signal_used_queue() {
-                    log::error!("virtio-blk: cannot interrupt the guest: {e}");
+        let mut limiter = limiter;
+        let result = queue::drain(queue, mem, kick, |chain| {
+            if stopping.load(Ordering::Relaxed) {
+                return Step::NotNow;
+            }
+            let parsed = request::parse(chain, limits);
+            if let (Some(l), Ok(op)) = (limiter.as_deref_mut(), &parsed.request) {
+                if !l.consume(op_bytes(op)) {
+                    // The limiter's timer resumes the queue.
+                    return Step::NotNow;
                 }
             }
-            Ok(false) => {}
-            Err(e) => self.fail(e),
+            Step::Used(handle(mem, disk, parsed, stopping))
+        });
+        match result {
+            Ok(d) => {
+                if d.interrupt {
+                    if let Err(e) = self.interrupt.signal_used_queue() {
+                        log::error!("virtio-blk: cannot interrupt the guest: {e}");
+                    }
+                }
+                d.stop
+            }
+            Err(e) => {
+                self.fail(e);
+                Stop::Empty
+            }
         }
     }
 
@@ -267,20 +307,28 @@ impl Worker {
     }
 }
 
+/// What a request costs in `bw=` tokens: its data bytes.
+fn op_bytes(op: &Op) -> u64 {
+    let sum = |data: &[request::Segment]| data.iter().map(|s| u64::from(s.len)).sum();
+    match op {
+        Op::In { data, .. } | Op::Out { data, .. } => sum(data),
+        _ => 0,
+    }
+}
+
 /// Serves one request; returns the bytes written into the chain.
 fn handle(
     mem: &GuestMemoryMmap,
     disk: &DiskFile,
-    limits: &Limits,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    parsed: request::Parsed,
+    stopping: &AtomicBool,
 ) -> u32 {
-    let parsed = request::parse(chain, limits);
     let Some(status_addr) = parsed.status else {
         log::debug!("virtio-blk: request without status descriptor skipped");
         return 0;
     };
     let (status, written) = match parsed.request {
-        Ok(op) => match execute(mem, disk, &op) {
+        Ok(op) => match execute(mem, disk, &op, stopping) {
             Ok(()) => (VIRTIO_BLK_S_OK, op.data_bytes_written()),
             Err(e) => {
                 log::debug!("virtio-blk: {op:?} failed: {e}");
@@ -303,11 +351,28 @@ fn handle(
     }
 }
 
-fn execute(mem: &GuestMemoryMmap, disk: &DiskFile, op: &Op) -> io::Result<()> {
+/// Gives up between segments (or ranges) once the VM is stopping.
+fn check_stop(stopping: &AtomicBool) -> io::Result<()> {
+    if stopping.load(Ordering::Relaxed) {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the VM is stopping",
+        ));
+    }
+    Ok(())
+}
+
+fn execute(
+    mem: &GuestMemoryMmap,
+    disk: &DiskFile,
+    op: &Op,
+    stopping: &AtomicBool,
+) -> io::Result<()> {
     match op {
         Op::In { sector, data } => {
             let mut offset = sector << SECTOR_SHIFT;
             for s in data {
+                check_stop(stopping)?;
                 disk.read_to(mem, s.addr, s.len as usize, offset)?;
                 offset += u64::from(s.len);
             }
@@ -316,6 +381,7 @@ fn execute(mem: &GuestMemoryMmap, disk: &DiskFile, op: &Op) -> io::Result<()> {
         Op::Out { sector, data } => {
             let mut offset = sector << SECTOR_SHIFT;
             for s in data {
+                check_stop(stopping)?;
                 disk.write_from(mem, s.addr, s.len as usize, offset)?;
                 offset += u64::from(s.len);
             }
@@ -333,12 +399,14 @@ fn execute(mem: &GuestMemoryMmap, disk: &DiskFile, op: &Op) -> io::Result<()> {
             Ok(())
         }
         Op::Discard(ranges) => ranges.iter().try_for_each(|r| {
+            check_stop(stopping)?;
             disk.discard(
                 r.sector << SECTOR_SHIFT,
                 u64::from(r.sectors) << SECTOR_SHIFT,
             )
         }),
         Op::WriteZeroes(ranges) => ranges.iter().try_for_each(|r| {
+            check_stop(stopping)?;
             disk.write_zeroes(
                 r.sector << SECTOR_SHIFT,
                 u64::from(r.sectors) << SECTOR_SHIFT,
@@ -348,36 +416,65 @@ fn execute(mem: &GuestMemoryMmap, disk: &DiskFile, op: &Op) -> io::Result<()> {
     }
 }
 
-/// Event-loop subscriber for one disk: waits on the queue's notify eventfd
-/// (signalled by KVM through the ioeventfd, or by the transport) and runs
-/// the worker if the device is active.
+/// The subscriber for one disk, on its I/O thread: waits on the queue's
+/// notify eventfd (signalled by KVM through the ioeventfd, by the
+/// transport, or by the queue itself when a batch leaves more) and the
+/// rate limiter's timer, and runs the worker if the device is active.
 pub struct BlockHandler {
     queue_evt: EventFd,
     worker: Arc<Mutex<Option<Worker>>>,
+    limiter: Option<RateLimiter>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl BlockHandler {
-    /// One pass over the queue, as on a notification.
-    pub fn process(&self) {
-        if let Some(w) = lock(&self.worker).as_mut() {
-            w.process_queue();
-        }
+    /// One batch of the queue, as on a notification; `None` if inactive.
+    pub fn process(&mut self) -> Option<Stop> {
+        let stopping = &self.stopping;
+        let limiter = self.limiter.as_mut();
+        lock(&self.worker)
+            .as_mut()
+            .map(|w| w.process_queue(limiter, stopping))
+    }
+
+    /// Set when the VM stops: no new request starts, and one in progress
+    /// gives up before its next data segment.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
+    }
+
+    /// Times the rate limiter refused a request.
+    pub fn throttled(&self) -> u64 {
+        self.limiter.as_ref().map_or(0, |l| l.throttle_count)
     }
 }
 
 impl MutEventSubscriber for BlockHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() != self.queue_evt.as_raw_fd() {
+        let fd = events.fd();
+        if fd == self.queue_evt.as_raw_fd() {
+            // Nonblocking; a failed read just means a spurious wakeup.
+            let _ = self.queue_evt.read();
+            // A throttled queue waits for its timer, not for kicks.
+            if self.limiter.as_ref().is_some_and(RateLimiter::is_throttled) {
+                return;
+            }
+        } else if let Some(l) = self.limiter.as_mut().filter(|l| l.as_raw_fd() == fd) {
+            l.timer_fired();
+        } else {
             return;
         }
-        // Nonblocking; a failed read just means a spurious wakeup.
-        let _ = self.queue_evt.read();
         BlockHandler::process(self);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.queue_evt, EventSet::IN)) {
             log::error!("virtio-blk: cannot watch the request queue: {e}");
+        }
+        if let Some(l) = &self.limiter {
+            if let Err(e) = ops.add(Events::new_raw(l.as_raw_fd(), EventSet::IN)) {
+                log::error!("virtio-blk: cannot watch the rate limiter: {e}");
+            }
         }
     }
 }

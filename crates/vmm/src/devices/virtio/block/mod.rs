@@ -6,6 +6,7 @@ pub mod backend;
 pub mod device;
 pub mod request;
 
+pub use crate::devices::rate_limiter::RateLimit;
 pub use device::{Block, BlockConfig, BlockHandler, Error};
 
 /// The name Linux gives the `index`-th virtio disk: /dev/vda, /dev/vdb, ...
@@ -16,12 +17,20 @@ pub fn guest_device(index: usize) -> String {
 }
 
 impl BlockConfig {
-    /// This disk as a `--disk` argument: `path=PATH[,readonly=on]` (commas
-    /// in the path doubled, see [`crate::config::parse_kv`]).
+    /// This disk as a `--disk` argument:
+    /// `path=PATH[,readonly=on][,iops=N][,bw=N]` (commas in the path
+    /// doubled, see [`crate::config::parse_kv`]).
     pub fn to_arg(&self) -> String {
         let ro = if self.readonly { ",readonly=on" } else { "" };
         let path = crate::config::kv_escape(&self.path.to_string_lossy());
-        format!("path={path}{ro}")
+        let mut arg = format!("path={path}{ro}");
+        if let Some(n) = self.limit.ops {
+            arg.push_str(&format!(",iops={n}"));
+        }
+        if let Some(n) = self.limit.bytes {
+            arg.push_str(&format!(",bw={n}"));
+        }
+        arg
     }
 }
 

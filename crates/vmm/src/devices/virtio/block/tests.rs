@@ -14,8 +14,10 @@ use vmm_sys_util::tempfile::TempFile;
 
 use super::device::*;
 use super::request::*;
+use super::RateLimit;
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::queue::Stop;
 use crate::devices::virtio::{
     feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
     VIRTIO_MMIO_INT_VRING, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -47,6 +49,7 @@ fn open(path: &Path, readonly: bool) -> Block {
     Block::new(&BlockConfig {
         path: path.into(),
         readonly,
+        limit: RateLimit::default(),
     })
     .unwrap()
 }
@@ -213,6 +216,7 @@ fn open_errors() {
         Block::new(&BlockConfig {
             path: path.into(),
             readonly: ro,
+            limit: RateLimit::default(),
         })
         .err()
         .unwrap()
@@ -353,9 +357,15 @@ fn flush_and_get_id() {
     let f = image(SECTORS);
     let mem = memory();
     let mut env = Env::new(&mem, open(f.as_path(), false), all_features());
+    let syncs = env.block.disk().sync_counter();
     assert_eq!(
         env.request(VIRTIO_BLK_T_FLUSH, 0, &[]),
         (VIRTIO_BLK_S_OK, 1)
+    );
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "FLUSH did not reach fdatasync"
     );
 
     let (status, len) = env.request(VIRTIO_BLK_T_GET_ID, 0, &[(DATA, 20, true)]);
@@ -758,9 +768,160 @@ fn through_the_mmio_transport() {
 
 #[test]
 fn data_is_flushed_on_drop() {
-    // Nothing observable without a crash, but drop must not fail or panic
-    // for writable, read-only and never-activated disks alike.
+    use std::sync::atomic::Ordering;
+    // A writable disk that took a write is synced (fdatasync) when the
+    // device goes away, without the guest ever asking for a flush.
     let f = image(8);
-    drop(open(f.as_path(), false));
-    drop(open(f.as_path(), true));
+    let mem = memory();
+    let mut env = Env::new(&mem, open(f.as_path(), false), all_features());
+    mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    assert_eq!(
+        env.request(VIRTIO_BLK_T_OUT, 1, &[(DATA, 512, false)]).0,
+        VIRTIO_BLK_S_OK
+    );
+    let syncs = env.block.disk().sync_counter();
+    assert_eq!(syncs.load(Ordering::Relaxed), 0, "synced before the drop");
+    drop(env);
+    assert_eq!(syncs.load(Ordering::Relaxed), 1, "not synced on drop");
+    assert_eq!(read_file(&f, 512, 512), vec![0xab; 512]);
+
+    // Never activated: synced on drop all the same.
+    let block = open(f.as_path(), false);
+    let syncs = block.disk().sync_counter();
+    drop(block);
+    assert_eq!(
+        syncs.load(Ordering::Relaxed),
+        1,
+        "idle disk not synced on drop"
+    );
+
+    // Read-only: nothing to sync, and no error on drop.
+    let block = open(f.as_path(), true);
+    let syncs = block.disk().sync_counter();
+    drop(block);
+    assert_eq!(syncs.load(Ordering::Relaxed), 0, "read-only disk synced");
+}
+
+fn open_limited(path: &Path, limit: RateLimit) -> Block {
+    Block::new(&BlockConfig {
+        path: path.into(),
+        readonly: false,
+        limit,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_flood_is_served_in_batches_that_rearm_the_queue() {
+    let f = image(SECTORS);
+    let mem = memory();
+    let mut env = Env::new(&mem, open(f.as_path(), false), all_features());
+    // 200 flushes: more than one batch.
+    env.header(VIRTIO_BLK_T_FLUSH, 0);
+    for _ in 0..200 {
+        env.push(&[(HDR, 16, false), (STATUS, 1, true)]);
+    }
+    assert_eq!(env.handler.process(), Some(Stop::Budget));
+    assert_eq!(
+        usize::from(env.used_idx()),
+        crate::devices::virtio::queue::BATCH
+    );
+    assert_eq!(
+        env.block.queue_events()[0].read().unwrap(),
+        1,
+        "the queue re-armed its own eventfd"
+    );
+    while env.handler.process() == Some(Stop::Budget) {}
+    assert_eq!(env.used_idx(), 200);
+}
+
+#[test]
+fn nothing_is_served_once_the_vm_is_stopping() {
+    let f = image(SECTORS);
+    let mem = memory();
+    let mut env = Env::new(&mem, open(f.as_path(), false), all_features());
+    env.handler
+        .stop_flag()
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    env.header(VIRTIO_BLK_T_IN, 0);
+    env.push(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
+    assert_eq!(env.handler.process(), Some(Stop::Paused));
+    assert_eq!(env.used_idx(), 0);
+}
+
+#[test]
+fn iops_limit_throttles_and_its_timer_resumes_the_queue() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::time::{Duration, Instant};
+    let f = image(SECTORS);
+    let mem = memory();
+    let limit = RateLimit {
+        ops: Some(4),
+        bytes: None,
+    };
+    let mut block = open_limited(f.as_path(), limit);
+    let vq = MockSplitQueue::new(&mem, QS);
+    let mut events = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
+    events.add_subscriber(Box::new(block.event_handler().unwrap()));
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&VIRTIO_BLK_T_FLUSH.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+    // Six flushes at 4 per second: 4 now (the bucket starts full), the
+    // rest as it refills (a quarter second each), never spinning.
+    let raw: Vec<RawDescriptor> = (0..6u16)
+        .flat_map(|i| {
+            [
+                RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT, 2 * i + 1)),
+                RawDescriptor::from(SplitDescriptor::new(STATUS, 1, VRING_DESC_F_WRITE, 0)),
+            ]
+        })
+        .collect();
+    vq.add_desc_chains(&raw, 0).unwrap();
+    let irq = Arc::new(Interrupt::new().unwrap());
+    block
+        .activate(
+            mem.clone(),
+            all_features(),
+            vec![vq.create_queue().unwrap()],
+            irq,
+        )
+        .unwrap();
+    let start = Instant::now();
+    events.run_with_timeout(100).unwrap();
+    assert_eq!(vq.used().idx().load(), 4);
+    let mut wakeups = 0;
+    while vq.used().idx().load() < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "throttled for good"
+        );
+        wakeups += events.run_with_timeout(1000).unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    assert!(
+        wakeups <= 4,
+        "woken {wakeups} times: the timer, not polling"
+    );
+}
+
+#[test]
+fn bandwidth_limit_counts_data_bytes() {
+    let f = image(SECTORS);
+    let mem = memory();
+    // 1 KiB/s: one 1 KiB read drains the bucket, the next one waits.
+    let limit = RateLimit {
+        ops: None,
+        bytes: Some(1024),
+    };
+    let mut env = Env::new(&mem, open_limited(f.as_path(), limit), all_features());
+    env.header(VIRTIO_BLK_T_IN, 0);
+    env.push(&[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
+    env.push(&[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
+    assert_eq!(env.handler.process(), Some(Stop::Paused));
+    assert_eq!(env.used_idx(), 1);
+    assert_eq!(env.handler.throttled(), 1);
 }

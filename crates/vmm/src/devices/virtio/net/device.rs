@@ -22,8 +22,10 @@ use super::frame::{self, ChainError, ETH_HLEN, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use super::mac::MacAddr;
 use super::tap::{self, FrameIo, Tap};
 use crate::devices::bus::lock;
+use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
+use crate::devices::virtio::queue::{self, Step};
 use crate::devices::virtio::{
-    feature, queue, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_RING_EVENT_IDX,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
@@ -58,12 +60,15 @@ pub const CONFIG_LEN: usize = 8;
 pub struct NetConfig {
     pub tap: String,
     pub mac: MacAddr,
+    /// `bw=`: bytes per second, in each direction.
+    pub bw: Option<u64>,
 }
 
 #[derive(Debug)]
 pub enum Error {
     Tap(tap::Error),
     EventFd(io::Error),
+    RateLimiter(rate_limiter::Error),
 }
 
 impl fmt::Display for Error {
@@ -71,6 +76,7 @@ impl fmt::Display for Error {
         match self {
             Self::Tap(e) => write!(f, "--net: {e}"),
             Self::EventFd(e) => write!(f, "cannot create the network queue eventfds: {e}"),
+            Self::RateLimiter(e) => write!(f, "--net: {e}"),
         }
     }
 }
@@ -80,6 +86,7 @@ impl std::error::Error for Error {
         match self {
             Self::Tap(e) => Some(e),
             Self::EventFd(e) => Some(e),
+            Self::RateLimiter(e) => Some(e),
         }
     }
 }
@@ -116,13 +123,27 @@ pub struct Net {
     /// [`NetHandler`] (event loop) and locked by the transport only on
     /// activate and reset.
     worker: Arc<Mutex<Option<Worker>>>,
+    /// Bytes per second in each direction (`bw=`).
+    bw: Option<u64>,
+    /// The transmit queue's eventfd again, for the worker to re-arm it:
+    /// made here, because activation runs on a vCPU thread, whose seccomp
+    /// filter does not allow duplicating descriptors.
+    tx_kick: Arc<EventFd>,
 }
 
 impl Net {
     /// Opens (or creates) the TAP named in `config`.
     pub fn new(config: &NetConfig) -> Result<Self, Error> {
         let tap = Tap::open(&config.tap).map_err(Error::Tap)?;
-        Self::with_backend(config.tap.clone(), config.mac, Arc::new(tap))
+        let mut net = Self::with_backend(config.tap.clone(), config.mac, Arc::new(tap))?;
+        net.bw = config.bw;
+        Ok(net)
+    }
+
+    /// Limits each direction to `bw` bytes per second (`None`: no limit);
+    /// before [`Self::event_handler`].
+    pub fn set_bandwidth(&mut self, bw: Option<u64>) {
+        self.bw = bw;
     }
 
     /// A device over any frame backend (the tests use a socketpair).
@@ -145,26 +166,47 @@ impl Net {
         config[..6].copy_from_slice(&mac.octets());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd);
+        let tx = evt()?;
+        let tx_kick = Arc::new(tx.try_clone().map_err(Error::EventFd)?);
         Ok(Self {
             name,
             io,
             features,
             config,
-            queue_evts: [evt()?, evt()?],
+            queue_evts: [evt()?, tx],
             worker: Arc::new(Mutex::new(None)),
+            bw: None,
+            tx_kick,
         })
     }
 
     /// The event-loop subscriber that runs both queues and the TAP; add it
     /// to the event manager once, before the guest runs.
-    pub fn event_handler(&self) -> io::Result<NetHandler> {
+    pub fn event_handler(&self) -> Result<NetHandler, Error> {
+        let limiter = || {
+            self.bw
+                .map(|bw| {
+                    RateLimiter::new(RateLimit {
+                        ops: None,
+                        bytes: Some(bw),
+                    })
+                })
+                .transpose()
+                .map_err(Error::RateLimiter)
+        };
         Ok(NetHandler {
-            rx_evt: self.queue_evts[RX_QUEUE].try_clone()?,
-            tx_evt: self.queue_evts[TX_QUEUE].try_clone()?,
+            rx_evt: self.queue_evts[RX_QUEUE]
+                .try_clone()
+                .map_err(Error::EventFd)?,
+            tx_evt: self.queue_evts[TX_QUEUE]
+                .try_clone()
+                .map_err(Error::EventFd)?,
             io: self.io.clone(),
             name: self.name.clone(),
             worker: self.worker.clone(),
             interest: None,
+            rx_limiter: limiter()?,
+            tx_limiter: limiter()?,
         })
     }
 }
@@ -186,13 +228,8 @@ impl VirtioDevice for Net {
         &self.queue_evts
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(CONFIG_LEN);
-        let end = start.saturating_add(data.len()).min(CONFIG_LEN);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     fn activate(
@@ -202,17 +239,7 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [Queue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
-        let mut worker = lock(&self.worker);
-        if worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let ([rx, tx], mut worker) = activation::<_, 2>(queues, &self.worker)?;
         // The transport refuses unoffered features; be safe without it too.
         let acked = acked_features & self.features;
         let offload = frame::tap_offload_flags(acked);
@@ -227,6 +254,7 @@ impl VirtioDevice for Net {
             mem,
             rx,
             tx,
+            tx_kick: self.tx_kick.clone(),
             io: self.io.clone(),
             interrupt,
             acked,
@@ -273,6 +301,8 @@ pub struct Worker {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
+    /// The transmit queue's eventfd, re-armed when a batch leaves more.
+    tx_kick: Arc<EventFd>,
     io: Arc<dyn FrameIo>,
     interrupt: Arc<Interrupt>,
     acked: u64,
@@ -309,8 +339,10 @@ impl Worker {
     }
 
     /// Moves frames from the TAP into the guest's receive buffers: the one
-    /// kept from last time first, then up to [`RX_BATCH`] more.
-    pub fn process_rx(&mut self) {
+    /// kept from last time first, then up to [`RX_BATCH`] more, each
+    /// admitted by `limiter` if there is one (a refused frame is kept, and
+    /// the limiter's timer resumes).
+    pub fn process_rx(&mut self, mut limiter: Option<&mut RateLimiter>) {
         if self.broken {
             return;
         }
@@ -333,6 +365,12 @@ impl Worker {
                     }
                 },
             };
+            if let Some(l) = limiter.as_deref_mut() {
+                if !l.consume((len - VNET_HDR_LEN) as u64) {
+                    self.rx_pending = Some(len);
+                    break;
+                }
+            }
             match self.deliver(len) {
                 Ok(Delivery::Delivered | Delivery::Returned) => used = true,
                 Ok(Delivery::Dropped) => {}
@@ -439,9 +477,10 @@ impl Worker {
         Ok(Delivery::Returned)
     }
 
-    /// Sends the guest's frames to the TAP until the queue is empty or the
-    /// TAP would block.
-    pub fn process_tx(&mut self) {
+    /// Sends a batch of the guest's frames to the TAP, until the queue is
+    /// empty, the TAP would block, or `limiter` (if any) refuses one (its
+    /// timer then resumes).
+    pub fn process_tx(&mut self, mut limiter: Option<&mut RateLimiter>) {
         if self.broken {
             return;
         }
@@ -463,6 +502,7 @@ impl Worker {
             name,
             mem,
             tx,
+            tx_kick,
             io,
             acked,
             tx_buf,
@@ -470,7 +510,7 @@ impl Worker {
             stats,
             ..
         } = self;
-        let result = queue::drain_while(tx, mem, |chain| {
+        let result = queue::drain(tx, mem, tx_kick, |chain| {
             let len = match frame::read_tx_chain(chain, tx_buf, *acked) {
                 Ok(len) => len,
                 Err(e) => {
@@ -479,29 +519,34 @@ impl Worker {
                         ChainError::TooLarge(_) => stats.tx_too_large += 1,
                         _ => stats.tx_bad_chains += 1,
                     }
-                    return (0, true);
+                    return Step::Used(0);
                 }
             };
+            if let Some(l) = limiter.as_deref_mut() {
+                if !l.consume((len - VNET_HDR_LEN) as u64) {
+                    return Step::NotNow;
+                }
+            }
             match io.send(&tx_buf[..len]) {
                 Ok(_) => {
                     stats.tx_frames += 1;
                     stats.tx_bytes += (len - VNET_HDR_LEN) as u64;
-                    (0, true)
+                    Step::Used(0)
                 }
                 Err(e) if would_block(&e) => {
                     *tx_pending = Some(len);
-                    (0, false)
+                    Step::UsedThenPause(0)
                 }
                 Err(e) => {
                     stats.tap_errors += 1;
                     log::debug!("virtio-net {name}: TAP refused a frame: {e}");
-                    (0, true)
+                    Step::Used(0)
                 }
             }
         });
         match result {
-            Ok(true) => self.signal(),
-            Ok(false) => {}
+            Ok(d) if d.interrupt => self.signal(),
+            Ok(_) => {}
             Err(e) => self.fail("transmit", e),
         }
     }
@@ -560,20 +605,23 @@ pub struct NetHandler {
     worker: Arc<Mutex<Option<Worker>>>,
     /// What the TAP is registered for; `None` if it is not (any more).
     interest: Option<EventSet>,
+    /// `bw=` per direction; their timers are watched here.
+    rx_limiter: Option<RateLimiter>,
+    tx_limiter: Option<RateLimiter>,
 }
 
 impl NetHandler {
     /// One pass over the receive side, as on a kick or a readable TAP.
-    pub fn process_rx(&self) {
+    pub fn process_rx(&mut self) {
         if let Some(w) = lock(&self.worker).as_mut() {
-            w.process_rx();
+            w.process_rx(self.rx_limiter.as_mut());
         }
     }
 
     /// One pass over the transmit side, as on a kick or a writable TAP.
-    pub fn process_tx(&self) {
+    pub fn process_tx(&mut self) {
         if let Some(w) = lock(&self.worker).as_mut() {
-            w.process_tx();
+            w.process_tx(self.tx_limiter.as_mut());
         }
     }
 
@@ -607,16 +655,29 @@ impl MutEventSubscriber for NetHandler {
         let want = {
             let mut guard = lock(&self.worker);
             let worker = guard.as_mut();
+            let (rx_limiter, tx_limiter) = (&mut self.rx_limiter, &mut self.tx_limiter);
+            // A throttled direction waits for its timer, not for kicks.
+            let throttled = |l: &Option<RateLimiter>| l.as_ref().is_some_and(|l| l.is_throttled());
             if fd == self.rx_evt.as_raw_fd() {
                 // Nonblocking; a failed read just means a spurious wakeup.
                 let _ = self.rx_evt.read();
-                if let Some(w) = worker {
-                    w.process_rx();
+                if let Some(w) = worker.filter(|_| !throttled(rx_limiter)) {
+                    w.process_rx(rx_limiter.as_mut());
                 }
             } else if fd == self.tx_evt.as_raw_fd() {
                 let _ = self.tx_evt.read();
+                if let Some(w) = worker.filter(|_| !throttled(tx_limiter)) {
+                    w.process_tx(tx_limiter.as_mut());
+                }
+            } else if let Some(l) = rx_limiter.as_mut().filter(|l| l.as_raw_fd() == fd) {
+                l.timer_fired();
                 if let Some(w) = worker {
-                    w.process_tx();
+                    w.process_rx(Some(l));
+                }
+            } else if let Some(l) = tx_limiter.as_mut().filter(|l| l.as_raw_fd() == fd) {
+                l.timer_fired();
+                if let Some(w) = worker {
+                    w.process_tx(Some(l));
                 }
             } else if fd == self.io.as_raw_fd() {
                 if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
@@ -632,10 +693,10 @@ impl MutEventSubscriber for NetHandler {
                 }
                 if let Some(w) = worker {
                     if set.contains(EventSet::IN) {
-                        w.process_rx();
+                        w.process_rx(rx_limiter.as_mut());
                     }
                     if set.contains(EventSet::OUT) {
-                        w.process_tx();
+                        w.process_tx(tx_limiter.as_mut());
                     }
                 }
             }
@@ -650,6 +711,14 @@ impl MutEventSubscriber for NetHandler {
         for evt in [&self.rx_evt, &self.tx_evt] {
             if let Err(e) = ops.add(Events::new(evt, EventSet::IN)) {
                 log::error!("virtio-net {}: cannot watch a queue: {e}", self.name);
+            }
+        }
+        for l in [&self.rx_limiter, &self.tx_limiter].into_iter().flatten() {
+            if let Err(e) = ops.add(Events::new_raw(l.as_raw_fd(), EventSet::IN)) {
+                log::error!(
+                    "virtio-net {}: cannot watch the rate limiter: {e}",
+                    self.name
+                );
             }
         }
         // Registered with no interest until the device is active.

@@ -1,11 +1,12 @@
-//! The command line's contract, on the built binary, with no VM: every flag
-//! value is checked before anything is built, packed or booted (each case
-//! answers within seconds, even with no default guest in the cache); usage
-//! errors exit 2 (`exec`: 125) wherever the global flags are; messages name
-//! the flag the user typed and suggest the fix.
+//! The command line's contract, on the built binary, with no VM (no
+//! `/dev/kvm` needed): usage errors exit 2 (`exec`: 125, as the README
+//! says) wherever the global flags are; every flag value is checked before
+//! anything is built, packed or booted (each case answers within seconds,
+//! even with no default guest in the cache); messages name the flag the
+//! user typed and suggest the fix.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
@@ -14,20 +15,42 @@ use vmm_sys_util::tempdir::TempDir;
 /// guest or booting anything.
 const FAST: Duration = Duration::from_secs(10);
 
+/// kvmini answers every case here at once; past this it hung, and is killed.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs kvmini with an empty artefact cache, so that anything reaching for
-/// the default guest would start building it (minutes) and blow [`FAST`].
+/// the default guest would start building it (minutes) and blow [`FAST`];
+/// a kvmini still running after [`RUN_LIMIT`] is killed and fails the test.
 fn kvmini(args: &[&str]) -> (Output, Duration) {
     let cache = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-cli.")).unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmini"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmini"))
         .args(args)
         .env("KVMINI_CACHE_DIR", cache.as_path())
         .env_remove("KVMINI_RESOURCES")
         .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("cannot start kvmini");
+    while child.try_wait().expect("cannot wait for kvmini").is_none() {
+        if started.elapsed() >= RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvmini {args:?} did not finish within {RUN_LIMIT:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It has exited: reading its (small) output cannot block.
+    let out = child
+        .wait_with_output()
+        .expect("cannot collect kvmini's output");
     (out, started.elapsed())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// kvmini refuses `args` quickly with `code` and a message with `needle`.
@@ -180,4 +203,44 @@ fn exec_keeps_the_fallback_notice_out_of_the_commands_stderr() {
         !err.contains("no hardware virtualization"),
         "--quiet: {err}"
     );
+}
+
+#[test]
+fn usage_errors_of_run_exit_2() {
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run", "--cpus"][..],
+        &["no-such-command"][..],
+        &[][..],
+    ] {
+        let (out, _) = kvmini(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "kvmini {args:?}: {err}");
+        assert!(
+            err.contains("error:") || err.contains("Usage:"),
+            "kvmini {args:?}: exit 2 without saying why: {err}"
+        );
+    }
+    let err = stderr(&kvmini(&["run", "--no-such-flag"]).0);
+    assert!(
+        err.contains("--no-such-flag"),
+        "the bad flag is not named: {err}"
+    );
+}
+
+#[test]
+fn usage_errors_of_exec_exit_125() {
+    // exec passes the command's own status through, so its usage errors
+    // use 125 (README), not 2.
+    let (out, _) = kvmini(&["exec", "--no-such-flag", "--", "true"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let (out, _) = kvmini(&["run", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--kernel"));
 }

@@ -1,0 +1,169 @@
+//! VMM threads (vCPUs, the event loop, disk I/O, output writers), started
+//! one way: named, with the host's terminating signals blocked (they are
+//! the main thread's business: its control loop serves them, whatever the
+//! guest keeps the other threads doing), under their kind's seccomp
+//! filter (installed by the thread itself before it runs anything else;
+//! [`spawn`] returns only once it is in place), and able to say when they
+//! ended, so the VMM waits for each with a deadline and never on a thread
+//! stuck on the guest's or a reader's behalf.
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::seccomp::{self, Seccomp, ThreadKind};
+use crate::sync::lock;
+
+/// A running VMM thread.
+pub struct VmmThread<T> {
+    /// `None` from a thread whose filter failed (it never ran its body).
+    handle: JoinHandle<Option<T>>,
+    done: Arc<Done>,
+}
+
+#[derive(Default)]
+struct Done {
+    finished: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// Marks the thread finished when dropped: on return and on panic alike.
+struct MarkDone(Arc<Done>);
+
+impl Drop for MarkDone {
+    fn drop(&mut self) {
+        *lock(&self.0.finished) = true;
+        self.0.cv.notify_all();
+    }
+}
+
+/// Why a thread could not be started.
+#[derive(Debug)]
+pub enum Error {
+    Spawn(io::Error),
+    Seccomp(seccomp::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Spawn(e) => write!(f, "{e}"),
+            Self::Seccomp(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Starts `body` on a thread named `name` (at most 15 bytes are kept),
+/// with `kind`'s filter when `seccomp` is on.
+pub fn spawn<F, T>(
+    name: String,
+    kind: ThreadKind,
+    seccomp: Seccomp,
+    body: F,
+) -> Result<VmmThread<T>, Error>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let done = Arc::new(Done::default());
+    let mark = MarkDone(done.clone());
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), seccomp::Error>>(1);
+    let handle = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _mark = mark;
+            block_host_signals();
+            if seccomp == Seccomp::On {
+                let trigger = seccomp::test_trigger(kind);
+                if let Err(e) = seccomp::install(kind) {
+                    let _ = ready_tx.send(Err(e));
+                    return None;
+                }
+                let _ = ready_tx.send(Ok(()));
+                if trigger {
+                    seccomp::make_forbidden_call();
+                }
+            } else {
+                let _ = ready_tx.send(Ok(()));
+            }
+            Some(body())
+        })
+        .map_err(Error::Spawn)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            return Err(Error::Seccomp(e));
+        }
+        Err(_) => {
+            let _ = handle.join();
+            return Err(Error::Spawn(io::Error::other(
+                "the thread died while starting",
+            )));
+        }
+    }
+    Ok(VmmThread { handle, done })
+}
+
+impl<T> VmmThread<T> {
+    /// The thread's handle (to signal it).
+    pub fn handle(&self) -> &JoinHandle<Option<T>> {
+        &self.handle
+    }
+
+    pub fn is_finished(&self) -> bool {
+        *lock(&self.done.finished)
+    }
+
+    /// Waits until the thread ended or `deadline` passed (`None`: no
+    /// deadline); true if it ended.
+    pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut finished = lock(&self.done.finished);
+        while !*finished {
+            let Some(deadline) = deadline else {
+                finished = match self.done.cv.wait(finished) {
+                    Ok(g) => g,
+                    Err(e) => e.into_inner(),
+                };
+                continue;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            finished = match self.done.cv.wait_timeout(finished, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Joins the thread if it ends within `timeout`; otherwise leaves it
+    /// running (detached: the process ends it when it exits) and returns
+    /// `None`. A thread that panicked also gives `None`.
+    pub fn join_within(self, timeout: Duration) -> Option<T> {
+        if !self.wait_until(Some(Instant::now() + timeout)) {
+            return None;
+        }
+        self.handle.join().ok().flatten()
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread.
+fn block_host_signals() {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
+    // and pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
