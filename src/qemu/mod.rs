@@ -2,10 +2,13 @@
 //! ([`crate::emulated`]: kvmini nested in QEMU TCG) and the direct
 //! software-CPU engine ([`crate::tcg`]: QEMU TCG runs the guest). Starting
 //! QEMU so it dies with us ([`command`]), watching it until it exits, a
-//! deadline passes or a check asks to stop it ([`supervise`]), the exec
-//! stream sockets QEMU's serial ports connect to ([`streams`]), and the
-//! terminal put back if QEMU dies without restoring it.
+//! deadline passes or a check asks to stop it ([`supervise`]), exec's
+//! streams out of QEMU's serial ports (sockets for the emulated machine's
+//! generic ports, [`streams`]; files for the direct engine's consoles,
+//! [`files`]), and the terminal put back if QEMU dies without restoring
+//! it.
 
+pub mod files;
 pub mod streams;
 pub mod supervise;
 

@@ -4,6 +4,9 @@
 //! comes to its destination (our stdout, stderr, the exit-status channel,
 //! the share archive's spool) until QEMU closes it. Which port each
 //! chardev backs is the engine's business: it adds its own `-device`s.
+//! The emulated machine's generic `virtserialport`s wait for a full socket;
+//! QEMU's consoles would drop the data instead, so the direct engine's go
+//! to files ([`super::files`]).
 
 use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

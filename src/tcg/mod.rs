@@ -8,7 +8,8 @@
 //!
 //! `kvmini exec`'s streams leave the guest on four virtio-console ports
 //! (/dev/hvc0..3: stdout, stderr, the status line, the share archive),
-//! backed by sockets we copy from ([`crate::qemu::streams`]).
+//! backed by files we follow ([`crate::qemu::files`]: QEMU drops console
+//! data a socket cannot take at once).
 //!
 //! Not here: `--net` (refused: QEMU would need the TAPs kvmini opens
 //! itself), the ACPI power button on SIGTERM (the guest is stopped at
@@ -33,10 +34,12 @@ use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::exec::capture::Tail;
 use crate::exit::VmExit;
 use crate::guest::resources_dir;
-use crate::qemu::streams::{Sink, Streams};
+use crate::qemu::files::Files;
+use crate::qemu::streams::Sink;
 use crate::qemu::supervise::{watch, Ended};
 use crate::qemu::{self as q, SavedTerminal};
 use crate::stop;
+use crate::vmm::FLUSH_AFTER_STOP;
 use machine::{Logs, EXEC_PORTS, MAX_DEVICES};
 use verdict::ConsoleWatch;
 
@@ -276,7 +279,7 @@ fn boot(
     let streams = match ports {
         Some(sinks) => {
             let named = EXEC_PORTS.into_iter().zip(sinks).collect();
-            Some(Streams::listen(dir, &mut qemu, named).map_err(TcgError::Streams)?)
+            Some(Files::create(dir, &mut qemu, named).map_err(TcgError::Streams)?)
         }
         None => None,
     };
@@ -284,18 +287,21 @@ fn boot(
     let terminal = SavedTerminal::save();
     let started = Instant::now();
     let mut child = q::spawn(&mut qemu).map_err(TcgError::SpawnQemu)?;
-    let copying = streams.map(Streams::copy);
+    let copying = streams.map(Files::follow);
     let tail = Tail::new(CONSOLE_TAIL);
     let mut watcher = ConsoleWatch::new(console_log, tail.clone());
     let (waited, ended) = watch(&mut child, deadline, &mut watcher);
     stop::set_child(0);
+    let signal = stop::signalled().map(|code| i32::from(code) - 128);
     if let Some(c) = copying {
-        c.finish();
+        // As kvmini's own VMM: a stop the user asked for (a signal,
+        // --timeout) is not held up by a reader that does not read.
+        let user_stopped = signal.is_some() || ended == Ended::TimedOut;
+        c.finish(user_stopped.then(|| Instant::now() + FLUSH_AFTER_STOP));
     }
     drop(terminal);
     watcher.poll();
     let status = waited.map_err(TcgError::SpawnQemu)?;
-    let signal = stop::signalled().map(|code| i32::from(code) - 128);
     log::info!(
         "QEMU {} after {:?} ({ended:?})",
         q::describe(status),
