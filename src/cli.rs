@@ -111,7 +111,7 @@ pub struct ExecArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Internal (the emulated fallback's inner kvmini): the initrd already
+    /// Internal (the emulated machine's inner kvmini): the initrd already
     /// carries the command and the disks are in place.
     #[arg(long, hide = true)]
     pub prepared: bool,

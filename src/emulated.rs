@@ -1,6 +1,7 @@
-//! The emulated fallback (`--accel emulated`, or `auto` on hosts without
-//! vmx/svm): kvmini runs itself inside an emulated machine (QEMU TCG with an
-//! SVM-capable CPU and nested KVM) and boots the guest there.
+//! The emulated machine (`--accel emulated`; `auto` picks the direct
+//! software-CPU engine, [`crate::tcg`], instead): kvmini runs itself
+//! inside an emulated machine (QEMU TCG with an SVM-capable CPU and nested
+//! KVM) and boots the guest there.
 //!
 //! The emulated machine ("L1") is a Debian cloud kernel with a busybox
 //! initramfs that `resources/rig/emulated.sh` builds per run in a temporary
@@ -21,10 +22,8 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -38,6 +37,9 @@ use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::devices::virtio::block::guest_device;
 use crate::guest::resources_dir;
 use crate::outcome::{code, Outcome};
+use crate::qemu::streams::{Sink, Streams};
+use crate::qemu::supervise::{watch, Ended, Heartbeat};
+use crate::qemu::{describe, qemu_path, SavedTerminal};
 use crate::stop;
 use kvmini_flags::vm_args;
 
@@ -62,157 +64,6 @@ const L1_BOOT_ALLOWANCE: Duration = Duration::from_secs(120);
 /// this long (after the first one, or after L1_BOOT_ALLOWANCE before it),
 /// QEMU is stopped and the run fails instead of hanging.
 const HEARTBEAT_STALL: Duration = Duration::from_secs(60);
-
-/// The streams of `kvmini exec`: Unix sockets QEMU connects to (its
-/// virtio-serial ports `kvmini.stdout`, `kvmini.stderr` and, with writable
-/// shares, `kvmini.share` in L1), copied to our stdout, stderr and the
-/// share archive's spool.
-struct ExecStreams {
-    out: UnixListener,
-    err: UnixListener,
-    share: Option<(UnixListener, Box<dyn io::Write + Send>)>,
-}
-
-impl ExecStreams {
-    fn listen(
-        dir: &Path,
-        qemu: &mut Command,
-        share: Option<Box<dyn io::Write + Send>>,
-    ) -> Result<Self, EmulatedError> {
-        let bind = |name: &str| {
-            let p = dir.join(format!("{name}.sock"));
-            UnixListener::bind(&p).map_err(|e| EmulatedError::WriteArgs(p, e))
-        };
-        let (out, err) = (bind("stdout")?, bind("stderr")?);
-        let share = match share {
-            Some(to) => Some((bind("share")?, to)),
-            None => None,
-        };
-        qemu.args(["-device", "virtio-serial-pci,id=kvmini-serial"]);
-        let names: &[&str] = if share.is_some() {
-            &["stdout", "stderr", "share"]
-        } else {
-            &["stdout", "stderr"]
-        };
-        for name in names {
-            qemu.arg("-chardev")
-                .arg(format!(
-                    "socket,id={name},path={}",
-                    qemu_path(&dir.join(format!("{name}.sock")))
-                ))
-                .args([
-                    "-device",
-                    &format!(
-                        "virtserialport,bus=kvmini-serial.0,chardev={name},name=kvmini.{name}"
-                    ),
-                ]);
-        }
-        Ok(Self { out, err, share })
-    }
-
-    /// One thread per stream: accept QEMU's connection, copy until it
-    /// closes (QEMU exits).
-    fn copy(self) -> Vec<thread::JoinHandle<()>> {
-        let pipe = |l: UnixListener, mut to: Box<dyn io::Write + Send>| {
-            thread::spawn(move || {
-                if let Ok((mut s, _)) = l.accept() {
-                    if let Err(e) = io::copy(&mut s, &mut to) {
-                        log::warn!("kvmini exec: output stream: {e}");
-                    }
-                    let _ = to.flush();
-                }
-            })
-        };
-        let mut copiers = vec![
-            pipe(self.out, Box::new(io::stdout())),
-            pipe(self.err, Box::new(io::stderr())),
-        ];
-        if let Some((l, to)) = self.share {
-            copiers.push(pipe(l, to));
-        }
-        copiers
-    }
-}
-
-/// How the wait for QEMU ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    /// QEMU exited by itself.
-    Exited,
-    /// The deadline passed; QEMU was told to quit.
-    TimedOut,
-    /// L1's heartbeat stopped; QEMU was told to quit.
-    Froze,
-}
-
-/// Watches L1's heartbeat: a file QEMU appends to while L1 lives.
-struct Heartbeat {
-    path: PathBuf,
-    /// Longest silence allowed once the first beat came.
-    stall: Duration,
-    /// Longest wait for the first beat (L1's own boot).
-    first: Duration,
-    size: u64,
-    last_change: Instant,
-    beating: bool,
-}
-
-impl Heartbeat {
-    fn new(path: PathBuf, stall: Duration, first: Duration) -> Self {
-        Heartbeat {
-            path,
-            stall,
-            first,
-            size: 0,
-            last_change: Instant::now(),
-            beating: false,
-        }
-    }
-
-    /// True once the heartbeat has been silent for too long.
-    fn stopped(&mut self) -> bool {
-        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        if size != self.size {
-            self.size = size;
-            self.last_change = Instant::now();
-            self.beating = true;
-            return false;
-        }
-        let limit = if self.beating { self.stall } else { self.first };
-        self.last_change.elapsed() > limit
-    }
-}
-
-/// Waits for QEMU: polls it, and tells it to quit once the deadline passes
-/// or the heartbeat stops. The child is only reaped here, on this thread,
-/// so the pid signalled is still QEMU's.
-fn watch(
-    child: &mut Child,
-    deadline: Option<Instant>,
-    heartbeat: &mut Heartbeat,
-) -> (io::Result<ExitStatus>, Ended) {
-    let mut checked = Instant::now();
-    loop {
-        let stop = match child.try_wait() {
-            Ok(Some(status)) => return (Ok(status), Ended::Exited),
-            Err(e) => return (Err(e), Ended::Exited),
-            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => Some(Ended::TimedOut),
-            Ok(None) if checked.elapsed() >= Duration::from_secs(1) => {
-                checked = Instant::now();
-                heartbeat.stopped().then_some(Ended::Froze)
-            }
-            Ok(None) => None,
-        };
-        let Some(ended) = stop else {
-            thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        // SAFETY: kill(2) on our child, not yet reaped (try_wait just saw
-        // it running and nothing else waits for it).
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        return (child.wait(), ended);
-    }
-}
 
 #[derive(Debug)]
 pub enum EmulatedError {
@@ -335,40 +186,6 @@ impl fmt::Display for EmulatedError {
 
 impl std::error::Error for EmulatedError {}
 
-fn describe(s: ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exited {c}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => s.to_string(),
-    }
-}
-
-/// Saves the terminal settings of stdin and puts them back on drop, in case
-/// QEMU dies without restoring them itself.
-struct SavedTerminal(Option<libc::termios>);
-
-impl SavedTerminal {
-    fn save() -> Self {
-        if !io::stdin().is_terminal() {
-            return Self(None);
-        }
-        // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: fd 0 is open (it is a terminal) and `t` is a valid termios.
-        let ok = unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } == 0;
-        Self(ok.then_some(t))
-    }
-}
-
-impl Drop for SavedTerminal {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            // SAFETY: `t` came from tcgetattr on the same fd 0.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
-        }
-    }
-}
-
 /// What L1 reported on its second serial port.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Report {
@@ -473,11 +290,6 @@ fn inner_args(config: &VmConfig) -> Vec<String> {
     let mut a = vec!["run".to_string()];
     a.extend(vm_args(&in_l1));
     a
-}
-
-/// QEMU's `-chardev` option value quoting: commas are doubled.
-fn qemu_path(p: &Path) -> String {
-    p.to_string_lossy().replace(',', ",,")
 }
 
 /// Runs the VM described by `config` inside the emulated machine; returns
@@ -587,20 +399,14 @@ fn run_inner(
         l1_size,
     );
     let streams = match exec {
-        Some(share) => Some(ExecStreams::listen(dir, &mut qemu, share)?),
+        Some(share) => Some(exec_streams(dir, &mut qemu, share)?),
         None => None,
     };
     let interactive =
         streams.is_none() && config.console == ConsoleConfig::Stdout && io::stdin().is_terminal();
     log::info!("starting the emulated machine: {qemu:?}");
     let terminal = SavedTerminal::save();
-    let mut child = qemu.spawn().map_err(EmulatedError::SpawnQemu)?;
-    stop::set_child(child.id() as i32);
-    if stop::signalled().is_some() {
-        // The signal came while we were spawning; the handler missed QEMU.
-        // SAFETY: the child is not reaped yet, so the pid is still QEMU's.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    }
+    let mut child = crate::qemu::spawn(&mut qemu).map_err(EmulatedError::SpawnQemu)?;
 
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
@@ -614,13 +420,13 @@ fn run_inner(
         }
         thread::spawn(move || follow(report_file, done, rename))
     };
-    let copiers = streams.map(ExecStreams::copy);
+    let copiers = streams.map(Streams::copy);
     let deadline = timeout.map(|t| Instant::now() + t + L1_BOOT_ALLOWANCE);
     let mut heartbeat = Heartbeat::new(heartbeat_path, HEARTBEAT_STALL, L1_BOOT_ALLOWANCE);
     let (waited, ended) = watch(&mut child, deadline, &mut heartbeat);
     stop::set_child(0);
-    for c in copiers.into_iter().flatten() {
-        let _ = c.join();
+    if let Some(c) = copiers {
+        c.finish();
     }
     drop(terminal);
     done.store(true, Ordering::SeqCst);
@@ -705,7 +511,7 @@ fn qemu_command(
     initramfs_bytes: u64,
 ) -> Command {
     let mib = (config.memory_bytes >> 20) + L1_OVERHEAD_MIB + 2 * (initramfs_bytes >> 20);
-    let mut q = Command::new("qemu-system-x86_64");
+    let mut q = crate::qemu::command();
     // -cpu max: TCG emulates AMD SVM with nested paging, so kvm-amd loads.
     // -nodefaults/-nic none: only the devices below; L1 has no network.
     q.args(["-accel", "tcg,thread=multi", "-cpu", "max"])
@@ -773,119 +579,41 @@ fn qemu_command(
         // L1's own console is the report port, and silent but for panics:
         // the guest console (ttyS0) carries only what the guest writes.
         .args(["-append", "console=ttyS1 quiet loglevel=0 panic=-1"]);
-    // SAFETY: the closure only calls prctl(2), which is async-signal-safe
-    // and touches no memory of the parent.
-    unsafe {
-        q.pre_exec(|| {
-            // QEMU dies with us, even if we are SIGKILLed: no orphans.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     q
+}
+
+/// `kvmini exec`'s streams out of L1: virtio-serial ports named
+/// `kvmini.stdout`, `kvmini.stderr` and, with writable shares,
+/// `kvmini.share` (emulated-init finds them by name), backed by sockets
+/// copied to our stdout, stderr and the share archive's spool.
+fn exec_streams(
+    dir: &Path,
+    qemu: &mut Command,
+    share: Option<Sink>,
+) -> Result<Streams, EmulatedError> {
+    let mut sinks: Vec<(&str, Sink)> = vec![
+        ("stdout", Box::new(io::stdout())),
+        ("stderr", Box::new(io::stderr())),
+    ];
+    if let Some(to) = share {
+        sinks.push(("share", to));
+    }
+    let names: Vec<String> = sinks.iter().map(|(n, _)| n.to_string()).collect();
+    let streams = Streams::listen(dir, qemu, sinks)
+        .map_err(|e| EmulatedError::WriteArgs(dir.to_path_buf(), e))?;
+    qemu.args(["-device", "virtio-serial-pci,id=kvmini-serial"]);
+    for name in names {
+        qemu.args([
+            "-device",
+            &format!("virtserialport,bus=kvmini-serial.0,chardev={name},name=kvmini.{name}"),
+        ]);
+    }
+    Ok(streams)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spawn_sh(script: &str) -> Child {
-        Command::new("sh").args(["-c", script]).spawn().unwrap()
-    }
-
-    fn temp_file(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("kvmini-hb-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        p
-    }
-
-    /// Appends a beat to `path` every 100 ms until the flag is set: a
-    /// heartbeat that keeps going however loaded the machine is (a thread,
-    /// not a shell forking `sleep`), far inside the stall limits below.
-    fn beat(path: PathBuf) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let t = thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                let _ = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, b"."));
-                thread::sleep(Duration::from_millis(100));
-            }
-        });
-        (stop, t)
-    }
-
-    #[test]
-    fn watch_stops_qemu_when_the_heartbeat_stops() {
-        let path = temp_file("silent");
-        // Beats twice, then goes silent but keeps running (for 10 minutes:
-        // only the watch can end it early, with SIGTERM).
-        let mut child = spawn_sh(&format!(
-            "echo . >>{p}; sleep 0.3; echo . >>{p}; exec sleep 600",
-            p = path.display()
-        ));
-        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(5));
-        let (status, ended) = watch(&mut child, None, &mut hb);
-        assert_eq!(ended, Ended::Froze);
-        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn watch_waits_while_the_heartbeat_goes_on() {
-        let path = temp_file("beating");
-        // Runs 5 s, longer than the 2 s stall limit, while a beat comes
-        // every 0.1 s: only a watch that ignores the heartbeat stops it.
-        let (stop, beater) = beat(path.clone());
-        let mut child = spawn_sh("sleep 5; exit 7");
-        let mut hb = Heartbeat::new(path.clone(), Duration::from_secs(2), Duration::from_secs(2));
-        let (status, ended) = watch(&mut child, None, &mut hb);
-        stop.store(true, Ordering::SeqCst);
-        let _ = beater.join();
-        assert_eq!(ended, Ended::Exited);
-        assert_eq!(status.unwrap().code(), Some(7));
-        let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn watch_gives_l1_time_for_its_first_beat_then_stops_it() {
-        let path = temp_file("never");
-        let mut child = spawn_sh("exec sleep 600");
-        let mut hb = Heartbeat::new(path, Duration::from_secs(1), Duration::from_secs(3));
-        let started = Instant::now();
-        let (status, ended) = watch(&mut child, None, &mut hb);
-        assert_eq!(ended, Ended::Froze);
-        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
-        // Not at the 1 s stall limit: the first beat may take 3 s. (A lower
-        // bound: load can only make it later.)
-        assert!(started.elapsed() >= Duration::from_secs(3));
-    }
-
-    #[test]
-    fn watch_stops_qemu_at_the_deadline() {
-        let path = temp_file("deadline");
-        // Beating, and a stall limit far beyond the 1 s deadline: only the
-        // deadline can end it.
-        let (stop, beater) = beat(path.clone());
-        let mut child = spawn_sh("exec sleep 600");
-        let mut hb = Heartbeat::new(
-            path.clone(),
-            Duration::from_secs(300),
-            Duration::from_secs(300),
-        );
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let (status, ended) = watch(&mut child, Some(deadline), &mut hb);
-        stop.store(true, Ordering::SeqCst);
-        let _ = beater.join();
-        assert_eq!(ended, Ended::TimedOut);
-        assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
-        let _ = std::fs::remove_file(&path);
-    }
 
     #[test]
     fn inner_args_carry_every_flag_with_l1_paths() {
@@ -970,10 +698,5 @@ mod tests {
         }
         assert_eq!(r.tail.len(), TAIL_LINES);
         assert_eq!(r.tail.last().map(String::as_str), Some("line 29"));
-    }
-
-    #[test]
-    fn qemu_paths_escape_commas() {
-        assert_eq!(qemu_path(Path::new("/a,b/c")), "/a,,b/c");
     }
 }

@@ -1,6 +1,6 @@
 //! Where a VM runs, decided once: `--accel` resolved against this host
-//! ([`engine`], which also says when `auto` falls back to the emulated
-//! machine), and `kvmini run`'s VM run there ([`run`]). `kvmini exec` asks
+//! ([`engine`], which also says when `auto` falls back to QEMU's software
+//! CPU), and `kvmini run`'s VM run there ([`run`]). `kvmini exec` asks
 //! [`engine`] too and runs its prepared VM on the engine it names.
 
 use std::fmt;
@@ -9,7 +9,9 @@ use std::io::IsTerminal;
 use crate::arch::x86_64::cpuid::host_has_hw_virt;
 use crate::config::{Accel, ConfigError, VmConfig};
 use crate::emulated::{self, EmulatedError};
+use crate::exit::VmExit;
 use crate::outcome;
+use crate::tcg::{self, TcgError};
 use crate::vmm;
 
 /// What runs the guest.
@@ -17,11 +19,15 @@ use crate::vmm;
 pub enum Engine {
     /// This host's /dev/kvm, kvmini's own VMM.
     Kvm,
-    /// kvmini inside the emulated machine (QEMU TCG with nested KVM).
+    /// QEMU's software CPU (TCG) runs the guest directly: `--accel tcg`,
+    /// and `auto` on hosts without vmx/svm.
+    Tcg,
+    /// kvmini inside the emulated machine (QEMU TCG with nested KVM):
+    /// `--accel emulated` only, to test kvmini's own VMM on such hosts.
     Emulated,
 }
 
-/// Who hears that `--accel auto` chose the emulated machine.
+/// Who hears that `--accel auto` chose QEMU's software CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     /// kvmini's stderr (`run`).
@@ -34,7 +40,8 @@ pub enum Notice {
 }
 
 /// Resolves `config.accel` on this host: `kvm` is refused without vmx/svm,
-/// `auto` picks KVM where the host has it and says when it does not.
+/// `auto` picks KVM where the host has it, else QEMU's software CPU, and
+/// says so.
 pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> {
     if config.accel.resolve(host_has_hw_virt())? {
         return Ok(Engine::Kvm);
@@ -51,17 +58,21 @@ pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> 
             log::info!("{}", FALLBACK_NOTICE.replace("\n        ", " "));
         }
     }
-    Ok(Engine::Emulated)
+    Ok(match config.accel {
+        Accel::Emulated => Engine::Emulated,
+        Accel::Auto | Accel::Tcg | Accel::Kvm | Accel::KvmAny => Engine::Tcg,
+    })
 }
 
 const FALLBACK_NOTICE: &str =
     "kvmini: this host has no hardware virtualization (no vmx/svm in /proc/cpuinfo);\n        \
-     running the VM inside an emulated machine (much slower). --accel=kvm refuses this.";
+     QEMU's software CPU (TCG) runs the guest (much slower). --accel=kvm refuses this.";
 
 #[derive(Debug)]
 pub enum LaunchError {
     Vmm(vmm::Error),
     Emulated(EmulatedError),
+    Tcg(TcgError),
 }
 
 impl fmt::Display for LaunchError {
@@ -69,11 +80,23 @@ impl fmt::Display for LaunchError {
         match self {
             Self::Vmm(e) => write!(f, "{e}"),
             Self::Emulated(e) => write!(f, "{e}"),
+            Self::Tcg(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for LaunchError {}
+
+impl LaunchError {
+    /// `run`'s exit code for this failure: 159 when QEMU's seccomp sandbox
+    /// killed it (as for a forbidden call on hardware KVM), else 1.
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::Tcg(e) if e.sandbox_killed() => outcome::code::SECCOMP_VIOLATION,
+            _ => outcome::code::ERROR,
+        }
+    }
+}
 
 /// `kvmini run`: boots `config` on `engine` (what [`engine`] chose) and
 /// runs it until it stops; returns kvmini's exit code (why it stopped was
@@ -81,15 +104,18 @@ impl std::error::Error for LaunchError {}
 pub fn run(config: &VmConfig, engine: Engine) -> Result<u8, LaunchError> {
     match engine {
         Engine::Emulated => emulated::run(config).map_err(LaunchError::Emulated),
-        Engine::Kvm => {
-            let exit = vmm::run(config).map_err(LaunchError::Vmm)?;
-            if exit.is_clean() {
-                log::info!("{exit}");
-            } else {
-                // Not waiting long for a stalled stderr (see logger).
-                crate::logger::stderr_text(&format!("kvmini: {exit}\n"));
-            }
-            Ok(outcome::run_code(&exit))
-        }
+        Engine::Tcg => Ok(ended(&tcg::run(config).map_err(LaunchError::Tcg)?)),
+        Engine::Kvm => Ok(ended(&vmm::run(config).map_err(LaunchError::Vmm)?)),
     }
+}
+
+/// Says why the VM stopped unless it stopped cleanly; `run`'s exit code.
+fn ended(exit: &VmExit) -> u8 {
+    if exit.is_clean() {
+        log::info!("{exit}");
+    } else {
+        // Not waiting long for a stalled stderr (see logger).
+        crate::logger::stderr_text(&format!("kvmini: {exit}\n"));
+    }
+    outcome::run_code(exit)
 }

@@ -3,7 +3,8 @@
 //! The binary (`src/main.rs`) parses the command line ([`cli`]; the VM flags
 //! are the `kvmini-flags` crate's) into the VMM core's validated
 //! [`config::VmConfig`] and runs it where [`launch`] decides: on this host's
-//! KVM ([`vmm::run`]) or inside the emulated machine ([`emulated`]); every
+//! KVM ([`vmm::run`]), on QEMU's software CPU ([`tcg`]) or inside the
+//! emulated machine ([`emulated`]; both drive QEMU through [`qemu`]); every
 //! exit code is in [`outcome`];
 //! `kvmini exec` ([`exec`]) runs one command in a throwaway VM, and the
 //! default guest is built on first use ([`guest`]). The VMM core is the
@@ -20,3 +21,5 @@ pub mod guest;
 pub mod launch;
 pub mod logger;
 pub mod outcome;
+pub mod qemu;
+pub mod tcg;

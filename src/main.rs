@@ -84,7 +84,7 @@ fn run(args: RunArgs) -> u8 {
     };
     match launch::run(&config, engine) {
         Ok(code) => code,
-        Err(e) => fail(&e, code::ERROR),
+        Err(e) => fail(&e, e.code()),
     }
 }
 

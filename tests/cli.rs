@@ -91,7 +91,7 @@ fn run_checks_every_flag_before_building_the_default_guest() {
         2,
         "--shutdown-timeout",
     );
-    refused(&["run", "--accel", "tcg"], 2, "invalid --accel 'tcg'");
+    refused(&["run", "--accel", "qemu"], 2, "invalid --accel 'qemu'");
     refused(
         &["run", "--console", "file=/nonexistent/dir/console.log"],
         2,

@@ -37,6 +37,7 @@ use crate::guest::{self, GuestError};
 use crate::launch::{self, Engine, Notice};
 pub use crate::outcome::Outcome;
 use crate::outcome::{code as codes, signal_code};
+use crate::tcg::{self, TcgError};
 use crate::vmm::{self, Extras};
 use capture::{CaptureError, Spool, Status, StatusChannel, Tail, Tee};
 use kvmini_flags::{FlagsError, VmArgs};
@@ -81,6 +82,7 @@ pub enum ExecError {
     Io(PathBuf, io::Error),
     Vmm(vmm::Error),
     Emulated(EmulatedError),
+    Tcg(TcgError),
 }
 
 impl fmt::Display for ExecError {
@@ -111,6 +113,7 @@ impl fmt::Display for ExecError {
             Self::Io(p, e) => write!(f, "cannot write '{}': {e} (check TMPDIR)", p.display()),
             Self::Vmm(e) => write!(f, "{e}"),
             Self::Emulated(e) => write!(f, "{e}"),
+            Self::Tcg(e) => write!(f, "{e}"),
         }
     }
 }
@@ -163,7 +166,11 @@ pub fn main(args: ExecArgs) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kvmini: error: {e}");
-            code::ERROR
+            match e {
+                // As for a forbidden call on hardware KVM.
+                ExecError::Tcg(t) if t.sandbox_killed() => codes::SECCOMP_VIOLATION,
+                _ => code::ERROR,
+            }
         }
     }
 }
@@ -304,6 +311,7 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
     vm.initrd = Some(initrd);
     let outcome = match engine {
         Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
+        Engine::Tcg => run_tcg(&vm, timeout, since, &console, Box::new(spool.clone()))?,
         Engine::Emulated => {
             let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
             emulated::run_exec(&vm, timeout, &console, share_out).map_err(ExecError::Emulated)?
@@ -414,6 +422,27 @@ pub fn run_kvm(
         timeout_since: Some(since),
     };
     let exit = vmm::run_with(vm, extras).map_err(ExecError::Vmm)?;
+    Ok(interpret(&exit, status.status(), &tail))
+}
+
+/// Runs the prepared VM on QEMU's software CPU, its four consoles on the
+/// same streams as [`run_kvm`]'s, and interprets how it ended the same way;
+/// `timeout` counts from `since`, as for [`run_kvm`].
+fn run_tcg(
+    vm: &VmConfig,
+    timeout: Option<Duration>,
+    since: Instant,
+    console: &ConsoleConfig,
+    share_out: Box<dyn Write + Send>,
+) -> Result<Outcome, ExecError> {
+    let status = StatusChannel::default();
+    let ports = [
+        std_stream(io::stdout().as_fd()),
+        std_stream(io::stderr().as_fd()),
+        Box::new(status.clone()) as Box<dyn Write + Send>,
+        share_out,
+    ];
+    let (exit, tail) = tcg::run_exec(vm, timeout, since, console, ports).map_err(ExecError::Tcg)?;
     Ok(interpret(&exit, status.status(), &tail))
 }
 

@@ -232,7 +232,8 @@ fn vm_env(args: &BenchArgs, plan: &Plan, host: &HostInfo) -> Result<(VmEnv, Stri
         (Accel::KvmAny, _) => "kvm-any (software-assisted /dev/kvm, no vmx/svm)",
         (_, true) if host.emulated_cpu => "kvm, nested inside QEMU TCG (the rig)",
         (_, true) => "kvm (hardware virtualization)",
-        (_, false) => "emulated (kvmini's fallback: QEMU TCG machine with nested KVM)",
+        (Accel::Emulated, false) => "emulated (kvmini nested in a QEMU TCG machine with KVM)",
+        (_, false) => "tcg (QEMU's software CPU runs the guest)",
     };
     let mut vm = plan.vm.clone();
     if args.vm.kernel.is_none() {
@@ -261,6 +262,10 @@ fn mode_note(vm_mode: &str, host: &HostInfo) -> String {
         "the VM runs inside an emulated machine: its times and memory include QEMU TCG \
          and the emulating machine's kernel; VM figures are emulated, container and host \
          figures are native"
+            .into()
+    } else if vm_mode.starts_with("tcg") {
+        "QEMU's software CPU runs the VM: its times and memory are QEMU TCG's; VM \
+         figures are emulated, container and host figures are native"
             .into()
     } else if vm_mode.starts_with("kvm-any") {
         "software-assisted KVM: guest kernel code is emulated instruction by instruction".into()

@@ -46,20 +46,24 @@ pub struct VmArgs {
     #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
 
-    /// How to run the guest. `kvm`: /dev/kvm with hardware virtualization
-    /// (refused when the CPU has no vmx/svm). `emulated`: inside an emulated
-    /// machine (QEMU TCG with nested KVM), much slower, for hosts without
-    /// hardware virtualization. `auto`: `kvm` where possible, else
-    /// `emulated`, and says which. `kvm-any`: /dev/kvm even without
-    /// hardware virtualization (software KVM runs only simple guests).
+    /// How to run the guest. `kvm`: kvmini's VMM on /dev/kvm with hardware
+    /// virtualization (refused when the CPU has no vmx/svm). `tcg`: QEMU's
+    /// software CPU runs the guest (qemu-system-x86_64, microvm machine),
+    /// much slower, for hosts without hardware virtualization; no --net.
+    /// `auto`: `kvm` where possible, else `tcg`, and says which.
+    /// `emulated`: kvmini's own VMM nested in an emulated machine (QEMU TCG
+    /// with nested KVM), slower still, to test kvmini on such hosts.
+    /// `kvm-any`: /dev/kvm even without hardware virtualization (software
+    /// KVM runs only simple guests).
     #[arg(long, value_name = "MODE", default_value = "auto")]
     pub accel: String,
 
     /// A virtio-blk disk backed by a raw image file or block device:
     /// `path=PATH[,readonly=on|off][,iops=N][,bw=BYTES]` (a comma in PATH
     /// is written twice). `iops` caps requests per second, `bw` bytes per
-    /// second (K, M, G suffixes: powers of 1024). Repeat for more disks;
-    /// they appear in the guest as /dev/vda, /dev/vdb, ... in order.
+    /// second (K, M, G suffixes: powers of 1024; with `--accel tcg`,
+    /// QEMU's throttling). Repeat for more disks; they appear in the guest
+    /// as /dev/vda, /dev/vdb, ... in order.
     #[arg(
         long = "disk",
         value_name = "path=PATH[,readonly=on][,iops=N][,bw=BYTES]"
@@ -75,21 +79,24 @@ pub struct VmArgs {
     /// it first: `sudo ip tuntap add dev NAME mode tap user $USER`. The host
     /// side is yours to configure (address, or a bridge); the guest can
     /// configure itself with the kernel's `ip=` parameter. Needs hardware
-    /// KVM: not available with --accel emulated.
+    /// KVM: not available with --accel tcg or emulated.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,bw=BYTES]")]
     pub nets: Vec<String>,
 
     /// On SIGTERM (and `exec --timeout`), a guest that runs ACPI gets its
     /// power button pressed and this long to shut down (seconds, or with s,
     /// m); then it is killed. A second SIGTERM or SIGINT kills it at once;
-    /// a guest without ACPI (kvmini's own) is stopped at once.
+    /// a guest without ACPI (kvmini's own), or any guest with `--accel
+    /// tcg`, is stopped at once.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: String,
 
     /// `on`: every VMM thread (vCPUs, event loop, disk I/O, output
     /// writers) runs under a seccomp allow-list of the system calls its
     /// kind needs, and a call outside it stops kvmini with a message naming
-    /// it (exit 159). `off`: no filters, for debugging only.
+    /// it (exit 159). With `--accel tcg` QEMU's threads run the guest, so
+    /// `on` is QEMU's own seccomp sandbox (`-sandbox`) instead. `off`: no
+    /// filters, for debugging only.
     #[arg(long, value_name = "on|off", default_value = "on")]
     pub seccomp: String,
 }

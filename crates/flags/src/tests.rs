@@ -100,7 +100,7 @@ fn cmdline_round_trips() {
 #[test]
 fn accel_round_trips() {
     let k = TempFile::new().unwrap();
-    for mode in ["auto", "kvm", "kvm-any", "emulated"] {
+    for mode in ["auto", "kvm", "kvm-any", "emulated", "tcg"] {
         let mut a = with_kernel(&k);
         a.accel = mode.into();
         round_trip(&a);
@@ -203,7 +203,7 @@ fn bad_values_are_refused_before_the_default_guest() {
         ("--memory", |a| a.memory = "1.5G".into()),
         ("--cpus", |a| a.cpus = 0),
         ("--cpus", |a| a.cpus = 254),
-        ("--accel", |a| a.accel = "tcg".into()),
+        ("--accel", |a| a.accel = "qemu".into()),
         ("--disk", |a| a.disks = vec!["disk.img".into()]),
         ("--net", |a| a.nets = vec!["user".into()]),
         ("--shutdown-timeout", |a| a.shutdown_timeout = "soon".into()),

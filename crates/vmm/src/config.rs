@@ -35,6 +35,8 @@ pub enum Accel {
     Kvm,
     KvmAny,
     Emulated,
+    /// QEMU's software CPU (TCG) runs the guest itself, no KVM anywhere.
+    Tcg,
 }
 
 impl Accel {
@@ -44,6 +46,7 @@ impl Accel {
             "kvm" => Ok(Self::Kvm),
             "kvm-any" => Ok(Self::KvmAny),
             "emulated" => Ok(Self::Emulated),
+            "tcg" => Ok(Self::Tcg),
             _ => Err(ConfigError::Accel(s.to_string())),
         }
     }
@@ -55,17 +58,19 @@ impl Accel {
             Self::Kvm => "kvm",
             Self::KvmAny => "kvm-any",
             Self::Emulated => "emulated",
+            Self::Tcg => "tcg",
         }
     }
 
-    /// Whether to run on this host's /dev/kvm (`true`) or emulated
-    /// (`false`), given whether the CPU has vmx/svm.
+    /// Whether to run on this host's /dev/kvm (`true`) or in software
+    /// (`false`: QEMU TCG, directly or as the emulated machine), given
+    /// whether the CPU has vmx/svm.
     pub fn resolve(self, hw_virt: bool) -> Result<bool, ConfigError> {
         match (self, hw_virt) {
             (Self::Kvm, false) => Err(ConfigError::NoHardwareVirt),
             (Self::Auto, hw) => Ok(hw),
             (Self::Kvm | Self::KvmAny, _) => Ok(true),
-            (Self::Emulated, _) => Ok(false),
+            (Self::Emulated | Self::Tcg, _) => Ok(false),
         }
     }
 }
@@ -324,13 +329,13 @@ impl fmt::Display for ConfigError {
         match self {
             Self::Accel(s) => write!(
                 f,
-                "invalid --accel '{s}': use auto, kvm, emulated or kvm-any"
+                "invalid --accel '{s}': use auto, kvm, tcg, emulated or kvm-any"
             ),
             Self::NoHardwareVirt => write!(
                 f,
                 "--accel kvm: this host has no hardware virtualization (no vmx/svm in \
                  /proc/cpuinfo), so /dev/kvm cannot run a Linux guest; use --accel auto \
-                 or emulated to run it inside an emulated machine"
+                 or tcg to run it on QEMU's software CPU"
             ),
             Self::Disk(s, why) => write!(f, "invalid --disk '{s}': {why}"),
             Self::Net(s, why) => write!(f, "invalid --net '{s}': {why}"),
@@ -525,13 +530,18 @@ mod tests {
         use Accel::*;
         assert_eq!(Accel::parse("auto"), Ok(Auto));
         assert_eq!(Accel::parse("kvm-any"), Ok(KvmAny));
-        assert!(Accel::parse("tcg").is_err());
+        assert_eq!(Accel::parse("tcg"), Ok(Tcg));
+        assert!(Accel::parse("qemu").is_err());
         assert_eq!(Auto.resolve(true), Ok(true));
         assert_eq!(Auto.resolve(false), Ok(false));
         assert_eq!(Kvm.resolve(true), Ok(true));
         assert_eq!(Kvm.resolve(false), Err(ConfigError::NoHardwareVirt));
         assert_eq!(KvmAny.resolve(false), Ok(true));
         assert_eq!(Emulated.resolve(true), Ok(false));
+        assert_eq!(Tcg.resolve(true), Ok(false));
+        for a in [Auto, Kvm, KvmAny, Emulated, Tcg] {
+            assert_eq!(Accel::parse(a.name()), Ok(a));
+        }
     }
 
     #[test]
