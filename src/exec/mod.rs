@@ -309,6 +309,14 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
 
     vm.disks = disks;
     vm.initrd = Some(initrd);
+    log::debug!(
+        "exec: prepared {} ms into --timeout's clock",
+        since.elapsed().as_millis()
+    );
+    if let Some(limit) = timeout.filter(|&limit| since.elapsed() >= limit) {
+        // The limit passed while preparing: no VM.
+        return Ok(interpret(&VmExit::TimedOut(limit), None, &Tail::new(0)).code());
+    }
     let outcome = match engine {
         Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
         Engine::Tcg => run_tcg(&vm, timeout, since, &console, Box::new(spool.clone()))?,
@@ -318,6 +326,10 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         }
     };
 
+    log::debug!(
+        "exec: the VM ended {} ms into --timeout's clock",
+        since.elapsed().as_millis()
+    );
     if let Outcome::Finished(_) = outcome {
         if !writable.is_empty() {
             spool.finish().map_err(ExecError::Capture)?;
@@ -329,6 +341,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
              not copied back"
         );
     }
+    drop(tmp);
+    log::debug!(
+        "exec: cleaned up {} ms into --timeout's clock",
+        since.elapsed().as_millis()
+    );
     Ok(outcome.code())
 }
 

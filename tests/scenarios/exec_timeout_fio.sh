@@ -16,8 +16,8 @@ fio="$fio --iodepth=256 --rw=randread --bs=256k --time_based --runtime=600"
 for limit in 5 40; do
     t0=$(cs)
     {
-        "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_BENCH_INITRD" --memory 512M \
-            --disk "path=$img" --timeout "${limit}s" -- sh -c "echo fio-starting; exec $fio" \
+        "$KVMINI" --log-level debug exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_BENCH_INITRD" \
+            --memory 512M --disk "path=$img" --timeout "${limit}s" -- sh -c "echo fio-starting; exec $fio" \
             2>/tmp/kvmini-fio.err &
         pid=$!
         # Still running 1.5 s past the limit: show where each thread is,
@@ -43,6 +43,8 @@ for limit in 5 40; do
     t1=$(cs)
     echo "exec-rc-$limit=$(cat /tmp/kvmini-fio.rc)"
     echo "exec-ms-$limit=$(((t1 - t0) * 10))"
-    tail -n 3 /tmp/kvmini-fio.err
+    # kvmini's messages (with its debug log: when the VM started, when the
+    # limit stopped it).
+    tail -n 12 /tmp/kvmini-fio.err
 done
 rm -f "$img" /tmp/kvmini-fio.err /tmp/kvmini-fio.rc

@@ -316,6 +316,10 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     ));
     if let Some(limit) = extras.timeout {
         let spent = extras.timeout_since.map_or(Duration::ZERO, |t| t.elapsed());
+        log::debug!(
+            "the VM is built, {} ms into the time limit's clock",
+            spent.as_millis()
+        );
         control.add_subscriber(Box::new(Deadline::new(
             limit,
             limit.saturating_sub(spent),
