@@ -1,6 +1,23 @@
 //! Helpers for the unit tests (compiled only for `cargo test`).
 
-use std::io;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
+
+/// A writer the test can look into: every byte written, in order.
+#[derive(Clone, Default)]
+pub struct Shared(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        lock(&self.0).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Linux's `CAP_NET_ADMIN` capability number.
 const CAP_NET_ADMIN: u32 = 12;

@@ -300,18 +300,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testutil::Shared;
 
     /// A sink that blocks until the gate opens: a reader that never reads.
     struct Stalled(Arc<(Mutex<bool>, Condvar)>, Shared);

@@ -16,19 +16,7 @@ use crate::devices::output::OutputWriter;
 use crate::devices::virtio::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use crate::seccomp::Seccomp;
 
-/// A writer the test can look into.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Shared {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        lock(&self.0).extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use crate::testutil::Shared;
 
 struct Broken;
 
