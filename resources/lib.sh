@@ -75,6 +75,26 @@ pkg_version() {
     dpkg_status "$1" | awk '$3 == "ok" && $4 == "installed" { print $5 }'
 }
 
+# apt_update: `apt-get update` that fails when any index fails to download
+# (plain apt-get update exits 0 then, and the next step misleadingly says
+# "no package named ..."), and says whether the archive was unreachable.
+apt_update() {
+    local sudo=() out rc=0
+    if [[ $(id -u) != 0 ]]; then
+        command -v sudo >/dev/null || die "need root or sudo to run apt-get update"
+        sudo=(sudo)
+    fi
+    log "apt-get update (Debian's package lists)"
+    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        -oAcquire::Retries=5 -oAPT::Update::Error-Mode=any 2>&1) || rc=$?
+    ((rc == 0)) && return 0
+    tail -n 15 <<<"$out" >&2
+    if grep -qE "Temporary failure resolving|Could not resolve|Could not connect|Connection timed out|Network is unreachable" <<<"$out"; then
+        die "apt-get update could not reach the package archive (exit status $rc; see above): check the network, DNS and proxy settings, then run this again"
+    fi
+    die "apt-get update failed (exit status $rc; its last lines are above): check the apt sources (Debian 12 bookworm expected)"
+}
+
 # apt_install PKG...: install the packages that are missing. Runs
 # `apt-get update` only when something has to be installed, so cached runs
 # never touch the network.
@@ -94,12 +114,8 @@ apt_install() {
             die "need root or sudo to install: ${missing[*]} (apt-get install ${missing[*]})"
         sudo=(sudo)
     fi
+    apt_update
     local out rc=0
-    out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq -oAcquire::Retries=5 2>&1) || rc=$?
-    if ((rc != 0)); then
-        tail -n 15 <<<"$out" >&2
-        die "apt-get update failed (exit status $rc; its last lines are above): check the apt sources and the network"
-    fi
     out=$("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q -oAcquire::Retries=5 --no-install-recommends "${missing[@]}" 2>&1) || rc=$?
     if ((rc != 0)); then

@@ -161,6 +161,42 @@ fn names_the_package_apt_cannot_install() {
 }
 
 #[test]
+fn an_unreachable_archive_is_named_as_such_not_as_a_missing_package() {
+    // What CI saw with DNS down: apt-get update printed "Failed to fetch ...
+    // Temporary failure resolving" and exited 0 (as apt does unless
+    // APT::Update::Error-Mode=any), then install said "Unable to locate
+    // package" and the helper blamed the apt sources.
+    let stubs = Stubs::new(&[], &[], 0);
+    stubs.stub(
+        "apt-get",
+        &format!(
+            "echo \"apt-get $*\" >>'{}'\nif [ \"$1\" = update ] || echo \" $* \" | grep -q ' update '; then\n  \
+             echo \"W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'\"\n  \
+             case \" $* \" in *APT::Update::Error-Mode=any*) echo 'E: Some index files failed to download.'; exit 100;; esac\n  \
+             exit 0\nfi\nfor a in \"$@\"; do case $a in -*|install) ;; *) echo \"E: Unable to locate package $a\"; exit 100;; esac; done",
+            stubs.calls_path().display()
+        ),
+    );
+    let out = stubs.run("apt_install crun; echo not-reached");
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr:\n{stderr}");
+    assert!(!text(&out.stdout).contains("not-reached"));
+    assert!(
+        stderr.contains("could not reach the package archive"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("no package named"),
+        "must not blame a package; stderr:\n{stderr}"
+    );
+    assert!(
+        !stubs.calls().contains(" install "),
+        "no install after a failed update; calls:\n{}",
+        stubs.calls()
+    );
+}
+
+#[test]
 fn without_root_or_sudo_says_what_to_run() {
     let stubs = Stubs::new(&[], &["crun"], 1000);
     // PATH holds only the stubs and the few tools lib.sh needs: no sudo.

@@ -22,7 +22,7 @@ apt_install busybox-static cpio binutils
 apt_lists_ready() { apt-cache show --no-all-versions "${TOOLS[@]}" >/dev/null 2>&1; }
 if ! apt_lists_ready; then
     log "apt does not know ${TOOLS[*]}; running apt-get update"
-    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed (need root and Debian's archive)"
+    apt_update
     apt_lists_ready || die "apt-cache knows no ${TOOLS[*]}: check the apt sources (Debian main)"
 fi
 

@@ -36,7 +36,7 @@ kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 if [[ -z $kpkg ]]; then
     log "apt knows no linux-image-cloud-amd64; running apt-get update"
-    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed"
+    apt_update
     kpkg=$(apt-cache depends linux-image-cloud-amd64 |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 fi

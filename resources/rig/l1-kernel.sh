@@ -11,7 +11,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
 if [[ -z $pkg ]]; then
     apt_install apt-utils >/dev/null 2>&1 || true
     log "apt knows no linux-image-cloud-amd64; running apt-get update"
-    apt-get update -qq -oAcquire::Retries=5 >&2 || die "apt-get update failed"
+    apt_update
     pkg=$(apt-cache depends linux-image-cloud-amd64 |
         awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 fi
