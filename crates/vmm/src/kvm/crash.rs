@@ -73,19 +73,86 @@ impl ExitRecord {
     }
 }
 
-/// The last [`EXIT_HISTORY`] exits of one vCPU.
+/// How many distinct (kind, port or address) pairs [`ExitCounts`] counts
+/// one by one; a guest touching more (it chooses the addresses) cannot
+/// grow the table: the rest are counted together.
+pub const EXIT_COUNT_SLOTS: usize = 32;
+
+/// Exits of one vCPU counted by kind and port/address: what a boot costs in
+/// exits, and where (logged at debug level when the vCPU stops). Bounded to
+/// [`EXIT_COUNT_SLOTS`] pairs plus one "elsewhere" count.
+#[derive(Debug, Default)]
+pub struct ExitCounts {
+    slots: Vec<(ExitKind, u64, u64)>,
+    elsewhere: u64,
+}
+
+impl ExitCounts {
+    pub fn add(&mut self, kind: ExitKind, addr: u64) {
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|(k, a, _)| *k == kind && *a == addr)
+        {
+            slot.2 += 1;
+        } else if self.slots.len() < EXIT_COUNT_SLOTS {
+            self.slots.push((kind, addr, 1));
+        } else {
+            self.elsewhere += 1;
+        }
+    }
+
+    /// The `top` most frequent pairs, most frequent first, e.g.
+    /// "io-out 0x3f8 x812, mmio-write 0xd0000050 x40, 3 elsewhere".
+    pub fn summary(&self, top: usize) -> String {
+        let mut sorted: Vec<_> = self.slots.iter().collect();
+        sorted.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+        let rest: u64 = sorted.iter().skip(top).map(|s| s.2).sum::<u64>() + self.elsewhere;
+        let mut out: Vec<String> = sorted
+            .iter()
+            .take(top)
+            .map(|(kind, addr, n)| format!("{} {addr:#x} x{n}", kind.label()))
+            .collect();
+        if rest > 0 {
+            out.push(format!("{rest} elsewhere"));
+        }
+        out.join(", ")
+    }
+}
+
+impl ExitKind {
+    fn label(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io-in",
+            ExitKind::IoOut => "io-out",
+            ExitKind::MmioRead => "mmio-read",
+            ExitKind::MmioWrite => "mmio-write",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+/// The last [`EXIT_HISTORY`] exits of one vCPU, and all of them counted.
 #[derive(Debug, Default)]
 pub struct ExitHistory {
     ring: [Option<ExitRecord>; EXIT_HISTORY],
     next: usize,
     total: u64,
+    counts: ExitCounts,
 }
 
 impl ExitHistory {
     pub fn push(&mut self, record: ExitRecord) {
+        self.counts.add(record.kind, record.addr);
         self.ring[self.next] = Some(record);
         self.next = (self.next + 1) % EXIT_HISTORY;
         self.total += 1;
+    }
+
+    /// The exits counted by kind and port/address.
+    pub fn counts(&self) -> &ExitCounts {
+        &self.counts
     }
 
     /// Exits seen since the vCPU started.
@@ -325,6 +392,29 @@ mod tests {
         sregs.cs.selector = 0xf000;
         sregs.cs.base = 0xffff_0000;
         (regs, sregs)
+    }
+
+    #[test]
+    fn exit_counts_rank_by_frequency_and_stay_bounded() {
+        let mut c = ExitCounts::default();
+        for _ in 0..5 {
+            c.add(ExitKind::IoOut, 0x3f8);
+        }
+        c.add(ExitKind::MmioWrite, 0xd000_0050);
+        c.add(ExitKind::MmioWrite, 0xd000_0050);
+        c.add(ExitKind::IoIn, 0x3fd);
+        assert_eq!(
+            c.summary(2),
+            "io-out 0x3f8 x5, mmio-write 0xd0000050 x2, 1 elsewhere"
+        );
+        // A guest touching ever new addresses cannot grow the table.
+        for addr in 0..10_000u64 {
+            c.add(ExitKind::MmioRead, 0x1000_0000 + addr);
+        }
+        assert_eq!(c.slots.len(), EXIT_COUNT_SLOTS);
+        let total: u64 = c.slots.iter().map(|s| s.2).sum::<u64>() + c.elsewhere;
+        assert_eq!(total, 8 + 10_000, "every exit is counted once");
+        assert!(c.summary(1).starts_with("io-out 0x3f8 x5, "));
     }
 
     #[test]
