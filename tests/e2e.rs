@@ -702,6 +702,14 @@ fn assert_booted(name: &'static str, cpus: &str) {
 #[test]
 fn boot_vmlinux_1cpu() {
     assert_booted("boot_vmlinux_1cpu", "1");
+    // L1's CPU has SVM; the guest must not see it (nor VMX).
+    let c = scenario("boot_vmlinux_1cpu");
+    let got = c.after("kvmini-hwvirt=");
+    if got != "0" {
+        c.fail(&format!(
+            "{got} guest CPU(s) list vmx or svm; kvmini hides both"
+        ));
+    }
 }
 
 #[test]

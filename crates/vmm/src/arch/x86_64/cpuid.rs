@@ -1,5 +1,6 @@
 //! CPUID filtering: turns what KVM supports into what one vCPU of this VM should see
-//! (APIC ids, topology, hypervisor bit, no PMU).
+//! (APIC ids, topology, hypervisor bit, no PMU, no VMX/SVM: kvmini offers
+//! no nested virtualization).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
@@ -16,6 +17,10 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 /// Leaf 0x1F: V2 extended topology enumeration.
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 
+/// AMD leaf 0x8000_0001: extended feature flags.
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
+/// AMD leaf 0x8000_000A: SVM revision and features.
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
 /// AMD leaf 0x8000_0008: address sizes and core count.
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 /// AMD leaf 0x8000_001D: cache topology.
@@ -32,6 +37,13 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 /// CPUID. Without it the guest calibrates the LAPIC timer against the PIT,
 /// slowly, and under nested emulation may give the LAPIC timer up.
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 0x1 ECX: VMX (Intel VT-x). Hidden, with SVM below: kvmini runs no
+/// nested hypervisor, and a guest kernel that sees either loads its KVM
+/// module and sets up virtualization state (EFER.SVME, VMXON regions) the
+/// VM was never meant to carry, as Debian's kernel did in the nested rig.
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: SVM (AMD-V).
+const ECX_AMD_SVM: u32 = 1 << 2;
 /// Leaf 0x1 EDX: multi-threading (more than one logical processor per package).
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size, in 8-byte units (64 bytes).
@@ -59,6 +71,7 @@ fn filter_features(e: &mut kvm_cpuid_entry2, cpu_index: u8, cpu_count: u8, tsc_d
         | (u32::from(cpu_count) << 16)
         | (u32::from(cpu_index) << 24);
     e.ecx |= ECX_HYPERVISOR;
+    e.ecx &= !ECX_VMX;
     if tsc_deadline {
         e.ecx |= ECX_TSC_DEADLINE;
     }
@@ -170,6 +183,13 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, cpu_count: u8, tsc_deadlin
                 e.edx = 0;
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => filter_topology(e, cpu_index, cpu_count),
+            LEAF_AMD_FEATURES => e.ecx &= !ECX_AMD_SVM,
+            LEAF_AMD_SVM => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
             LEAF_AMD_SIZES => filter_amd_sizes(e, cpu_count),
             LEAF_AMD_CACHE => e.eax = cache_sharing(e.eax, cpu_count),
             LEAF_AMD_IDS => filter_amd_ids(e, cpu_index),
@@ -222,7 +242,11 @@ mod tests {
     fn sample() -> CpuId {
         CpuId::from_entries(&[
             entry(0x0, 0, [0x1f, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]),
-            entry(0x1, 0, [0x906ea, 0xff00_0802, 0x0100_0001, EDX_HTT | 1]),
+            entry(
+                0x1,
+                0,
+                [0x906ea, 0xff00_0802, 0x0100_0001 | ECX_VMX, EDX_HTT | 1],
+            ),
             // L1d, L2, L3 cache descriptors with host topology bits set.
             entry(0x4, 0, [(0x3f << 26) | (0x1 << 14) | (1 << 5) | 1, 0, 0, 0]),
             entry(0x4, 1, [(0x3f << 26) | (0x1 << 14) | (2 << 5) | 3, 0, 0, 0]),
@@ -234,6 +258,12 @@ mod tests {
             entry(0xb, 2, [0, 0, 2, 7]),
             entry(0x1f, 0, [1, 2, 0x100, 7]),
             entry(0x1f, 1, [4, 16, 0x201, 7]),
+            entry(
+                0x8000_0001,
+                0,
+                [0, 0, 0x0000_01f1 | ECX_AMD_SVM, 0x2c10_0800],
+            ),
+            entry(0x8000_000a, 0, [1, 0x8000, 0, 0x1ebf_bcff]),
             entry(
                 0x4000_0000,
                 0,
@@ -255,6 +285,19 @@ mod tests {
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.ecx & (1 << 24), 0); // TSC deadline as KVM said
         assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn no_vmx_or_svm_for_the_guest() {
+        let mut c = sample();
+        filter_cpuid(&mut c, 0, 1, false);
+        assert_eq!(find(&c, 1, 0).ecx & ECX_VMX, 0, "VMX hidden");
+        let amd = find(&c, 0x8000_0001, 0);
+        assert_eq!(amd.ecx & ECX_AMD_SVM, 0, "SVM hidden");
+        assert_eq!(amd.ecx, 0x0000_01f1, "the other extended features kept");
+        assert_eq!(amd.edx, 0x2c10_0800);
+        let svm = find(&c, 0x8000_000a, 0);
+        assert_eq!([svm.eax, svm.ebx, svm.ecx, svm.edx], [0; 4], "no SVM leaf");
     }
 
     #[test]
