@@ -52,19 +52,22 @@ pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
 /// Loads kernel, initrd and command line, and writes the boot tables: ACPI
 /// (for kernels with ACPI: CPUs, `virtio` devices and the fixed ones), the
 /// zero page (pointing at the RSDP) and the MP table (for kernels without).
-/// Returns the 64-bit entry point.
+/// Returns the 64-bit entry point. `keep_going` is asked between chunks of
+/// the initrd (see [`boot::load_initrd`]).
 pub fn load_guest(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     cmdline: &Cmdline,
     virtio: Vec<VirtioMmioDevice>,
+    keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<GuestAddress, Error> {
     let open = |p: &std::path::Path| File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e));
     let kernel = boot::load_kernel(mem, &mut open(&config.kernel)?)
         .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
     let initrd = match &config.initrd {
         Some(path) => Some(
-            boot::load_initrd(mem, &mut open(path)?).map_err(|e| Error::Initrd(path.clone(), e))?,
+            boot::load_initrd(mem, &mut open(path)?, keep_going)
+                .map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
         None => None,
     };

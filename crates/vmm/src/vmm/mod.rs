@@ -281,7 +281,23 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     virtio.add_consoles(&consoles)?;
     let placed = virtio.placed();
     let disk_threads = virtio.take_disk_threads();
-    let entry = builder::load_guest(&mem, config, &cmdline, placed)?;
+    // A time limit that runs out while a large initrd is copied ends the
+    // run there, as it would a running VM.
+    let deadline = extras.timeout.map(|limit| {
+        (
+            limit,
+            extras.timeout_since.unwrap_or_else(Instant::now) + limit,
+        )
+    });
+    let mut keep_going = || !deadline.is_some_and(|(_, at)| Instant::now() >= at);
+    let entry = match builder::load_guest(&mem, config, &cmdline, placed, &mut keep_going) {
+        Err(Error::Initrd(_, arch::boot::BootError::InitrdInterrupted)) => {
+            let limit = deadline.map_or(Duration::ZERO, |(limit, _)| limit);
+            log::debug!("the time limit ran out while the initrd was copied");
+            return Ok(VmExit::TimedOut(limit));
+        }
+        other => other?,
+    };
 
     let guest = Arc::new(GuestState::new(exit.clone()).map_err(Error::EventFd)?);
     // The console's power-off words count only for guests without ACPI.

@@ -98,6 +98,8 @@ pub enum BootError {
     InitrdDoesNotFit(u64),
     /// Copying the initrd into guest memory failed.
     WriteInitrd(vm_memory::GuestMemoryError),
+    /// The caller stopped the initrd's copy (a time limit ran out).
+    InitrdInterrupted,
     /// The command line (with its NUL) is longer than [`CMDLINE_MAX_SIZE`].
     CmdlineTooLong(usize),
     /// Writing the command line to guest memory failed.
@@ -140,6 +142,7 @@ impl fmt::Display for BootError {
                 )
             }
             Self::WriteInitrd(e) => write!(f, "failed to copy the initrd to guest memory: {e}"),
+            Self::InitrdInterrupted => write!(f, "the initrd's copy was stopped"),
             Self::CmdlineTooLong(len) => write!(
                 f,
                 "the kernel command line is {len} bytes, the maximum is {CMDLINE_MAX_SIZE}"
@@ -354,10 +357,18 @@ pub fn initrd_address(low_mem_end: u64, size: u64) -> Option<GuestAddress> {
     (start >= HIMEM_START.0).then_some(GuestAddress(start))
 }
 
+/// How much of the initrd is copied between two calls of `keep_going` in
+/// [`load_initrd`]: a bench initramfs is ~90 MB, seconds of copying under
+/// emulation, and `exec --timeout` must not wait for all of it.
+pub const INITRD_CHUNK: usize = 8 << 20;
+
 /// Copies the initrd to the top of low memory; returns its address and size.
+/// Before each [`INITRD_CHUNK`] it asks `keep_going`, and stops with
+/// [`BootError::InitrdInterrupted`] when that says no.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     initrd: &mut File,
+    keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<(GuestAddress, usize), BootError> {
     let size = initrd.metadata().map_err(BootError::ReadInitrd)?.len();
     if size == 0 {
@@ -366,8 +377,19 @@ pub fn load_initrd(
     let addr = initrd_address(low_mem_end(mem)?, size).ok_or(BootError::InitrdDoesNotFit(size))?;
     let len = usize::try_from(size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
     initrd.rewind().map_err(BootError::ReadInitrd)?;
-    mem.read_exact_volatile_from(addr, initrd, len)
-        .map_err(BootError::WriteInitrd)?;
+    let mut done = 0;
+    while done < len {
+        if !keep_going() {
+            return Err(BootError::InitrdInterrupted);
+        }
+        let n = (len - done).min(INITRD_CHUNK);
+        let at = addr
+            .checked_add(done as u64)
+            .ok_or(BootError::InitrdDoesNotFit(size))?;
+        mem.read_exact_volatile_from(at, initrd, n)
+            .map_err(BootError::WriteInitrd)?;
+        done += n;
+    }
     Ok((addr, len))
 }
 
@@ -668,7 +690,7 @@ mod tests {
     fn load_initrd_at_top_of_low_memory() {
         let m = mem(6 * GIB);
         let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-        let (addr, size) = load_initrd(&m, &mut file_with(&data)).unwrap();
+        let (addr, size) = load_initrd(&m, &mut file_with(&data), &mut || true).unwrap();
         assert_eq!(size, 5000);
         assert_eq!(addr, GuestAddress(MMIO_GAP_START - 0x2000));
         let mut back = vec![0u8; 5000];
@@ -677,14 +699,44 @@ mod tests {
     }
 
     #[test]
+    fn load_initrd_asks_before_each_chunk_and_stops_when_told() {
+        let m = mem(256 * MIB);
+        let data: Vec<u8> = (0..2 * INITRD_CHUNK + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut asked = 0;
+        let (addr, size) = load_initrd(&m, &mut file_with(&data), &mut || {
+            asked += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!((size, asked), (data.len(), 3), "one question per chunk");
+        let mut back = vec![0u8; data.len()];
+        m.read_slice(&mut back, addr).unwrap();
+        assert!(back == data, "the chunks land in order");
+
+        let mut asked = 0;
+        let stopped = load_initrd(&m, &mut file_with(&data), &mut || {
+            asked += 1;
+            asked < 2
+        });
+        assert!(matches!(stopped, Err(BootError::InitrdInterrupted)));
+        assert_eq!(asked, 2, "stops at the first no");
+    }
+
+    #[test]
     fn load_initrd_errors() {
         let m = mem(2 * MIB);
         assert!(matches!(
-            load_initrd(&m, &mut file_with(&[])),
+            load_initrd(&m, &mut file_with(&[]), &mut || true),
             Err(BootError::EmptyInitrd)
         ));
         assert!(matches!(
-            load_initrd(&m, &mut file_with(&vec![1u8; (MIB + 1) as usize])),
+            load_initrd(
+                &m,
+                &mut file_with(&vec![1u8; (MIB + 1) as usize]),
+                &mut || true
+            ),
             Err(BootError::InitrdDoesNotFit(_))
         ));
     }
