@@ -41,10 +41,13 @@
 # Never hangs: QEMU runs under an overall timeout.
 # Exit 75 (EX_TEMPFAIL): L1 froze or broke and was stopped; the last stdout
 # line is then
-#   @@KVMINI-RIG-FROZE kvmini-running=yes|no <why>
+#   @@KVMINI-RIG-FROZE kvmini-running=yes|no l1-timer-stuck=yes|no <why>
 # where yes means a kvmini process was (or may have been) running when L1
 # stopped: the last heartbeat saw one, or one started after it. Only a
-# "no" is the rig's own failure for certain.
+# "no" is the rig's own failure for certain. l1-timer-stuck=yes: QEMU's
+# monitor showed L1's timer interrupt pending but never taken while its CPU
+# did not move (l1-dump.py): the emulator's failure, seen with Firecracker
+# in kvmini's place too (docs/testing.md).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
@@ -229,7 +232,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
-broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1
+broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no
 while :; do
     if IFS= read -r -t 5 line; then
         line=$partial$line partial=""
@@ -266,8 +269,9 @@ if [[ -n $broken ]]; then
     # Before stopping it: where its vCPUs are (halted? spinning? in L1 or L2?).
     if command -v python3 >/dev/null && [[ -S $tmp/monitor ]]; then
         log "L1's vCPUs at the time (QEMU monitor):"
-        python3 "$RIG/l1-dump.py" "$tmp/monitor" 2>&1 |
-            sed 's/^/[run.sh] L1 /' >&2 || true
+        python3 "$RIG/l1-dump.py" "$tmp/monitor" >"$tmp/dump" 2>&1 || true
+        sed 's/^/[run.sh] L1 /' "$tmp/dump" >&2
+        grep -q '^timer-stuck: yes' "$tmp/dump" && stuck=yes
     else
         log "no python3 or no QEMU monitor socket: cannot show where L1's vCPUs were"
     fi
@@ -284,7 +288,7 @@ if [[ -n $broken ]]; then
         /^kvmini-start/ { started = 1 }
         END { print (seen || started) ? "yes" : "no" }' "$tmp/heartbeat")
     log "ERROR: the rig broke: $broken; stopped L1 (kvmini running then: $running)"
-    echo "@@KVMINI-RIG-FROZE kvmini-running=$running $broken"
+    echo "@@KVMINI-RIG-FROZE kvmini-running=$running l1-timer-stuck=$stuck $broken"
     exit 75
 fi
 ((rc != 124 && rc != 137)) || die "rig timed out after ${overall}s"
