@@ -302,13 +302,21 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             e.to_string(),
         ))
     })?;
-    let initrd = dir.join("initrd");
-    File::create(&initrd)
-        .and_then(|mut out| cpio::append_file(&mut base, &extra, &mut out))
-        .map_err(|e| ExecError::Io(initrd.clone(), e))?;
-
+    // On KVM the job's archive follows the user's initrd in guest memory;
+    // QEMU (tcg, emulated) takes one file, so there it is a new file: the
+    // user's initrd (copied by the kernel) with the archive appended.
+    let initrd_append = if engine == Engine::Kvm {
+        vm.initrd = Some(base_initrd);
+        extra
+    } else {
+        let initrd = dir.join("initrd");
+        File::create(&initrd)
+            .and_then(|mut out| cpio::append_file(&mut base, &extra, &mut out))
+            .map_err(|e| ExecError::Io(initrd.clone(), e))?;
+        vm.initrd = Some(initrd);
+        Vec::new()
+    };
     vm.disks = disks;
-    vm.initrd = Some(initrd);
     log::debug!(
         "exec: prepared {} ms into --timeout's clock",
         since.elapsed().as_millis()
@@ -318,7 +326,14 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         return Ok(interpret(&VmExit::TimedOut(limit), None, &Tail::new(0)).code());
     }
     let outcome = match engine {
-        Engine::Kvm => run_kvm(&vm, timeout, since, &console, Box::new(spool.clone()))?,
+        Engine::Kvm => run_kvm(
+            &vm,
+            initrd_append,
+            timeout,
+            since,
+            &console,
+            Box::new(spool.clone()),
+        )?,
         Engine::Tcg => run_tcg(&vm, timeout, since, &console, Box::new(spool.clone()))?,
         Engine::Emulated => {
             let share_out = (!writable.is_empty()).then(|| Box::new(spool.clone()) as _);
@@ -393,7 +408,7 @@ fn run_prepared(
         ),
         None => Box::new(io::sink()),
     };
-    let outcome = run_kvm(&vm, timeout, Instant::now(), console, share_out)?;
+    let outcome = run_kvm(&vm, Vec::new(), timeout, Instant::now(), console, share_out)?;
     if let (Outcome::Finished(status), Some(path)) = (&outcome, &args.status_file) {
         std::fs::write(path, format!("{status}\n")).map_err(|e| ExecError::Io(path.clone(), e))?;
     }
@@ -415,6 +430,7 @@ fn std_stream(fd: std::os::fd::BorrowedFd) -> Box<dyn Write + Send> {
 /// the share archive goes to `share_out`; `timeout` counts from `since`.
 pub fn run_kvm(
     vm: &VmConfig,
+    initrd_append: Vec<u8>,
     timeout: Option<Duration>,
     since: Instant,
     console: &ConsoleConfig,
@@ -437,6 +453,7 @@ pub fn run_kvm(
         no_console_input: true,
         timeout,
         timeout_since: Some(since),
+        initrd_append,
     };
     let exit = vmm::run_with(vm, extras).map_err(ExecError::Vmm)?;
     Ok(interpret(&exit, status.status(), &tail))

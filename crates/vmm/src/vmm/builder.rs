@@ -52,13 +52,15 @@ pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
 /// Loads kernel, initrd and command line, and writes the boot tables: ACPI
 /// (for kernels with ACPI: CPUs, `virtio` devices and the fixed ones), the
 /// zero page (pointing at the RSDP) and the MP table (for kernels without).
-/// Returns the 64-bit entry point. `keep_going` is asked between chunks of
-/// the initrd (see [`boot::load_initrd`]).
+/// Returns the 64-bit entry point. `initrd_append` follows the initrd in
+/// guest memory, and `keep_going` is asked between chunks of the initrd
+/// (see [`boot::load_initrd`]).
 pub fn load_guest(
     mem: &GuestMemoryMmap,
     config: &VmConfig,
     cmdline: &Cmdline,
     virtio: Vec<VirtioMmioDevice>,
+    initrd_append: &[u8],
     keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<GuestAddress, Error> {
     let open = |p: &std::path::Path| File::open(p).map_err(|e| Error::OpenFile(p.to_path_buf(), e));
@@ -66,9 +68,11 @@ pub fn load_guest(
         .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
     let initrd = match &config.initrd {
         Some(path) => Some(
-            boot::load_initrd(mem, &mut open(path)?, keep_going)
+            boot::load_initrd(mem, &mut open(path)?, initrd_append, keep_going)
                 .map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
+        // Something to append but nothing to append it to.
+        None if !initrd_append.is_empty() => return Err(Error::Boot(boot::BootError::EmptyInitrd)),
         None => None,
     };
     boot::load_cmdline(mem, cmdline).map_err(Error::Boot)?;

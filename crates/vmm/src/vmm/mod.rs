@@ -214,6 +214,10 @@ pub struct Extras {
     /// When the time limit's clock started (`None`: when the VM starts):
     /// `exec --timeout` counts its own preparation too.
     pub timeout_since: Option<Instant>,
+    /// Archives placed right after `config.initrd` in guest memory
+    /// (`exec`'s job), so the user's initrd is loaded as it is instead of
+    /// being copied into a new file first. Needs an initrd.
+    pub initrd_append: Vec<u8>,
 }
 
 /// Boots the VM described by `config` and runs it until it stops.
@@ -290,7 +294,14 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         )
     });
     let mut keep_going = || !deadline.is_some_and(|(_, at)| Instant::now() >= at);
-    let entry = match builder::load_guest(&mem, config, &cmdline, placed, &mut keep_going) {
+    let entry = match builder::load_guest(
+        &mem,
+        config,
+        &cmdline,
+        placed,
+        &extras.initrd_append,
+        &mut keep_going,
+    ) {
         Err(Error::Initrd(_, arch::boot::BootError::InitrdInterrupted)) => {
             let limit = deadline.map_or(Duration::ZERO, |(limit, _)| limit);
             log::debug!("the time limit ran out while the initrd was copied");

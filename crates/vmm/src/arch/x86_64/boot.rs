@@ -362,20 +362,34 @@ pub fn initrd_address(low_mem_end: u64, size: u64) -> Option<GuestAddress> {
 /// emulation, and `exec --timeout` must not wait for all of it.
 pub const INITRD_CHUNK: usize = 8 << 20;
 
-/// Copies the initrd to the top of low memory; returns its address and size.
-/// Before each [`INITRD_CHUNK`] it asks `keep_going`, and stops with
-/// [`BootError::InitrdInterrupted`] when that says no.
+/// Copies the initrd to the top of low memory, followed by `append` (more
+/// archives, e.g. `exec`'s job: zero padding to a 4-byte boundary first,
+/// which the kernel skips between archives), so the caller's file is used
+/// as it is and never copied on the host; returns the address and size of
+/// the whole. Before each [`INITRD_CHUNK`] of the file it asks
+/// `keep_going`, and stops with [`BootError::InitrdInterrupted`] when that
+/// says no.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     initrd: &mut File,
+    append: &[u8],
     keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<(GuestAddress, usize), BootError> {
-    let size = initrd.metadata().map_err(BootError::ReadInitrd)?.len();
-    if size == 0 {
+    let file_size = initrd.metadata().map_err(BootError::ReadInitrd)?.len();
+    if file_size == 0 {
         return Err(BootError::EmptyInitrd);
     }
+    let pad = if append.is_empty() {
+        0
+    } else {
+        (4 - file_size % 4) % 4
+    };
+    let size = file_size
+        .checked_add(pad + append.len() as u64)
+        .ok_or(BootError::InitrdDoesNotFit(file_size))?;
     let addr = initrd_address(low_mem_end(mem)?, size).ok_or(BootError::InitrdDoesNotFit(size))?;
-    let len = usize::try_from(size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
+    let total = usize::try_from(size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
+    let len = usize::try_from(file_size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
     initrd.rewind().map_err(BootError::ReadInitrd)?;
     let mut done = 0;
     while done < len {
@@ -390,7 +404,15 @@ pub fn load_initrd(
             .map_err(BootError::WriteInitrd)?;
         done += n;
     }
-    Ok((addr, len))
+    if !append.is_empty() {
+        let mut tail = vec![0u8; pad as usize];
+        tail.extend_from_slice(append);
+        let at = addr
+            .checked_add(file_size)
+            .ok_or(BootError::InitrdDoesNotFit(size))?;
+        mem.write_slice(&tail, at).map_err(BootError::WriteInitrd)?;
+    }
+    Ok((addr, total))
 }
 
 /// Writes the kernel command line (NUL-terminated) at [`CMDLINE_START`].
@@ -690,7 +712,7 @@ mod tests {
     fn load_initrd_at_top_of_low_memory() {
         let m = mem(6 * GIB);
         let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-        let (addr, size) = load_initrd(&m, &mut file_with(&data), &mut || true).unwrap();
+        let (addr, size) = load_initrd(&m, &mut file_with(&data), &[], &mut || true).unwrap();
         assert_eq!(size, 5000);
         assert_eq!(addr, GuestAddress(MMIO_GAP_START - 0x2000));
         let mut back = vec![0u8; 5000];
@@ -705,7 +727,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let mut asked = 0;
-        let (addr, size) = load_initrd(&m, &mut file_with(&data), &mut || {
+        let (addr, size) = load_initrd(&m, &mut file_with(&data), &[], &mut || {
             asked += 1;
             true
         })
@@ -716,7 +738,7 @@ mod tests {
         assert!(back == data, "the chunks land in order");
 
         let mut asked = 0;
-        let stopped = load_initrd(&m, &mut file_with(&data), &mut || {
+        let stopped = load_initrd(&m, &mut file_with(&data), &[], &mut || {
             asked += 1;
             asked < 2
         });
@@ -725,16 +747,35 @@ mod tests {
     }
 
     #[test]
+    fn load_initrd_appends_after_padding_to_four_bytes() {
+        let m = mem(64 * MIB);
+        let data = vec![7u8; 4097];
+        let (addr, size) =
+            load_initrd(&m, &mut file_with(&data), b"070701job", &mut || true).unwrap();
+        assert_eq!(size, 4097 + 3 + 9, "file, 3 bytes of padding, the archive");
+        assert_eq!(addr.0 % 4096, 0);
+        let mut back = vec![0u8; size];
+        m.read_slice(&mut back, addr).unwrap();
+        assert!(back[..4097] == data[..]);
+        assert_eq!(&back[4097..4100], &[0, 0, 0]);
+        assert_eq!(&back[4100..], b"070701job");
+        // A file already on a 4-byte boundary gets no padding.
+        let (_, size) = load_initrd(&m, &mut file_with(&data[..4096]), b"x", &mut || true).unwrap();
+        assert_eq!(size, 4097);
+    }
+
+    #[test]
     fn load_initrd_errors() {
         let m = mem(2 * MIB);
         assert!(matches!(
-            load_initrd(&m, &mut file_with(&[]), &mut || true),
+            load_initrd(&m, &mut file_with(&[]), b"x", &mut || true),
             Err(BootError::EmptyInitrd)
         ));
         assert!(matches!(
             load_initrd(
                 &m,
                 &mut file_with(&vec![1u8; (MIB + 1) as usize]),
+                &[],
                 &mut || true
             ),
             Err(BootError::InitrdDoesNotFit(_))
