@@ -17,8 +17,9 @@
 //! it was under way and no kvmini process was running then (run.sh tells,
 //! from L1's heartbeat): that freeze is the rig's own. A freeze while a
 //! kvmini process ran is a failed attempt of that scenario, and fails its
-//! test, with one exception: run.sh saw L1's timer interrupt pending but
-//! never taken while L1's CPU stood still (`l1-timer-stuck=yes`), the
+//! test, with one exception: run.sh saw L1's timer interrupt pending and
+//! deliverable, with interrupts enabled, for a second and never taken
+//! (`l1-timer-stuck=yes`), the
 //! emulator's failure, which Firecracker booting the same guest in the same
 //! rig met too (docs/testing.md): that attempt is not judged and the
 //! scenario runs again in a fresh L1, announced. Every attempt is kept,
@@ -58,8 +59,8 @@ struct Scenario {
 struct Froze {
     /// A kvmini process was (or may have been) running at the time.
     kvmini_running: bool,
-    /// L1's timer interrupt was pending but never taken while its CPU did
-    /// not move (`l1-timer-stuck=yes`): the emulator's failure.
+    /// L1's timer interrupt was pending and deliverable for a second but
+    /// never taken (`l1-timer-stuck=yes`): the emulator's failure.
     timer_stuck: bool,
     why: String,
 }

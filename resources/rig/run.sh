@@ -45,9 +45,9 @@
 # where yes means a kvmini process was (or may have been) running when L1
 # stopped: the last heartbeat saw one, or one started after it. Only a
 # "no" is the rig's own failure for certain. l1-timer-stuck=yes: QEMU's
-# monitor showed L1's timer interrupt pending but never taken while its CPU
-# did not move (l1-dump.py): the emulator's failure, seen with Firecracker
-# in kvmini's place too (docs/testing.md).
+# monitor showed L1's timer interrupt pending and deliverable (interrupts
+# enabled) for a second, never taken (l1-dump.py): the emulator's failure,
+# seen with Firecracker in kvmini's place too (docs/testing.md).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
