@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Block benchmark (issue 4): fio inside the guest, kvmini against QEMU's
-# microvm (virtio-blk over virtio-mmio on both), same kernel, same bench
+# Block benchmark (issues 4, 18): fio inside the guest, kvmini against
+# QEMU's microvm and Firecracker (when there, see --firecracker; virtio-blk
+# over virtio-mmio on all), same kernel, same bench
 # initramfs, same raw image, same fio jobs, in one rig run, alternating.
 #
 #   resources/bench/blk.sh [--kvmini PATH] [--rounds N] [--runtime SECS]
 #                          [--ramp SECS] [--size MIB] [--mem MIB] [--log FILE]
-#                          [--host]
+#                          [--host] [--firecracker PATH | --no-firecracker]
 #   resources/bench/blk.sh --parse CONSOLE_LOG    # table from a saved console
 #
 # --kvmini   static kvmini to test (default: build target/static release)
@@ -14,6 +15,10 @@
 # --size     image size in MiB (default 256), --mem guest RAM (512)
 # --log      where to keep the console (default: a file in $TMPDIR, named
 #            on stderr)
+# --firecracker PATH  also run Firecracker (default: ../shared/peers/
+#            firecracker/firecracker beside the checkout, when it is there;
+#            --no-firecracker: not); the table then has its column and the
+#            kvmini/FC ratio
 # --host     run on this host's /dev/kvm (needs vmx/svm) instead of the rig
 #
 # stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU). Progress and
@@ -35,6 +40,8 @@ while (($#)); do
     --size) size=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --log) log=$2; shift 2 ;;
+    --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
+    --no-firecracker) BENCH_FC=""; shift ;;
     --host) host=(--host); shift ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -59,19 +66,24 @@ inrun && match($0, /3;fio-[0-9][^;]*;/) {
     else if (f[3] == "seq-write") emit("seq-write", f[48] / 1024)
     else if (f[3] == "rand-read") emit("rand-read", f[8])
     else if (f[3] == "rand-write") emit("rand-write", f[49])
+    else if (f[3] == "rand-read-qd1") emit("rand-read-qd1", f[8])
+    else if (f[3] == "rand-write-qd1") emit("rand-write-qd1", f[49])
 }
 '
 ROWS=("seq-read|seq read 1M QD4 MiB/s|higher" "seq-write|seq write 1M QD4 MiB/s|higher"
     "rand-read|rand read 4k QD16 IOPS|higher" "rand-write|rand write 4k QD16 IOPS|higher"
+    "rand-read-qd1|rand read 4k QD1 IOPS|higher" "rand-write-qd1|rand write 4k QD1 IOPS|higher"
     "blk-secs|launch to exit s|lower")
 
 report() {
-    bench_report "$1" "$FIO_AWK" "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "seq-read seq-write rand-read rand-write" "${ROWS[@]}"
+    bench_report "$1" "$FIO_AWK" "Block benchmark: fio in the guest, virtio-blk (kvmini vs QEMU microvm)" "seq-read seq-write rand-read rand-write rand-read-qd1 rand-write-qd1" "${ROWS[@]}"
 }
 
 bench_parse_only "$parse"
 
 bench_setup "$kvmini"
+bench_peers
+nvmm=$(wc -w <<<"$BENCH_VMMS")
 bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
 data=$BENCH_WORK/data
 cp "$bench_initrd" "$data/bench-initramfs.cpio"
@@ -81,9 +93,9 @@ BENCH_RUNTIME=$runtime
 BENCH_RAMP=$ramp
 BENCH_SIZE_MB=$size
 BENCH_MEM=$mem
-BENCH_VMMS="kvmini qemu"
+BENCH_VMMS="$BENCH_VMMS"
 EOF
 # Budget per boot: ~4 min to boot and exit (QEMU starts slowly under
-# emulation) plus the four fio jobs.
-timeout=$((rounds * 2 * (240 + 4 * (runtime + ramp))))
-bench_go blk "$rounds round(s) of kvmini and QEMU" "$timeout" "${host[@]}"
+# emulation) plus the six fio jobs.
+timeout=$((rounds * nvmm * (240 + 6 * (runtime + ramp))))
+bench_go blk "$rounds round(s) of $BENCH_VMMS" "$timeout" "${host[@]}"

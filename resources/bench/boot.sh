@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Boot and memory benchmark: kvmini against QEMU's microvm in one rig run,
+# Boot and memory benchmark: kvmini against QEMU's microvm and Firecracker
+# (when there, see --firecracker) in one rig run,
 # the default guest (vmlinux + busybox initramfs), 1 vCPU, 128 MiB:
 #  - launch to exit: the VMM starts, the guest runs `true`, reboots, the VMM
 #    exits; REPEATS runs per VMM, alternating; min/median/max and ratio;
-#  - `kvmini exec -- true`, process start to exit, against QEMU doing the
-#    same job (boot, run `true`, power off); alternating, same statistics;
+#  - `kvmini exec -- true`, process start to exit, against each peer doing
+#    the same job (boot, run `true`, reboot); alternating, same statistics;
 #  - VMM RSS overhead: VmRSS of the VMM process minus the resident part of
 #    its guest-RAM mapping (the guest RAM touched), sampled from
 #    /proc/PID/status and /proc/PID/smaps while the booted guest sleeps.
 #
 #   resources/bench/boot.sh [--kvmini PATH] [--repeats N] [--mem MIB]
 #                           [--kvmini-flags FLAGS] [--log FILE] [--host]
+#                           [--firecracker PATH | --no-firecracker]
 #   resources/bench/boot.sh --parse CONSOLE_LOG
 #
+# --firecracker PATH  also run Firecracker (default: ../shared/peers/
+#            firecracker/firecracker beside the checkout, when it is there;
+#            --no-firecracker: not); the table then has its column and the
+#            kvmini/FC ratio
 # --kvmini-flags: extra flags for every kvmini run and exec (e.g.
 # "--seccomp off": boot.sh with and without it measures the filters).
 # stdout: the table; progress on stderr; a figure that could not be
@@ -31,6 +37,8 @@ while (($#)); do
     --mem) mem=$2; shift 2 ;;
     --kvmini-flags) kflags=$2; shift 2 ;;
     --log) log=$2; shift 2 ;;
+    --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
+    --no-firecracker) BENCH_FC=""; shift ;;
     --host) host=(--host); shift ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -66,11 +74,13 @@ report() {
 bench_parse_only "$parse"
 
 bench_setup "$kvmini"
+bench_peers
+nvmm=$(wc -w <<<"$BENCH_VMMS")
 cat >"$BENCH_WORK/data/params" <<EOF2
 BENCH_REPEATS=$repeats
 BENCH_MEM=$mem
-BENCH_VMMS="kvmini qemu"
+BENCH_VMMS="$BENCH_VMMS"
 BENCH_KVMINI_FLAGS="$kflags"
 EOF2
-timeout=$(((repeats * 4 + 2) * 240))
+timeout=$(((repeats * 2 + 1) * nvmm * 240))
 bench_go boot "$repeats boot(s) and exec(s) per VMM and one RSS run each" "$timeout" "${host[@]}"

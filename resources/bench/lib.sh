@@ -40,6 +40,8 @@ bench_kvmini() {
 # already holding vm.sh. Callers add their files and a params file there.
 bench_setup() {
     local kdir
+    # A peer the user named must be there before anything is built.
+    ((BENCH_FC_ASKED == 0)) || [[ -x $BENCH_FC ]] || die "--firecracker $BENCH_FC: no such executable"
     kdir=$("$RESOURCES_DIR/kernel/build.sh")
     export GUEST_VMLINUX=$kdir/vmlinux GUEST_BZIMAGE=$kdir/bzImage
     GUEST_INITRD=$("$RESOURCES_DIR/rootfs/build-initramfs.sh")
@@ -49,6 +51,44 @@ bench_setup() {
     on_exit 'rm -rf "$BENCH_WORK"'
     mkdir -p "$BENCH_WORK/data"
     cp "$BENCH_DIR/vm.sh" "$BENCH_WORK/data/"
+}
+
+# Firecracker, the second peer (issue 18): ../shared/peers beside the
+# checkout when it is there. A script's --firecracker PATH sets BENCH_FC
+# and BENCH_FC_ASKED=1 (the file must exist), --no-firecracker empties
+# BENCH_FC; bench_peers then decides.
+BENCH_FC=$REPO_DIR/../shared/peers/firecracker/firecracker BENCH_FC_ASKED=0
+
+# bench_peers: sets BENCH_VMMS ("kvmini qemu", plus "firecracker" when a
+# Firecracker binary is there) and, for Firecracker, packs it into
+# $BENCH_WORK/data/fc, where vm.sh finds it. Dies when --firecracker named
+# a file that is not there; without that option a missing peer is logged.
+bench_peers() {
+    BENCH_VMMS="kvmini qemu"
+    [[ -n $BENCH_FC ]] || return 0
+    if [[ ! -x $BENCH_FC ]]; then
+        log "no Firecracker at $BENCH_FC (--firecracker PATH): kvmini against QEMU only"
+        return 0
+    fi
+    bench_pack_firecracker "$BENCH_FC" "$BENCH_WORK/data/fc"
+    BENCH_VMMS="kvmini qemu firecracker"
+}
+
+# bench_pack_firecracker BINARY DIR: BINARY, the loader and libraries ldd
+# names (L1 has none of them), and DIR/firecracker.sh, which runs it
+# through that loader.
+bench_pack_firecracker() {
+    local fc=$1 dir=$2 loader="" lib
+    mkdir -p "$dir"
+    cp -L "$fc" "$dir/firecracker"
+    while read -r lib; do
+        cp -L "$lib" "$dir/"
+        [[ $lib != */ld-linux* ]] || loader=$(basename "$lib")
+    done < <(ldd "$fc" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+    [[ -n $loader ]] || die "ldd names no loader for $fc"
+    printf '#!/bin/sh\nd=$(dirname "$0")\nexec "$d/%s" --library-path "$d" "$d/firecracker" "$@"\n' \
+        "$loader" >"$dir/firecracker.sh"
+    chmod +x "$dir/firecracker.sh"
 }
 
 # bench_rig LOG SCENARIO DATA TIMEOUT [run.sh args...]: run one scenario in
@@ -73,15 +113,20 @@ bench_rig() {
 }
 
 # bench_report CONSOLE AWK_RULES TITLE "METRIC..." ROW...: the table of a
-# saved console (bench_parse with AWK_RULES, bench_table with the ROW specs);
-# returns 1, naming each on stderr, if any listed METRIC has no value under
-# kvmini or QEMU.
+# saved console (bench_parse with AWK_RULES, bench_table with the ROW specs;
+# a Firecracker column when Firecracker runs are in the console); returns
+# 1, naming each on stderr, if any listed METRIC has no value under a VMM
+# that ran (kvmini and QEMU always count as such).
 bench_report() {
-    local console=$1 rules=$2 title=$3 required=$4 values missing=0 vmm m
+    local console=$1 rules=$2 title=$3 required=$4 values missing=0 vmm m ran peers="qemu"
     shift 4
     values=$(bench_parse "$console" "$rules")
-    bench_table "$title" "$@" <<<"$values"
-    for vmm in kvmini qemu; do
+    ran=$(grep -ao '@@BENCH-RUN-BEGIN [^ ]* [^ ]*' "$console" | awk '{ print $3 }' | sort -u)
+    if grep -qx firecracker <<<"$ran"; then
+        peers="qemu firecracker" title="${title%)} and Firecracker)"
+    fi
+    bench_table "$title" "$peers" "$@" <<<"$values"
+    for vmm in kvmini $peers; do
         for m in $required; do
             grep -q "^$vmm [^ ]* $m " <<<"$values" || { missing=1; log "missing: $m under $vmm"; }
         done
@@ -145,17 +190,18 @@ bench_parse() {
     awk "$BENCH_AWK_RUNS $2" "$1"
 }
 
-# bench_table TITLE SPEC... < value lines: one row per SPEC
-# "metric|label|better" (better: higher or lower), columns kvmini, QEMU
-# (median over the runs, "(min-max)" when there are several), the ratio
-# kvmini/QEMU of the medians and how many runs gave each figure. A metric with no value for a VMM is shown as
-# "missing", never as a number.
+# bench_table TITLE PEERS SPEC... < value lines: one row per SPEC
+# "metric|label|better" (better: higher or lower), columns kvmini and each
+# of PEERS ("qemu" or "qemu firecracker"): the median over the runs,
+# "(min-max)" when there are several; then the ratio of kvmini's median to
+# each peer's, and how many runs gave each figure. A metric with no value
+# for a VMM is shown as "missing", never as a number.
 bench_table() {
-    local title=$1
-    shift
+    local title=$1 peers=$2
+    shift 2
     local specs
     specs=$(printf '%s\n' "$@")
-    awk -v title="$title" -v specs="$specs" '
+    awk -v title="$title" -v peers="$peers" -v specs="$specs" '
     function fmt(x) { return (x >= 100) ? sprintf("%.0f", x) : (x >= 10) ? sprintf("%.1f", x) : sprintf("%.2f", x) }
     function cell(m, v,    k, i, j, t, a, n) {
         k = m SUBSEP v; n = cnt[k]
@@ -167,20 +213,32 @@ bench_table() {
     }
     { k = $3 SUBSEP $1; cnt[k]++; val[k, cnt[k]] = $4 + 0 }
     END {
+        np = split(peers, p, " ")
+        name["qemu"] = "QEMU"; name["firecracker"] = "Firecracker"; short["qemu"] = "QEMU"; short["firecracker"] = "FC"
         printf "%s\n\n", title
-        printf "| %-26s | %-22s | %-22s | %-11s | %-6s | %-4s |\n", "metric", "kvmini", "QEMU", "kvmini/QEMU", "better", "runs"
-        printf "|%s|%s|%s|%s|%s|%s|\n", "----------------------------", "------------------------", "------------------------", "-------------", "--------", "------"
+        head = sprintf("| %-26s | %-22s |", "metric", "kvmini"); rule = "|----------------------------|------------------------|"
+        for (i = 1; i <= np; i++) { head = head sprintf(" %-22s |", name[p[i]]); rule = rule "------------------------|" }
+        for (i = 1; i <= np; i++) { head = head sprintf(" %-11s |", "kvmini/" short[p[i]]); rule = rule "-------------|" }
+        printf "%s %-6s | %-4s |\n%s--------|------|\n", head, "better", "runs", rule
         ns = split(specs, s, "\n")
-        for (i = 1; i <= ns; i++) {
-            if (s[i] == "") continue
-            split(s[i], f, "|")
-            a = cell(f[1], "kvmini"); b = cell(f[1], "qemu")
-            ratio = "-"
-            if (a != "missing" && b != "missing" && med[f[1] SUBSEP "qemu"] > 0)
-                ratio = sprintf("%.2f", med[f[1] SUBSEP "kvmini"] / med[f[1] SUBSEP "qemu"])
-            runs = (cnt[f[1] SUBSEP "kvmini"] + 0) "/" (cnt[f[1] SUBSEP "qemu"] + 0)
-            printf "| %-26s | %-22s | %-22s | %-11s | %-6s | %-4s |\n", f[2], a, b, ratio, f[3], runs
+        for (r = 1; r <= ns; r++) {
+            if (s[r] == "") continue
+            split(s[r], f, "|")
+            line = sprintf("| %-26s | %-22s |", f[2], a = cell(f[1], "kvmini"))
+            runs = cnt[f[1] SUBSEP "kvmini"] + 0
+            for (i = 1; i <= np; i++) {
+                c[i] = cell(f[1], p[i]); line = line sprintf(" %-22s |", c[i])
+                runs = runs "/" (cnt[f[1] SUBSEP p[i]] + 0)
+            }
+            for (i = 1; i <= np; i++) {
+                ratio = "-"
+                if (a != "missing" && c[i] != "missing" && med[f[1] SUBSEP p[i]] > 0)
+                    ratio = sprintf("%.2f", med[f[1] SUBSEP "kvmini"] / med[f[1] SUBSEP p[i]])
+                line = line sprintf(" %-11s |", ratio)
+            }
+            printf "%s %-6s | %-4s |\n", line, f[3], runs
         }
-        printf "\nCells: median (min-max) over the runs; runs: kvmini/QEMU runs that gave the figure.\n"
+        who = "kvmini"; for (i = 1; i <= np; i++) who = who "/" name[p[i]]
+        printf "\nCells: median (min-max) over the runs; runs: %s runs that gave the figure.\n", who
     }'
 }

@@ -135,22 +135,7 @@ bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
 export GUEST_BENCH_INITRD=$bench_initrd
 data=$BENCH_WORK/data
 if [[ -x $firecracker ]]; then
-    # Firecracker is dynamically linked: carry its loader and libraries and
-    # run it through the loader, so L1 needs nothing installed.
-    mkdir -p "$data/fc"
-    cp -L "$firecracker" "$data/fc/firecracker"
-    loader=""
-    while read -r lib; do
-        cp -L "$lib" "$data/fc/"
-        [[ $lib != */ld-linux* ]] || loader=$(basename "$lib")
-    done < <(ldd "$firecracker" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
-    [[ -n $loader ]] || die "ldd names no loader for $firecracker"
-    cat >"$data/fc/firecracker.sh" <<EOF
-#!/bin/sh
-d=\$(dirname "\$0")
-exec "\$d/$loader" --library-path "\$d" "\$d/firecracker" "\$@"
-EOF
-    chmod +x "$data/fc/firecracker.sh"
+    bench_pack_firecracker "$firecracker" "$data/fc"
 fi
 for v in "${variants[@]}"; do
     name=${v%%=*} bin=${v#*=}

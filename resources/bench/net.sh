@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Network benchmark (issue 5): iperf3 and ping inside the guest, kvmini
-# against QEMU's microvm (virtio-net over virtio-mmio on a TAP on both,
-# userspace datapath on both: QEMU without vhost), same kernel, same bench
+# Network benchmark (issues 5, 18): iperf3 and ping inside the guest, kvmini
+# against QEMU's microvm and Firecracker (when there, see --firecracker;
+# virtio-net over virtio-mmio on a TAP on all, userspace datapath on all:
+# QEMU without vhost), same kernel, same bench
 # initramfs, same iperf3 at both ends, in one rig run, alternating.
 #
 #   resources/bench/net.sh [--kvmini PATH] [--rounds N] [--secs SECS]
 #                          [--mem MIB] [--log FILE] [--host]
+#                          [--firecracker PATH | --no-firecracker]
 #   resources/bench/net.sh --parse CONSOLE_LOG    # table from a saved console
 #
 # --rounds  boots per VMM (default 2; order alternates each round)
@@ -13,6 +15,10 @@
 # --mem     guest RAM in MiB (default 512; the bench initramfs is 85 MB)
 # --log     where to keep the console; --host: this host's /dev/kvm
 #
+# --firecracker PATH  also run Firecracker (default: ../shared/peers/
+#            firecracker/firecracker beside the checkout, when it is there;
+#            --no-firecracker: not); the table then has its column and the
+#            kvmini/FC ratio
 # stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU); progress and
 # problems on stderr; a figure that could not be measured is "missing".
 # Exit status: 0 when every figure is there, 1 when some are missing, 2
@@ -29,6 +35,8 @@ while (($#)); do
     --secs) secs=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --log) log=$2; shift 2 ;;
+    --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
+    --no-firecracker) BENCH_FC=""; shift ;;
     --host) host=(--host); shift ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -65,6 +73,8 @@ report() {
 bench_parse_only "$parse"
 
 bench_setup "$kvmini"
+bench_peers
+nvmm=$(wc -w <<<"$BENCH_VMMS")
 bench_initrd=$("$BENCH_DIR/build-initramfs.sh")
 data=$BENCH_WORK/data
 cp "$bench_initrd" "$data/bench-initramfs.cpio"
@@ -72,7 +82,7 @@ cat >"$data/params" <<EOF
 BENCH_ROUNDS=$rounds
 BENCH_SECS=$secs
 BENCH_MEM=$mem
-BENCH_VMMS="kvmini qemu"
+BENCH_VMMS="$BENCH_VMMS"
 EOF
-timeout=$((rounds * 2 * (240 + 2 * secs + 30)))
-bench_go net "$rounds round(s) of kvmini and QEMU" "$timeout" "${host[@]}"
+timeout=$((rounds * nvmm * (240 + 2 * secs + 30)))
+bench_go net "$rounds round(s) of $BENCH_VMMS" "$timeout" "${host[@]}"

@@ -13,7 +13,8 @@ update=0
 pass=0 fail=0
 check() { # NAME EXPECTED_STATUS SCRIPT LOG
     local name=$1 want=$2 script=$3 log=$4 got st=0
-    got=$("$here/$script" --parse "$data/$log" 2>/dev/null) || st=$?
+    [[ $log == /* ]] || log=$data/$log
+    got=$("$here/$script" --parse "$log" 2>/dev/null) || st=$?
     if ((update)); then
         printf '%s\n' "$got" >"$data/$name.table"
     fi
@@ -29,12 +30,13 @@ check() { # NAME EXPECTED_STATUS SCRIPT LOG
     fi
 }
 
-# A complete block run: every figure present, exit 0.
-check blk-complete 0 blk.sh blk-rig.log
+# A block run saved before the QD1 jobs existed: every other figure is
+# there, the QD1 ones are "missing", exit 1.
+check blk-complete 1 blk.sh blk-rig.log
 # The same console with QEMU's second run failing (rc=1) and kvmini's second
 # run cut off before its END marker: those runs count for nothing, the
-# figures come from the other runs, none is invented.
-check blk-failed-runs 0 blk.sh blk-rig-failed.log
+# figures come from the other runs, none is invented (QD1: missing, exit 1).
+check blk-failed-runs 1 blk.sh blk-rig-failed.log
 # Only failed runs for QEMU: its figures are "missing", exit 1.
 check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
 # Boot and RSS run saved before the exec runs existed: every other figure
@@ -42,6 +44,15 @@ check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
 check boot-complete 1 boot.sh boot-rig.log
 # A complete boot + exec + RSS run (3 repeats): every figure, exit 0.
 check boot-exec-complete 0 boot.sh boot-exec-rig.log
+# Boot, exec and RSS with Firecracker as a second peer (5 repeats, issue
+# 18): its column and the kvmini/FC ratio, every figure, exit 0.
+check boot-fc-complete 0 boot.sh boot-fc-rig.log
+# The same console with every Firecracker run failed (rc=1): its figures
+# are "missing", never invented, and the report exits 1.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+sed -E 's/(@@BENCH-RUN-END [a-z]+ firecracker [0-9]+) rc=0/\1 rc=1/' "$data/boot-fc-rig.log" >"$tmp/boot-fc-failed.log"
+check boot-fc-failed 1 boot.sh "$tmp/boot-fc-failed.log"
 # A complete network run (2 rounds): every figure, exit 0.
 check net-complete 0 net.sh net-rig.log
 # The TCP load loop (issue 17): kvmini after the fix, Firecracker and the

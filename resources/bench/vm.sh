@@ -27,8 +27,8 @@
 # filters cost.
 # Needs KVMINI and, for --vmm qemu, QEMU in the environment (run.sh
 # --with-qemu sets it); for --vmm firecracker, FIRECRACKER (the path of a
-# Firecracker binary, or of a wrapper script that runs it, as
-# resources/bench/net-load.sh makes).
+# Firecracker binary, or of a wrapper script that runs it; default
+# $RIG_DATA/fc/firecracker.sh, which the host-side scripts put there).
 
 # QEMU's microvm (QEMU 7.2) puts its virtio-mmio transports at
 # 0xfeb00000 + i * 512, IRQ 5 + i, i = 0..7, and hands them to devices from
@@ -37,6 +37,12 @@
 # virtio_mmio.device= parameters, i.e. after our "--", where they reach the
 # guest's init instead of the kernel; so we turn it off and place them
 # before "--" ourselves (as kvmini does).
+# Firecracker packed by the host side (bench_pack_firecracker) into
+# $RIG_DATA/fc, unless the caller named one.
+if [ -z "${FIRECRACKER:-}" ] && [ -x "${RIG_DATA:-/nonexistent}/fc/firecracker.sh" ]; then
+    FIRECRACKER=$RIG_DATA/fc/firecracker.sh
+fi
+
 bench_qemu_mmio() {
     _i=$1
     printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00e00 - _i * 512)) $((12 - _i))

@@ -18,7 +18,7 @@ echo "@@BENCH-INFO blk preparing ${BENCH_SIZE_MB} MiB image $img"
 dd if=/dev/zero of="$img" bs=1M count="$BENCH_SIZE_MB" 2>/dev/null ||
     { echo "@@BENCH-ERROR blk cannot write $img (space in $(dirname "$img")?)"; exit 1; }
 
-# One fio invocation, four jobs one after the other (stonewall), terse
+# One fio invocation, six jobs one after the other (stonewall), terse
 # output (one line per job, "3;fio-3.33;<job>;..."). Options before the
 # first --name are global. --thread: fio's shared state needs only SysV shm.
 fio="fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
@@ -27,6 +27,8 @@ fio="$fio --name=seq-read --rw=read --bs=1M --iodepth=4"
 fio="$fio --name=seq-write --rw=write --bs=1M --iodepth=4"
 fio="$fio --name=rand-read --rw=randread --bs=4k --iodepth=16"
 fio="$fio --name=rand-write --rw=randwrite --bs=4k --iodepth=16"
+fio="$fio --name=rand-read-qd1 --rw=randread --bs=4k --iodepth=1"
+fio="$fio --name=rand-write-qd1 --rw=randwrite --bs=4k --iodepth=1"
 
 round=1 rc=0
 while [ $round -le "$BENCH_ROUNDS" ]; do

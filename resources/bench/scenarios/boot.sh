@@ -1,7 +1,8 @@
 # shellcheck shell=sh disable=SC1091
 # Boot and memory benchmark, run inside the rig's L1 (or on the host with
 # --host) by resources/bench/boot.sh. The default guest (vmlinux + busybox
-# initramfs), 1 vCPU, BENCH_MEM MiB, under kvmini and QEMU's microvm:
+# initramfs), 1 vCPU, BENCH_MEM MiB, under kvmini, QEMU's microvm and, when
+# BENCH_VMMS names it, Firecracker:
 #  1. "boot" runs: launch to exit after the guest ran `true` and rebooted,
 #     BENCH_REPEATS times per VMM, alternating kvmini/QEMU, QEMU/kvmini, ...
 #  1b. "exec" runs: `kvmini exec -- true` (process start to exit, the
@@ -48,7 +49,7 @@ rss_of() {
 
 rss_run() {
     vmm=$1 out=/tmp/bench-rss-$1.out
-    case $vmm in kvmini) name=kvmini ;; qemu) name=qemu-system-x86_64 ;; esac
+    case $vmm in kvmini) name=kvmini ;; qemu) name=qemu-system-x86_64 ;; firecracker) name=firecracker ;; esac
     bench_vm --vmm "$vmm" --mem "$BENCH_MEM" --cpus 1 --kparams quiet \
         -- "echo @@BENCH-READY; sleep 10" >"$out" 2>&1 &
     job=$!
@@ -64,7 +65,14 @@ rss_run() {
         sleep 0.5
     done
     sleep 3
-    pid=$(pidof "$name" | awk '{ print $1 }')
+    if [ "$vmm" = firecracker ]; then
+        # Run through its loader (vm.sh), so its name is the loader's.
+        pid=$(for p in /proc/[0-9]*; do
+            tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q 'fc/firecracker --no-api' && echo "${p#/proc/}"
+        done | head -n 1)
+    else
+        pid=$(pidof "$name" | awk '{ print $1 }')
+    fi
     if [ -n "$pid" ]; then
         sample=$(rss_of "$pid" "$BENCH_MEM")
     else

@@ -35,7 +35,6 @@ if [ -z "${NETLOAD_IN_NETNS:-}" ]; then
 fi
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
-export FIRECRACKER="$RIG_DATA/fc/firecracker.sh"
 [ -n "${GUEST_BENCH_INITRD:-}" ] || { echo "@@BENCH-ERROR net-load: no bench initramfs in L1 (GUEST_BENCH_INITRD)"; exit 1; }
 
 host=192.168.100.1 guest=192.168.100.2 tap=ltap0 mac=52:54:00:12:34:56
