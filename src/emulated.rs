@@ -421,7 +421,12 @@ fn run_inner(
         thread::spawn(move || follow(report_file, done, rename))
     };
     let copiers = streams.map(Streams::copy);
-    let deadline = timeout.map(|t| Instant::now() + t + L1_BOOT_ALLOWANCE);
+    // (A limit too large to add to a clock is no limit.)
+    let deadline = timeout.and_then(|t| {
+        Instant::now()
+            .checked_add(t)?
+            .checked_add(L1_BOOT_ALLOWANCE)
+    });
     let mut heartbeat = Heartbeat::new(heartbeat_path, HEARTBEAT_STALL, L1_BOOT_ALLOWANCE);
     let (waited, ended) = watch(&mut child, deadline, &mut heartbeat);
     stop::set_child(0);

@@ -110,8 +110,11 @@ def timer_stuck(lapic1, lapic2, regs1, regs2):
             return None
         word = int(lvtt.group(1), 16)
         vector = word & 0xFF
-        return (vector, not word & (1 << 16) and str(vector) in irr.group(1).split()
-                and str(vector) not in isr.group(1).split()
+
+        def vectors(text):  # "236 48(level)" -> {236, 48}
+            return {int(m) for m in re.findall(r"(\d+)(?:\(level\))?", text)}
+        return (vector, not word & (1 << 16) and vector in vectors(irr.group(1))
+                and vector not in vectors(isr.group(1))
                 and vector >> 4 > int(ppr.group(1), 16) >> 4)
 
     def enabled(regs):

@@ -239,7 +239,8 @@ fn boot(
     // building the default guest on first use does not.
     let installing = Instant::now();
     ensure_qemu()?;
-    let deadline = timeout.map(|t| since + installing.elapsed() + t);
+    // (A limit too large to add to a clock is no limit.)
+    let deadline = timeout.and_then(|t| since.checked_add(installing.elapsed())?.checked_add(t));
     stop::install().map_err(TcgError::Signals)?;
     let tmp = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-tcg."))
         .map_err(|e| TcgError::TempDir(io::Error::from_raw_os_error(e.errno())))?;

@@ -72,7 +72,9 @@ pub fn load_guest(
                 .map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
         // Something to append but nothing to append it to.
-        None if !initrd_append.is_empty() => return Err(Error::Boot(boot::BootError::EmptyInitrd)),
+        None if !initrd_append.is_empty() => {
+            return Err(Error::Boot(boot::BootError::AppendWithoutInitrd))
+        }
         None => None,
     };
     boot::load_cmdline(mem, cmdline).map_err(Error::Boot)?;

@@ -287,11 +287,13 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     let disk_threads = virtio.take_disk_threads();
     // A time limit that runs out while a large initrd is copied ends the
     // run there, as it would a running VM.
-    let deadline = extras.timeout.map(|limit| {
-        (
-            limit,
-            extras.timeout_since.unwrap_or_else(Instant::now) + limit,
-        )
+    // (A limit too large to add to a clock is no limit here.)
+    let deadline = extras.timeout.and_then(|limit| {
+        let at = extras
+            .timeout_since
+            .unwrap_or_else(Instant::now)
+            .checked_add(limit)?;
+        Some((limit, at))
     });
     let mut keep_going = || !deadline.is_some_and(|(_, at)| Instant::now() >= at);
     let entry = match builder::load_guest(

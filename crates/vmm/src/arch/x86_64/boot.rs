@@ -100,6 +100,8 @@ pub enum BootError {
     WriteInitrd(vm_memory::GuestMemoryError),
     /// The caller stopped the initrd's copy (a time limit ran out).
     InitrdInterrupted,
+    /// Archives to append were given, but no initrd to append them to.
+    AppendWithoutInitrd,
     /// The command line (with its NUL) is longer than [`CMDLINE_MAX_SIZE`].
     CmdlineTooLong(usize),
     /// Writing the command line to guest memory failed.
@@ -143,6 +145,9 @@ impl fmt::Display for BootError {
             }
             Self::WriteInitrd(e) => write!(f, "failed to copy the initrd to guest memory: {e}"),
             Self::InitrdInterrupted => write!(f, "the initrd's copy was stopped"),
+            Self::AppendWithoutInitrd => {
+                write!(f, "archives to append to the initrd, but no initrd")
+            }
             Self::CmdlineTooLong(len) => write!(
                 f,
                 "the kernel command line is {len} bytes, the maximum is {CMDLINE_MAX_SIZE}"
@@ -376,10 +381,12 @@ pub fn load_initrd(
     keep_going: &mut dyn FnMut() -> bool,
 ) -> Result<(GuestAddress, usize), BootError> {
     let file_size = initrd.metadata().map_err(BootError::ReadInitrd)?.len();
-    if file_size == 0 {
+    // An empty file is fine when archives follow (QEMU's engines, which get
+    // one combined file, accept it too).
+    if file_size == 0 && append.is_empty() {
         return Err(BootError::EmptyInitrd);
     }
-    let pad = if append.is_empty() {
+    let pad = if append.is_empty() || file_size == 0 {
         0
     } else {
         (4 - file_size % 4) % 4
@@ -759,6 +766,9 @@ mod tests {
         assert!(back[..4097] == data[..]);
         assert_eq!(&back[4097..4100], &[0, 0, 0]);
         assert_eq!(&back[4100..], b"070701job");
+        // An empty file with an archive after it: just the archive.
+        let (_, size) = load_initrd(&m, &mut file_with(&[]), b"abcd", &mut || true).unwrap();
+        assert_eq!(size, 4);
         // A file already on a 4-byte boundary gets no padding.
         let (_, size) = load_initrd(&m, &mut file_with(&data[..4096]), b"x", &mut || true).unwrap();
         assert_eq!(size, 4097);
@@ -768,7 +778,7 @@ mod tests {
     fn load_initrd_errors() {
         let m = mem(2 * MIB);
         assert!(matches!(
-            load_initrd(&m, &mut file_with(&[]), b"x", &mut || true),
+            load_initrd(&m, &mut file_with(&[]), &[], &mut || true),
             Err(BootError::EmptyInitrd)
         ));
         assert!(matches!(
