@@ -76,15 +76,23 @@ bench_peers() {
 
 # bench_pack_firecracker BINARY DIR: BINARY, the loader and libraries ldd
 # names (L1 has none of them), and DIR/firecracker.sh, which runs it
-# through that loader.
+# through that loader (or, for a static build such as Firecracker's
+# releases, runs it as it is).
 bench_pack_firecracker() {
-    local fc=$1 dir=$2 loader="" lib
+    local fc=$1 dir=$2 loader="" lib libs
     mkdir -p "$dir"
     cp -L "$fc" "$dir/firecracker"
+    libs=$(ldd "$fc" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' || true)
+    if [[ -z $libs ]]; then
+        # Static ("statically linked" or "not a dynamic executable").
+        printf '#!/bin/sh\nexec "$(dirname "$0")/firecracker" "$@"\n' >"$dir/firecracker.sh"
+        chmod +x "$dir/firecracker.sh"
+        return 0
+    fi
     while read -r lib; do
         cp -L "$lib" "$dir/"
         [[ $lib != */ld-linux* ]] || loader=$(basename "$lib")
-    done < <(ldd "$fc" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+    done <<<"$libs"
     [[ -n $loader ]] || die "ldd names no loader for $fc"
     printf '#!/bin/sh\nd=$(dirname "$0")\nexec "$d/%s" --library-path "$d" "$d/firecracker" "$@"\n' \
         "$loader" >"$dir/firecracker.sh"
@@ -114,14 +122,17 @@ bench_rig() {
 
 # bench_report CONSOLE AWK_RULES TITLE "METRIC..." ROW...: the table of a
 # saved console (bench_parse with AWK_RULES, bench_table with the ROW specs;
-# a Firecracker column when Firecracker runs are in the console); returns
-# 1, naming each on stderr, if any listed METRIC has no value under a VMM
-# that ran (kvmini and QEMU always count as such).
+# a Firecracker column when the scenario's "@@BENCH-INFO vmms ..." line
+# names it or a Firecracker run began); returns 1, naming each on stderr,
+# if any listed METRIC has no value under a VMM that was to run (kvmini
+# and QEMU always count as such).
 bench_report() {
     local console=$1 rules=$2 title=$3 required=$4 values missing=0 vmm m ran peers="qemu"
     shift 4
     values=$(bench_parse "$console" "$rules")
-    ran=$(grep -ao '@@BENCH-RUN-BEGIN [^ ]* [^ ]*' "$console" | awk '{ print $3 }' | sort -u)
+    ran=$({ grep -ao '@@BENCH-RUN-BEGIN [^ ]* [^ ]*' "$console" || true; } | awk '{ print $3 }'
+        { grep -ao '@@BENCH-INFO vmms .*' "$console" || true; } | tr -d '\r' | cut -d' ' -f3- | tr ' ' '\n')
+    ran=$(sort -u <<<"$ran")
     if grep -qx firecracker <<<"$ran"; then
         peers="qemu firecracker" title="${title%)} and Firecracker)"
     fi

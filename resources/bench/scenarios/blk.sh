@@ -9,6 +9,7 @@
 # BENCH_RUNTIME, BENCH_RAMP, BENCH_SIZE_MB, BENCH_MEM, BENCH_VMMS).
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
+echo "@@BENCH-INFO vmms $BENCH_VMMS"
 
 img=${TMPDIR:-/tmp}/kvmini-bench-blk.img
 # A fully written image (not sparse), so reads copy real pages on every
@@ -21,14 +22,19 @@ dd if=/dev/zero of="$img" bs=1M count="$BENCH_SIZE_MB" 2>/dev/null ||
 # One fio invocation, six jobs one after the other (stonewall), terse
 # output (one line per job, "3;fio-3.33;<job>;..."). Options before the
 # first --name are global. --thread: fio's shared state needs only SysV shm.
+# Linux hands init at most 32 words after "--" (more panic the guest, and
+# kvmini refuses them): 29 here, so bs=4k is global and the QD1 jobs use
+# fio's default iodepth of 1.
 fio="fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
-fio="$fio --time_based --runtime=$BENCH_RUNTIME --ramp_time=$BENCH_RAMP --stonewall"
+fio="$fio --time_based --runtime=$BENCH_RUNTIME --ramp_time=$BENCH_RAMP --stonewall --bs=4k"
 fio="$fio --name=seq-read --rw=read --bs=1M --iodepth=4"
 fio="$fio --name=seq-write --rw=write --bs=1M --iodepth=4"
-fio="$fio --name=rand-read --rw=randread --bs=4k --iodepth=16"
-fio="$fio --name=rand-write --rw=randwrite --bs=4k --iodepth=16"
-fio="$fio --name=rand-read-qd1 --rw=randread --bs=4k --iodepth=1"
-fio="$fio --name=rand-write-qd1 --rw=randwrite --bs=4k --iodepth=1"
+fio="$fio --name=rand-read --rw=randread --iodepth=16"
+fio="$fio --name=rand-write --rw=randwrite --iodepth=16"
+fio="$fio --name=rand-read-qd1 --rw=randread"
+fio="$fio --name=rand-write-qd1 --rw=randwrite"
+[ "$(echo "$fio" | wc -w)" -le 32 ] ||
+    { echo "@@BENCH-ERROR blk the fio command has more than 32 words"; exit 1; }
 
 round=1 rc=0
 while [ $round -le "$BENCH_ROUNDS" ]; do

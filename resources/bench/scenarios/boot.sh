@@ -14,6 +14,7 @@
 # From $RIG_DATA: vm.sh and params (BENCH_REPEATS, BENCH_MEM, BENCH_VMMS).
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
+echo "@@BENCH-INFO vmms $BENCH_VMMS"
 
 rc=0
 i=1

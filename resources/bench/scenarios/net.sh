@@ -15,6 +15,7 @@ if [ -z "${BENCH_IN_NETNS:-}" ]; then
 fi
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
+echo "@@BENCH-INFO vmms $BENCH_VMMS"
 
 host=192.168.100.1 guest=192.168.100.2 tap=btap0
 ip link set lo up
