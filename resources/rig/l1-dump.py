@@ -15,7 +15,8 @@ import sys
 import time
 
 
-def monitor(path, command):
+def monitor(path, *commands):
+    """The outputs of `commands`, sent in order over one connection."""
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(5)
     s.connect(path)
@@ -36,13 +37,23 @@ def monitor(path, command):
                 break
 
     drain(3)  # banner and first prompt
-    out = b""
-    s.sendall(command.encode() + b"\n")
-    drain(10)
+    results = []
+    for command in commands:
+        out = b""
+        s.sendall(command.encode() + b"\n")
+        drain(10)
+        text = out.decode(errors="replace").replace("\r", "")
+        at = text.find("CPU#")
+        results.append(text[at:] if at >= 0 else text)
     s.close()
-    text = out.decode(errors="replace").replace("\r", "")
-    at = text.find("CPU#")
-    return text[at:] if at >= 0 else text
+    return results
+
+
+def snapshot(path):
+    """Registers and local APIC from one instant: the vCPUs are stopped
+    while both are read, then resumed."""
+    _, regs, lapic, _ = monitor(path, "stop", "info registers -a", "info lapic", "cont")
+    return regs, lapic
 
 
 def cpus(dump):
@@ -70,11 +81,9 @@ def cpus(dump):
 
 def main():
     try:
-        first = monitor(sys.argv[1], "info registers -a")
-        lapic1 = monitor(sys.argv[1], "info lapic")
+        first, lapic1 = snapshot(sys.argv[1])
         time.sleep(1)
-        second = monitor(sys.argv[1], "info registers -a")
-        lapic2 = monitor(sys.argv[1], "info lapic")
+        second, lapic2 = snapshot(sys.argv[1])
     except OSError as e:
         print(f"cannot ask QEMU's monitor: {e}")
         return
@@ -93,7 +102,8 @@ def main():
 
 def timer_stuck(lapic1, lapic2, regs1, regs2):
     """The verdict line run.sh reads: "timer-stuck: yes (...)" when, in
-    both samples a second apart, L1's LAPIC timer vector is pending in IRR,
+    both snapshots a second apart (each read with the vCPUs stopped, so
+    registers and APIC are from one instant), L1's LAPIC timer vector is pending in IRR,
     not in service, not masked, above the processor priority, and the CPU
     has interrupts enabled (RFLAGS.IF, no interrupt shadow): an x86 CPU
     takes such an interrupt before its next instruction, halted or not, so
