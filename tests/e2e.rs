@@ -842,7 +842,8 @@ fn lines(text: &[&str]) -> Vec<String> {
 #[test]
 fn retry_policy_reruns_only_freezes_of_the_rig() {
     let names = lines(&["done_ok", "done_failed", "cut", "never"]);
-    let froze = |running: &str| {
+    // `flags`: what follows the FROZE marker before the reason.
+    let froze = |flags: &str| {
         lines(&[
             "@@KVMINI-SCENARIO-BEGIN done_ok",
             "@@KVMINI-SCENARIO-END done_ok rc=0 secs=1",
@@ -850,7 +851,7 @@ fn retry_policy_reruns_only_freezes_of_the_rig() {
             "@@KVMINI-SCENARIO-END done_failed rc=1 secs=1",
             "@@KVMINI-SCENARIO-BEGIN cut",
             "half a line",
-            &format!("@@KVMINI-RIG-FROZE kvmini-running={running} no heartbeat from L1 for 60s"),
+            &format!("@@KVMINI-RIG-FROZE {flags} no heartbeat from L1 for 60s"),
         ])
     };
     let log = Path::new("/dev/null");
@@ -864,7 +865,7 @@ fn retry_policy_reruns_only_freezes_of_the_rig() {
 
     // No kvmini running: the rig's freeze; "cut" runs again, "never" for
     // the first time, the finished ones (failed or not) never again.
-    let m = collect(&froze("no"));
+    let m = collect(&froze("kvmini-running=no"));
     assert!(matches!(
         m["cut"][0].outcome,
         Outcome::FrozeWithoutKvmini(..)
@@ -872,7 +873,7 @@ fn retry_policy_reruns_only_freezes_of_the_rig() {
     assert_eq!(to_run(&names, &m), lines(&["cut", "never"]));
 
     // kvmini running: a failed attempt of "cut", which is not run again.
-    let m = collect(&froze("yes"));
+    let m = collect(&froze("kvmini-running=yes"));
     assert!(matches!(
         m["cut"][0].outcome,
         Outcome::FrozeDuringKvmini(..)
@@ -880,7 +881,7 @@ fn retry_policy_reruns_only_freezes_of_the_rig() {
     assert_eq!(to_run(&names, &m), lines(&["never"]));
 
     // run.sh said nothing clear: blamed on kvmini.
-    let mut console = froze("no");
+    let mut console = froze("kvmini-running=no");
     console.pop();
     console.push("@@KVMINI-RIG-FROZE something else".into());
     let m = collect(&console);
@@ -891,25 +892,13 @@ fn retry_policy_reruns_only_freezes_of_the_rig() {
 
     // kvmini running, but L1's timer interrupt stuck (the emulator's
     // failure): "cut" runs again.
-    let mut console = froze("yes");
-    console.pop();
-    console.push(
-        "@@KVMINI-RIG-FROZE kvmini-running=yes l1-timer-stuck=yes no heartbeat from L1 for 60s"
-            .into(),
-    );
-    let m = collect(&console);
+    let m = collect(&froze("kvmini-running=yes l1-timer-stuck=yes"));
     assert!(
         matches!(&m["cut"][0].outcome, Outcome::FrozeTimerStuck(_, why) if why == "no heartbeat from L1 for 60s")
     );
     assert_eq!(to_run(&names, &m), lines(&["cut", "never"]));
     // ... and with l1-timer-stuck=no it is kvmini's failed attempt.
-    let mut console = froze("yes");
-    console.pop();
-    console.push(
-        "@@KVMINI-RIG-FROZE kvmini-running=yes l1-timer-stuck=no no heartbeat from L1 for 60s"
-            .into(),
-    );
-    let m = collect(&console);
+    let m = collect(&froze("kvmini-running=yes l1-timer-stuck=no"));
     assert!(matches!(
         m["cut"][0].outcome,
         Outcome::FrozeDuringKvmini(..)
