@@ -139,20 +139,32 @@ pub struct ExitHistory {
     ring: [Option<ExitRecord>; EXIT_HISTORY],
     next: usize,
     total: u64,
-    counts: ExitCounts,
+    /// Only kept when asked for ([`ExitHistory::counting`]): a scan per
+    /// exit on the vCPU's hot path, for a debug-level line.
+    counts: Option<ExitCounts>,
 }
 
 impl ExitHistory {
+    /// A history that also counts every exit by kind and port/address.
+    pub fn counting() -> Self {
+        Self {
+            counts: Some(ExitCounts::default()),
+            ..Self::default()
+        }
+    }
+
     pub fn push(&mut self, record: ExitRecord) {
-        self.counts.add(record.kind, record.addr);
+        if let Some(c) = &mut self.counts {
+            c.add(record.kind, record.addr);
+        }
         self.ring[self.next] = Some(record);
         self.next = (self.next + 1) % EXIT_HISTORY;
         self.total += 1;
     }
 
-    /// The exits counted by kind and port/address.
-    pub fn counts(&self) -> &ExitCounts {
-        &self.counts
+    /// The exits counted by kind and port/address, if counted.
+    pub fn counts(&self) -> Option<&ExitCounts> {
+        self.counts.as_ref()
     }
 
     /// Exits seen since the vCPU started.
@@ -415,6 +427,17 @@ mod tests {
         let total: u64 = c.slots.iter().map(|s| s.2).sum::<u64>() + c.elsewhere;
         assert_eq!(total, 8 + 10_000, "every exit is counted once");
         assert!(c.summary(1).starts_with("io-out 0x3f8 x5, "));
+    }
+
+    #[test]
+    fn only_a_counting_history_counts() {
+        let mut plain = ExitHistory::default();
+        let mut counting = ExitHistory::counting();
+        for h in [&mut plain, &mut counting] {
+            h.push(ExitRecord::access(1, ExitKind::IoOut, 0x3f8, b"a"));
+        }
+        assert!(plain.counts().is_none());
+        assert_eq!(counting.counts().unwrap().summary(4), "io-out 0x3f8 x1");
     }
 
     #[test]

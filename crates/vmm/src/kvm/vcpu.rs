@@ -69,7 +69,12 @@ impl Vcpu {
             ThreadKind::Vcpu,
             seccomp,
             move || {
-                let mut history = ExitHistory::default();
+                // Exit counts only feed a debug-level line.
+                let mut history = if log::log_enabled!(log::Level::Debug) {
+                    ExitHistory::counting()
+                } else {
+                    ExitHistory::default()
+                };
                 self.run(&mut history)
             },
         )?;
@@ -85,13 +90,16 @@ impl Vcpu {
         }
         // Where the guest's exits went: each one is a round trip through
         // KVM (and, nested, through L1), so this says what a boot costs.
-        log::debug!(
-            "vcpu{} stopped after {} exits in {:.2} s: {}",
-            self.index,
-            history.total(),
-            started.elapsed().as_secs_f64(),
-            history.counts().summary(12)
-        );
+        match history.counts() {
+            Some(counts) => log::debug!(
+                "vcpu{} stopped after {} exits in {:.2} s: {}",
+                self.index,
+                history.total(),
+                started.elapsed().as_secs_f64(),
+                counts.summary(12)
+            ),
+            None => log::debug!("vcpu{} stopped", self.index),
+        }
     }
 
     /// One `KVM_RUN`; returns why the VM must stop, if it must. Every exit
