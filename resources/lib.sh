@@ -40,13 +40,15 @@ content_hash() {
 
 # Every script that sources this file says where it failed (the command, its
 # exit status and its line) when `set -e` ends it: never a silent exit. The
-# ERR trap only records (it also fires in subshells whose failure is handled);
-# the EXIT trap prints when the script really ends in failure. Scripts add
+# ERR trap only records (it also fires in subshells whose failure is handled),
+# and only under `set -e` (after `set +e` the script handles failures itself,
+# and a later deliberate `exit 1` must not be blamed on one of them); the EXIT
+# trap prints when the script really ends in failure. Scripts add
 # their own clean-up with on_exit, not with `trap ... EXIT`.
 set -o errtrace
 _failed_at=""
 _exit_cmds=()
-trap '_failed_at="line $LINENO: \`$BASH_COMMAND\` exited with status $?"' ERR
+trap '_rc=$?; [[ $- != *e* ]] || _failed_at="line $LINENO: \`$BASH_COMMAND\` exited with status $_rc"' ERR
 _on_exit() {
     local rc=$? cmd
     EXIT_STATUS=$rc

@@ -245,6 +245,19 @@ fn a_failing_step_says_which_command_failed() {
 }
 
 #[test]
+fn a_failure_handled_after_set_plus_e_is_not_blamed_for_a_later_exit() {
+    // net-load.sh runs the rig under `set +e`, checks its status, and later
+    // exits 1 when a run failed: that exit is not "FAILED at" the rig line.
+    let stubs = Stubs::new(&[], &[], 0);
+    let out =
+        stubs.run("set +e\nls /nonexistent/kvmini-dir\nrc=$?\nset -e\necho handled-$rc\nexit 1");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("handled-2"));
+    assert!(!stderr.contains("FAILED at"), "stderr:\n{stderr}");
+}
+
+#[test]
 fn pkg_version_is_empty_for_a_package_never_installed() {
     let stubs = Stubs::new(&["cpio"], &[], 0);
     let out = stubs.run("echo \"[$(pkg_version never-installed)] [$(pkg_version cpio)]\"");
