@@ -10,7 +10,7 @@
 # was under way), and in how many runs the guest counted receive length
 # errors (frames it found cut short: "rx error: N buffers ... missing").
 #
-#   resources/bench/net-load.sh [--runs N] [--chunk N] [--secs S] [--mem MIB]
+#   resources/bench/net-load.sh [--runs N] [--chunk N] [--secs S] [--len BYTES] [--mem MIB]
 #       [--vmms "kvmini firecracker"] [--smp N] [--run-timeout S]
 #       [--kvmini PATH] [--firecracker PATH] [--log-dir DIR] [--no-lock] [--trace]
 #       [--variant NAME=KVMINI]...
@@ -21,6 +21,10 @@
 #             run, taken under `flock /tmp/kvmini-heavy.lock` (--no-lock:
 #             not), so other heavy jobs get their turn between chunks
 # --secs      seconds of each iperf3 direction (default 3)
+# --len       bytes per iperf3 write (iperf3 -l; default iperf3's 128 KiB).
+#             Small writes (1024, as busybox nc in the e2e suite's
+#             net_ping_tcp writes) make a segment, a kick and an interrupt
+#             per KiB: many more exits per second in L1 than large ones
 # --mem       guest RAM in MiB (default 512)
 # --smp       L1 vCPUs (default 1, as the e2e suite)
 # --run-timeout  seconds before a run counts as stalled and is killed
@@ -37,8 +41,8 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-runs=100 chunk=12 secs=3 mem=512 vmms="kvmini firecracker" smp=1 run_timeout=150
-kvmini="" firecracker=$(cd "$RESOURCES_DIR/../.." && pwd)/../shared/peers/firecracker/firecracker log_dir="" lock=/tmp/kvmini-heavy.lock
+runs=100 chunk=12 secs=3 len="" mem=512 vmms="kvmini firecracker" smp=1 run_timeout=150
+kvmini="" firecracker=$BENCH_FC log_dir="" lock=/tmp/kvmini-heavy.lock
 trace=0 variants=()
 parse=()
 while (($#)); do
@@ -46,6 +50,7 @@ while (($#)); do
     --runs) runs=$2; shift 2 ;;
     --chunk) chunk=$2; shift 2 ;;
     --secs) secs=$2; shift 2 ;;
+    --len) len=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --vmms) vmms=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
@@ -61,7 +66,7 @@ while (($#)); do
     *) echo "net-load.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
-for n in "$runs" "$chunk" "$secs" "$mem" "$smp" "$run_timeout"; do
+for n in "$runs" "$chunk" "$secs" ${len:+"$len"} "$mem" "$smp" "$run_timeout"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "net-load.sh: '$n' is not a positive whole number" >&2; exit 2; }
 done
 
@@ -147,7 +152,7 @@ done
 [[ -n $log_dir ]] || log_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvmini-net-load.XXXXXX")
 mkdir -p "$log_dir"
 nvmm=$(wc -w <<<"$vmms")
-log "$runs runs per VMM ($vmms), $chunk per L1, iperf3 ${secs}s up + ${secs}s down, consoles in $log_dir"
+log "$runs runs per VMM ($vmms), $chunk per L1, iperf3 ${secs}s up + ${secs}s down${len:+ in $len-byte writes}, consoles in $log_dir"
 
 logs=()
 first=1
@@ -158,6 +163,7 @@ while ((first <= runs)); do
 NETLOAD_RUNS=$n
 NETLOAD_FIRST=$first
 NETLOAD_SECS=$secs
+NETLOAD_LEN=$len
 NETLOAD_MEM=$mem
 NETLOAD_VMMS="$vmms"
 NETLOAD_RUN_TIMEOUT=$run_timeout

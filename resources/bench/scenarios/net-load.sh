@@ -27,7 +27,7 @@
 # A VMM named kvmini-NAME is the kvmini binary $RIG_DATA/kvmini-NAME (another
 # build, e.g. the one before a fix), run like kvmini.
 # From $RIG_DATA: vm.sh, params (NETLOAD_RUNS, NETLOAD_FIRST, NETLOAD_SECS,
-# NETLOAD_MEM, NETLOAD_VMMS, NETLOAD_RUN_TIMEOUT, NETLOAD_TRACE) and fc/ (Firecracker with
+# NETLOAD_LEN (iperf3 -l; empty: its default), NETLOAD_MEM, NETLOAD_VMMS, NETLOAD_RUN_TIMEOUT, NETLOAD_TRACE) and fc/ (Firecracker with
 # its loader and libraries, and fc/firecracker.sh to run it).
 if [ -z "${NETLOAD_IN_NETNS:-}" ]; then
     export NETLOAD_IN_NETNS=1
@@ -74,7 +74,8 @@ receiver_rate() {
 }
 
 stats=/sys/class/net/eth0/statistics
-cmd="iperf3 -c $host -t $NETLOAD_SECS -f m && echo netload-up=ok; iperf3 -c $host -t $NETLOAD_SECS -f m -R && echo netload-down=ok; echo netload-rx-errors \$(cat $stats/rx_length_errors $stats/rx_dropped)"
+len=${NETLOAD_LEN:+-l$NETLOAD_LEN} # one word: the guest gets at most 32
+cmd="iperf3 -c $host -t $NETLOAD_SECS $len -f m && echo netload-up=ok; iperf3 -c $host -t $NETLOAD_SECS $len -f m -R && echo netload-down=ok; echo netload-rx-errors \$(cat $stats/rx_length_errors $stats/rx_dropped)"
 n=$NETLOAD_FIRST
 last=$((NETLOAD_FIRST + NETLOAD_RUNS - 1))
 while [ "$n" -le "$last" ]; do
