@@ -561,6 +561,14 @@ fn frozen_l1_check(base: &Command, dir: &str, kvmini_running: bool) -> Result<()
             ))
         }
     }
+    // The heartbeat gap was sampled while it lasted (25 s in), and a
+    // working timer was not taken for a stuck one then either.
+    if !stderr.contains("L1 (sampled) timer-stuck: no") {
+        return Err(format!(
+            "expected run.sh to sample L1 during the heartbeat gap (timer-stuck: no): {}",
+            report()
+        ));
+    }
     if secs > 600 {
         return Err(format!("run.sh took too long to notice: {}", report()));
     }

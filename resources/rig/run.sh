@@ -220,6 +220,11 @@ rc=0
 # without one is it certainly the rig's failure.
 stall=${KVMINI_RIG_STALL:-60}
 first_beat=${KVMINI_RIG_FIRST_BEAT:-120}
+# A beat this late (s) is sampled at once (l1-dump.py, into $tmp/early-dump),
+# before any decision: a stall that ends by itself shows up later only as a
+# soft lockup report, and by then the CPU has moved on. The sample taken
+# during the stall is the evidence of what stalled it.
+early=${KVMINI_RIG_EARLY_DUMP:-25}
 fifo=$tmp/console
 mkfifo "$fifo"
 : >"$tmp/heartbeat"
@@ -232,7 +237,11 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
-broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no
+broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no early_at=-1
+dump() { # dump FILE: where L1's vCPUs are (halted? spinning? in L1 or L2?)
+    python3 "$RIG/l1-dump.py" "$tmp/monitor" >"$1" 2>&1 || true
+}
+can_dump() { command -v python3 >/dev/null && [[ -S $tmp/monitor ]]; }
 while :; do
     if IFS= read -r -t 5 line; then
         line=$partial$line partial=""
@@ -257,6 +266,14 @@ while :; do
     size=$(stat -c %s "$tmp/heartbeat")
     if ((size != beat_size)); then
         beat_size=$size beat_at=$SECONDS
+    elif ((beat_size > 0 && SECONDS - beat_at > early && early_at != beat_at)) && can_dump; then
+        early_at=$beat_at
+        log "no heartbeat from L1 for ${early}s: sampling its vCPUs now"
+        dump "$tmp/early-dump"
+        grep '^timer-stuck:' "$tmp/early-dump" | sed 's/^/[run.sh] L1 (sampled) /' >&2
+        # What a stall that ends by itself looked like, for the record.
+        grep -q '^timer-stuck: yes' "$tmp/early-dump" &&
+            echo "@@KVMINI-RIG-STALL l1-timer-stuck=yes sampled ${early}s into a heartbeat gap"
     elif ((beat_size == 0 && SECONDS - beat_at > first_beat)); then
         broken="no heartbeat from L1 for ${first_beat}s after its start"
         break
@@ -267,11 +284,18 @@ while :; do
 done <"$fifo"
 if [[ -n $broken ]]; then
     # Before stopping it: where its vCPUs are (halted? spinning? in L1 or L2?).
-    if command -v python3 >/dev/null && [[ -S $tmp/monitor ]]; then
+    if can_dump; then
         log "L1's vCPUs at the time (QEMU monitor):"
-        python3 "$RIG/l1-dump.py" "$tmp/monitor" >"$tmp/dump" 2>&1 || true
+        dump "$tmp/dump"
         sed 's/^/[run.sh] L1 /' "$tmp/dump" >&2
         grep -q '^timer-stuck: yes' "$tmp/dump" && stuck=yes
+        # The gap that ended it was sampled while it lasted: a soft lockup
+        # is reported only once the CPU runs again, when its timer works.
+        if ((early_at == beat_at)) && [[ -s $tmp/early-dump ]]; then
+            log "L1's vCPUs ${early}s into the heartbeat gap that ended it:"
+            sed 's/^/[run.sh] L1 (sampled) /' "$tmp/early-dump" >&2
+            grep -q '^timer-stuck: yes' "$tmp/early-dump" && stuck=yes
+        fi
     else
         log "no python3 or no QEMU monitor socket: cannot show where L1's vCPUs were"
     fi
