@@ -71,7 +71,7 @@ pub fn load_guest(
         .map_err(|e| Error::Kernel(config.kernel.clone(), e))?;
     let initrd = match &config.initrd {
         Some(path) => Some(
-            boot::load_initrd(mem, &mut open(path)?, initrd_append, keep_going)
+            boot::load_initrd(mem, kernel.end, &mut open(path)?, initrd_append, keep_going)
                 .map_err(|e| Error::Initrd(path.clone(), e))?,
         ),
         // Something to append but nothing to append it to.

@@ -65,6 +65,10 @@ pub struct KernelEntry {
     pub entry: GuestAddress,
     /// Setup header of a bzImage kernel, `None` for ELF.
     pub setup_header: Option<setup_header>,
+    /// First byte above the kernel: the ELF's last segment, or for a
+    /// bzImage the end of the area it decompresses itself into
+    /// (`pref_address + init_size`). Nothing else may be loaded below it.
+    pub end: GuestAddress,
 }
 
 /// Errors while loading the kernel, initrd or command line, or writing the zero page.
@@ -96,6 +100,9 @@ pub enum BootError {
     EmptyInitrd,
     /// The initrd does not fit in low memory above the kernel area.
     InitrdDoesNotFit(u64),
+    /// The initrd (its size) would overlap the kernel, which ends at the
+    /// address given: the guest has too little memory for both.
+    InitrdOverlapsKernel(u64, GuestAddress),
     /// Copying the initrd into guest memory failed.
     WriteInitrd(vm_memory::GuestMemoryError),
     /// The caller stopped the initrd's copy (a time limit ran out).
@@ -143,6 +150,12 @@ impl fmt::Display for BootError {
                     "the initrd ({size} bytes) does not fit in low guest memory"
                 )
             }
+            Self::InitrdOverlapsKernel(size, end) => write!(
+                f,
+                "the initrd ({size} bytes) does not fit between the kernel (which ends at \
+                 {:#x}) and the end of low guest memory: give the VM more memory (--memory)",
+                end.0
+            ),
             Self::WriteInitrd(e) => write!(f, "failed to copy the initrd to guest memory: {e}"),
             Self::InitrdInterrupted => write!(f, "the initrd's copy was stopped"),
             Self::AppendWithoutInitrd => {
@@ -325,6 +338,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
             Ok(KernelEntry {
                 entry: res.kernel_load,
                 setup_header: None,
+                end: GuestAddress(res.kernel_end),
             })
         }
         KernelKind::BzImage => {
@@ -335,9 +349,16 @@ pub fn load_kernel(mem: &GuestMemoryMmap, kernel: &mut File) -> Result<KernelEnt
                 .kernel_load
                 .checked_add(BZIMAGE_64BIT_ENTRY_OFFSET)
                 .ok_or(BootError::EntryOverflow)?;
+            // The kernel decompresses itself to pref_address and needs
+            // init_size bytes there, more than the file holds.
+            let decompressed = res.setup_header.map_or(0, |h| {
+                let (pref, init) = ({ h.pref_address }, u64::from(h.init_size));
+                pref.saturating_add(init)
+            });
             Ok(KernelEntry {
                 entry,
                 setup_header: res.setup_header,
+                end: GuestAddress(res.kernel_end.max(decompressed)),
             })
         }
     }
@@ -376,6 +397,7 @@ pub const INITRD_CHUNK: usize = 8 << 20;
 /// says no.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
+    kernel_end: GuestAddress,
     initrd: &mut File,
     append: &[u8],
     keep_going: &mut dyn FnMut() -> bool,
@@ -395,6 +417,11 @@ pub fn load_initrd(
         .checked_add(pad + append.len() as u64)
         .ok_or(BootError::InitrdDoesNotFit(file_size))?;
     let addr = initrd_address(low_mem_end(mem)?, size).ok_or(BootError::InitrdDoesNotFit(size))?;
+    // Checked before a byte is copied: an initrd written over the kernel
+    // would fail only later, inside the guest, and say nothing useful.
+    if addr < kernel_end {
+        return Err(BootError::InitrdOverlapsKernel(size, kernel_end));
+    }
     let total = usize::try_from(size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
     let len = usize::try_from(file_size).map_err(|_| BootError::InitrdDoesNotFit(size))?;
     initrd.rewind().map_err(BootError::ReadInitrd)?;
@@ -719,7 +746,8 @@ mod tests {
     fn load_initrd_at_top_of_low_memory() {
         let m = mem(6 * GIB);
         let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-        let (addr, size) = load_initrd(&m, &mut file_with(&data), &[], &mut || true).unwrap();
+        let (addr, size) =
+            load_initrd(&m, HIMEM_START, &mut file_with(&data), &[], &mut || true).unwrap();
         assert_eq!(size, 5000);
         assert_eq!(addr, GuestAddress(MMIO_GAP_START - 0x2000));
         let mut back = vec![0u8; 5000];
@@ -734,7 +762,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         let mut asked = 0;
-        let (addr, size) = load_initrd(&m, &mut file_with(&data), &[], &mut || {
+        let (addr, size) = load_initrd(&m, HIMEM_START, &mut file_with(&data), &[], &mut || {
             asked += 1;
             true
         })
@@ -745,7 +773,7 @@ mod tests {
         assert!(back == data, "the chunks land in order");
 
         let mut asked = 0;
-        let stopped = load_initrd(&m, &mut file_with(&data), &[], &mut || {
+        let stopped = load_initrd(&m, HIMEM_START, &mut file_with(&data), &[], &mut || {
             asked += 1;
             asked < 2
         });
@@ -757,8 +785,14 @@ mod tests {
     fn load_initrd_appends_after_padding_to_four_bytes() {
         let m = mem(64 * MIB);
         let data = vec![7u8; 4097];
-        let (addr, size) =
-            load_initrd(&m, &mut file_with(&data), b"070701job", &mut || true).unwrap();
+        let (addr, size) = load_initrd(
+            &m,
+            HIMEM_START,
+            &mut file_with(&data),
+            b"070701job",
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(size, 4097 + 3 + 9, "file, 3 bytes of padding, the archive");
         assert_eq!(addr.0 % 4096, 0);
         let mut back = vec![0u8; size];
@@ -767,10 +801,18 @@ mod tests {
         assert_eq!(&back[4097..4100], &[0, 0, 0]);
         assert_eq!(&back[4100..], b"070701job");
         // An empty file with an archive after it: just the archive.
-        let (_, size) = load_initrd(&m, &mut file_with(&[]), b"abcd", &mut || true).unwrap();
+        let (_, size) =
+            load_initrd(&m, HIMEM_START, &mut file_with(&[]), b"abcd", &mut || true).unwrap();
         assert_eq!(size, 4);
         // A file already on a 4-byte boundary gets no padding.
-        let (_, size) = load_initrd(&m, &mut file_with(&data[..4096]), b"x", &mut || true).unwrap();
+        let (_, size) = load_initrd(
+            &m,
+            HIMEM_START,
+            &mut file_with(&data[..4096]),
+            b"x",
+            &mut || true,
+        )
+        .unwrap();
         assert_eq!(size, 4097);
     }
 
@@ -778,18 +820,54 @@ mod tests {
     fn load_initrd_errors() {
         let m = mem(2 * MIB);
         assert!(matches!(
-            load_initrd(&m, &mut file_with(&[]), &[], &mut || true),
+            load_initrd(&m, HIMEM_START, &mut file_with(&[]), &[], &mut || true),
             Err(BootError::EmptyInitrd)
         ));
         assert!(matches!(
             load_initrd(
                 &m,
+                HIMEM_START,
                 &mut file_with(&vec![1u8; (MIB + 1) as usize]),
                 &[],
                 &mut || true
             ),
             Err(BootError::InitrdDoesNotFit(_))
         ));
+    }
+
+    /// An initrd that would land on the kernel is refused before a byte of
+    /// it is copied (the kernel stays intact), naming the way out.
+    #[test]
+    fn initrd_never_overwrites_the_kernel() {
+        let m = mem(64 * MIB);
+        let kernel = vec![0xccu8; 4096];
+        let kernel_at = GuestAddress(40 * MIB);
+        m.write_slice(&kernel, kernel_at).unwrap();
+        let kernel_end = GuestAddress(41 * MIB);
+        // 24 MiB lands at 40 MiB: below the kernel's end.
+        let err = load_initrd(
+            &m,
+            kernel_end,
+            &mut file_with(&vec![1u8; (24 * MIB) as usize]),
+            &[],
+            &mut || true,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BootError::InitrdOverlapsKernel(_, end) if end == kernel_end));
+        assert!(err.to_string().contains("--memory"), "{err}");
+        let mut back = vec![0u8; 4096];
+        m.read_slice(&mut back, kernel_at).unwrap();
+        assert_eq!(back, kernel);
+        // 23 MiB lands at 41 MiB, right above it: fine.
+        let (addr, _) = load_initrd(
+            &m,
+            kernel_end,
+            &mut file_with(&vec![1u8; (23 * MIB) as usize]),
+            &[],
+            &mut || true,
+        )
+        .unwrap();
+        assert_eq!(addr, kernel_end);
     }
 
     #[test]
