@@ -32,6 +32,10 @@ struct Mapping {
     len: usize,
 }
 
+// SAFETY: a `Mapping` is an address range, only ever passed to munmap by
+// its owner's `Drop`; sending it to another thread moves that duty along.
+unsafe impl Send for Mapping {}
+
 /// Guest RAM and the mappings behind it.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
