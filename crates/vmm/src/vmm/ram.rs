@@ -11,7 +11,8 @@
 //! guest, and the guest's initramfs unpacking 3.5x slower
 //! (docs/benchmarks.md).
 //!
-//! So each region is mapped here, on a 2 MiB boundary, and handed to
+//! So each region is mapped here, on a 2 MiB boundary, with
+//! `MADV_HUGEPAGE` (hosts whose THP mode is `madvise`), and handed to
 //! vm-memory as a mapping it uses but does not own. [`GuestRam`] owns it:
 //! it unmaps it when nothing else holds the regions any more (every device
 //! and vCPU thread gone), and otherwise leaves it to the process's exit.
@@ -135,13 +136,10 @@ fn map_aligned(len: usize) -> io::Result<Mapping> {
         if tail > 0 {
             libc::munmap((aligned + len) as *mut libc::c_void, tail);
         }
+        // Hosts whose THP mode is `madvise` back it with huge pages only
+        // when asked; with THP off this fails, and 4 KiB pages it is.
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
-    // No MADV_HUGEPAGE: with the kernel's default THP defrag setting
-    // (`madvise`) it makes every first touch of a 2 MiB page compact
-    // memory synchronously when none is free. In the rig that stalled the
-    // initrd copy for seconds (`exec --timeout 5s` ended after 7.9 s).
-    // Hosts whose THP mode is `always` (Debian's default) give huge pages
-    // without it, when they have them free.
     Ok(Mapping {
         addr: aligned as *mut u8,
         len,
