@@ -21,11 +21,13 @@ for limit in 5 40; do
             2>/tmp/kvmini-fio.err &
         pid=$!
         # Still running 1.5 s past the limit: show where each thread is,
-        # once a second, so a slow stop says why.
+        # and L1's free memory, once a second, so a slow stop says why.
         (
             sleep $((limit + 1)).5
             while kill -0 "$pid" 2>/dev/null; do
                 echo "late-at-ms-$limit=$((($(cs) - t0) * 10))" >&2
+                grep -E '^(MemFree|MemAvailable|Cached|Shmem|AnonHugePages):' /proc/meminfo | tr -s ' ' | tr '\n' ' ' >&2
+                echo >&2
                 for t in /proc/"$pid"/task/*; do
                     echo "  $(cat "$t/comm") state=$(cut -d' ' -f3 "$t/stat") wchan=$(cat "$t/wchan" 2>/dev/null)" >&2
                     head -n 4 "$t/stack" 2>/dev/null | sed 's/^/      /' >&2

@@ -296,6 +296,7 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         Some((limit, at))
     });
     let mut keep_going = || !deadline.is_some_and(|(_, at)| Instant::now() >= at);
+    let loading = Instant::now();
     let entry = match builder::load_guest(
         &mem,
         config,
@@ -311,6 +312,10 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         }
         other => other?,
     };
+    log::debug!(
+        "kernel and initrd in guest memory after {} ms",
+        loading.elapsed().as_millis()
+    );
 
     let guest = Arc::new(GuestState::new(exit.clone()).map_err(Error::EventFd)?);
     // The console's power-off words count only for guests without ACPI.
