@@ -23,6 +23,7 @@ use event_manager::{EventManager, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
 
 use super::loop_thread::LoopThread;
+use super::ram::GuestRam;
 use super::Subscriber;
 use crate::devices::acpi::AcpiPower;
 use crate::devices::bus::Bus;
@@ -38,8 +39,10 @@ use vm_superio::Trigger;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Allocates guest RAM: below the 32-bit MMIO gap, the rest above 4 GiB.
-pub fn guest_memory(config: &VmConfig) -> Result<GuestMemoryMmap, Error> {
-    GuestMemoryMmap::from_ranges(&layout::ram_regions(config.memory_bytes))
+/// Each region starts on a 2 MiB boundary of the host, so that KVM can use
+/// 2 MiB pages for it (see [`GuestRam`]).
+pub fn guest_memory(config: &VmConfig) -> Result<GuestRam, Error> {
+    GuestRam::new(&layout::ram_regions(config.memory_bytes))
         .map_err(|e| Error::GuestMemory(e.to_string()))
 }
 

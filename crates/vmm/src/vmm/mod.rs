@@ -14,6 +14,7 @@ pub mod builder;
 pub mod console;
 pub mod console_watch;
 pub mod loop_thread;
+pub mod ram;
 /// Why the VM stopped: the core's lowest layer, here for the callers of
 /// [`run`].
 pub use crate::exit;
@@ -249,7 +250,9 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
              KVM will emulate guest kernel code slowly and may fail to run a Linux kernel"
         );
     }
-    let mem = builder::guest_memory(config)?;
+    // Declared first, dropped last: after every thread that uses it.
+    let ram = builder::guest_memory(config)?;
+    let mem = ram.mem().clone();
     let vm = Vm::new(&kvm, &mem).map_err(Error::Vm)?;
     let exit = Arc::new(ExitSignal::new().map_err(Error::EventFd)?);
 
