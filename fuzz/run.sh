@@ -8,7 +8,7 @@
 #   fuzz/run.sh [--runs N] [--seed N] [--work DIR] [--timeout SECS]
 #               [--build-only] [TARGET...]
 #
-# Targets: mmio block net console kernel (default: all, one after another).
+# Targets: mmio block net console kernel share (default: all, one after another).
 # --runs N      executions per target (default 20000: the short pass, well
 #               under a minute per target; docs/testing.md has the long one)
 # --seed N      libFuzzer's random seed (default 1, so the short pass is
@@ -24,8 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-ALL_TARGETS=(mmio block net console kernel)
-declare -A MAX_LEN=([mmio]=4096 [block]=4096 [net]=8192 [console]=4096 [kernel]=65536)
+ALL_TARGETS=(mmio block net console kernel share)
+declare -A MAX_LEN=([mmio]=4096 [block]=4096 [net]=8192 [console]=4096 [kernel]=65536 [share]=16384)
 TRIPLE=x86_64-unknown-linux-gnu
 TARGET_DIR=target
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -79,10 +79,14 @@ for t in "${targets[@]}"; do
     echo "[fuzz] $t: $runs executions from corpus/$t (log: fuzz/$log)" >&2
     start=$SECONDS
     rc=0
-    "$bin" -runs="$runs" -seed="$seed" -max_len="${MAX_LEN[$t]}" -timeout="$timeout" \
+    # Scratch files of a target (the share target's fixture) go to $TMPDIR,
+    # emptied after each target.
+    mkdir -p "$work/tmp.$t"
+    TMPDIR=$work/tmp.$t "$bin" -runs="$runs" -seed="$seed" -max_len="${MAX_LEN[$t]}" -timeout="$timeout" \
         -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$art/" \
         "${dirs[@]}" >"$log" 2>&1 || rc=$?
     secs=$((SECONDS - start))
+    rm -rf "$work/tmp.$t"
     if ((rc != 0)); then
         tail -n 15 "$log" >&2
         # The panic message (or libFuzzer's reason), which the tail may miss.

@@ -10,13 +10,8 @@
 //! - [`mmio`]: the virtio-mmio register protocol in front of each device;
 //! - [`block`], [`net`], [`console`]: the devices' queues, with guest
 //!   memory, descriptor tables and rings from the input ([`guest`]);
-//! - [`kernel`]: ELF and bzImage kernel images.
-//!
-//! No target for the `exec` share copy-back yet: on main it still runs
-//! `debugfs rdump` on the image, which is e2fsprogs' parser, not ours.
-//! When the tar-based copy-back lands, its target takes the guest's byte
-//! stream as the input, unpacks it into a temporary directory and asserts
-//! that nothing is written outside it.
+//! - [`kernel`]: ELF and bzImage kernel images;
+//! - [`share`]: `exec --share`'s copy-back of the archive the guest sends.
 
 pub mod block;
 pub mod console;
@@ -26,15 +21,17 @@ pub mod kernel;
 pub mod mmio;
 pub mod net;
 pub mod seeds;
+pub mod share;
 
 /// A target's name (as `run.sh` and the corpus know it) and entry point.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     ("mmio", mmio::run),
     ("block", block::run),
     ("net", net::run),
     ("console", console::run),
     ("kernel", kernel::run),
+    ("share", share::run),
 ];

@@ -43,6 +43,9 @@ pub fn seeds() -> Vec<Seed> {
     for (name, bytes) in kernel() {
         all.push(("kernel", name.to_string(), bytes));
     }
+    for (name, bytes) in share() {
+        all.push(("share", name.to_string(), bytes));
+    }
     all
 }
 
@@ -767,5 +770,161 @@ fn kernel() -> Vec<(&'static str, Vec<u8>)> {
             bzimage(1, 0x020f, 1, &vec![0x90; 0x8100]),
         ),
         ("not_a_kernel", b"MZ this is not a kernel".to_vec()),
+    ]
+}
+
+/// Writes share archives header by header, as a hostile guest can (any
+/// name, type, mode or link; GNU long names past 99 bytes).
+struct ShareArchive(tar::Builder<Vec<u8>>);
+
+impl ShareArchive {
+    /// Share 1's upper root first, as the guest's init sends it.
+    fn new() -> Self {
+        Self(tar::Builder::new(Vec::new())).entry(
+            b"1/upper/",
+            tar::EntryType::Directory,
+            0o755,
+            b"",
+            b"",
+        )
+    }
+
+    fn entry(
+        mut self,
+        name: &[u8],
+        ty: tar::EntryType,
+        mode: u32,
+        data: &[u8],
+        link: &[u8],
+    ) -> Self {
+        let header = |name: &[u8], ty, mode, size| {
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+            h.set_entry_type(ty);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_mtime(1_700_000_000);
+            h.set_cksum();
+            h
+        };
+        let short = if name.len() > 99 {
+            let long = [name, b"\0"].concat();
+            let h = header(
+                b"././@LongLink",
+                tar::EntryType::GNULongName,
+                0,
+                long.len() as u64,
+            );
+            self.0.append(&h, &long[..]).expect("in memory");
+            &name[..99]
+        } else {
+            name
+        };
+        let h = header(short, ty, mode, data.len() as u64);
+        self.0.append(&h, data).expect("in memory");
+        self
+    }
+
+    fn dir(self, path: &str) -> Self {
+        let name = format!("1/upper/{path}/");
+        self.entry(name.as_bytes(), tar::EntryType::Directory, 0o755, b"", b"")
+    }
+
+    fn file(self, path: &str, mode: u32, data: &[u8]) -> Self {
+        let name = format!("1/upper/{path}");
+        self.entry(name.as_bytes(), tar::EntryType::Regular, mode, data, b"")
+    }
+
+    fn symlink(self, path: &str, target: &str) -> Self {
+        let name = format!("1/upper/{path}");
+        self.entry(
+            name.as_bytes(),
+            tar::EntryType::Symlink,
+            0o777,
+            b"",
+            target.as_bytes(),
+        )
+    }
+
+    /// The share's manifest: `.` and `./P` for each of `paths`.
+    fn manifest(self, paths: &[&str]) -> Self {
+        let mut m = b".\0".to_vec();
+        for p in paths {
+            m.extend_from_slice(format!("./{p}\0").as_bytes());
+        }
+        self.entry(b"1/manifest", tar::EntryType::Regular, 0o644, &m, b"")
+    }
+
+    fn end(self) -> Vec<u8> {
+        self.entry(b"end", tar::EntryType::Regular, 0o644, b"", b"")
+            .unfinished()
+    }
+
+    fn unfinished(self) -> Vec<u8> {
+        self.0.into_inner().expect("in memory")
+    }
+}
+
+/// Archives for the share fixture of `crate::share` (a, d/, d/b, d/b2,
+/// d/e/, d/root -> /, out -> ../victim).
+fn share() -> Vec<(&'static str, Vec<u8>)> {
+    const ALL: [&str; 7] = ["a", "d", "d/b", "d/b2", "d/e", "d/root", "out"];
+    let honest = ShareArchive::new()
+        .file("a", 0o644, b"changed\n")
+        .dir("n")
+        .file("n/new", 0o600, b"new\n")
+        .symlink("n/up", "../a")
+        .entry(
+            b"1/upper/n/hard",
+            tar::EntryType::Link,
+            0o600,
+            b"",
+            b"1/upper/n/new",
+        )
+        .manifest(&[&ALL[..], &["n", "n/new", "n/up", "n/hard"]].concat())
+        .end();
+    let deleted = ShareArchive::new()
+        .manifest(&["a", "d", "d/e", "out"])
+        .end();
+    let traversal = ShareArchive::new()
+        .entry(
+            b"1/upper/../../victim",
+            tar::EntryType::Regular,
+            0o644,
+            b"owned",
+            b"",
+        )
+        .manifest(&ALL)
+        .end();
+    let through_symlinks = ShareArchive::new()
+        .file("out", 0o644, b"not the victim")
+        .dir("d")
+        .dir("d/root")
+        .file("d/root/planted", 0o644, b"x")
+        .manifest(&ALL)
+        .end();
+    let long_name = ShareArchive::new()
+        .file(&"l".repeat(200), 0o644, b"long")
+        .manifest(&ALL)
+        .end();
+    let special = ShareArchive::new()
+        .file("suid", 0o4755, b"#!/bin/sh\n")
+        .entry(b"1/upper/a", tar::EntryType::Char, 0, b"", b"")
+        .entry(b"1/upper/fifo", tar::EntryType::Fifo, 0o644, b"", b"")
+        .manifest(&["d", "d/b", "d/b2", "d/e", "d/root", "out", "suid"])
+        .end();
+    let unfinished = ShareArchive::new()
+        .file("a", 0o644, b"half")
+        .manifest(&ALL)
+        .unfinished();
+    vec![
+        ("honest", honest),
+        ("deleted", deleted),
+        ("traversal", traversal),
+        ("through_symlinks", through_symlinks),
+        ("long_name", long_name),
+        ("special", special),
+        ("unfinished", unfinished),
     ]
 }

@@ -133,3 +133,34 @@ fn seeds_reach_the_devices() {
         assert_eq!(r.strict, name != "status_in_used_ring", "{target}/{name}");
     }
 }
+
+/// The share seeds reach the copy-back and are judged as the attack
+/// tests of `src/exec/share` judge them: honest changes are applied,
+/// attacks refused or contained.
+#[test]
+fn share_seeds_are_applied_or_refused() {
+    let seed = |name: &str| {
+        kvmini_fuzz::seeds::seeds()
+            .into_iter()
+            .find(|(t, n, _)| *t == "share" && n == name)
+            .map(|(_, _, b)| b)
+            .unwrap_or_else(|| panic!("no share seed {name}"))
+    };
+    let check = kvmini_fuzz::share::check;
+    // a changed; n/, n/new, n/up, n/hard new.
+    assert_eq!(check(&seed("honest")), Ok((5, 0)));
+    // d/b, d/b2 and d/root gone (d/ stays: the manifest lists it).
+    assert_eq!(check(&seed("deleted")), Ok((0, 3)));
+    let refused = |name: &str, why: &str| {
+        let e = check(&seed(name)).expect_err(name);
+        assert!(e.contains(why), "{name}: '{why}' not in: {e}");
+    };
+    refused("traversal", "victim");
+    refused("unfinished", "end");
+    // Replacing the symlinks is the guest's right; nothing goes through them
+    // (the checks of `share::check` would fail if it did).
+    assert!(check(&seed("through_symlinks")).is_ok());
+    assert_eq!(check(&seed("long_name")), Ok((1, 0)));
+    // The set-uid bit is dropped, the whiteout deletes a, the FIFO is skipped.
+    assert_eq!(check(&seed("special")), Ok((1, 1)));
+}
