@@ -26,6 +26,9 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 /// The alignment of every region's host address: an x86 large page.
 pub const HUGE_PAGE: usize = 2 << 20;
 
+/// The host's base page.
+const PAGE: usize = 4096;
+
 /// One anonymous mapping of ours: `[addr, addr + len)`.
 struct Mapping {
     addr: *mut u8,
@@ -43,13 +46,17 @@ impl GuestRam {
     /// Maps `ranges` (guest address, length), each on a [`HUGE_PAGE`]
     /// boundary of the host.
     pub fn new(ranges: &[(GuestAddress, usize)]) -> io::Result<Self> {
-        let mut maps = Vec::with_capacity(ranges.len());
-        let mut regions = Vec::with_capacity(ranges.len());
+        // Built up in place, so that on any error below its Drop unmaps
+        // what was mapped so far (no region is shared with anyone yet).
+        let mut ram = Self {
+            mem: GuestMemoryMmap::default(),
+            regions: Vec::with_capacity(ranges.len()),
+            maps: Vec::with_capacity(ranges.len()),
+        };
         for &(base, len) in ranges {
             let map = map_aligned(len)?;
             let addr = map.addr;
-            // Pushed before anything can fail, so Drop unmaps it then.
-            maps.push(map);
+            ram.maps.push(map);
             // SAFETY: `addr..addr + len` is the mapping just made, readable
             // and writable, and it stays mapped until `Self::drop`, which
             // unmaps it only when no region built on it is left.
@@ -64,11 +71,11 @@ impl GuestRam {
             let region = GuestRegionMmap::new(mapping, base).ok_or_else(|| {
                 io::Error::other(format!("guest range at {:#x} wraps around", base.0))
             })?;
-            regions.push(Arc::new(region));
+            ram.regions.push(Arc::new(region));
         }
-        let mem = GuestMemoryMmap::from_arc_regions(regions.clone())
+        ram.mem = GuestMemoryMmap::from_arc_regions(ram.regions.clone())
             .map_err(|e| io::Error::other(format!("{e}")))?;
-        Ok(Self { mem, regions, maps })
+        Ok(ram)
     }
 
     /// The guest memory, to clone into devices and vCPU threads.
@@ -79,8 +86,9 @@ impl GuestRam {
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // Ours, and then only ours: any other holder (a thread that did not
-        // stop in time) keeps the memory until the process exits.
+        // Ours, and then only ours: if anything else still holds a region
+        // (a thread that did not stop in time), the memory stays mapped
+        // until the process exits, even after that holder is gone.
         self.mem = GuestMemoryMmap::default();
         if self.regions.iter().any(|r| Arc::strong_count(r) > 1) {
             log::debug!("guest memory still in use; left to the process's exit");
@@ -100,7 +108,12 @@ impl Drop for GuestRam {
 /// [`HUGE_PAGE`]: `len + HUGE_PAGE` bytes are mapped, and the slack before
 /// and after the aligned part is unmapped again.
 fn map_aligned(len: usize) -> io::Result<Mapping> {
-    let over = len
+    // The part kept, whole pages (a length that is not a multiple of 4 KiB
+    // still ends on a page boundary, so the tail can be unmapped).
+    let span = len
+        .checked_next_multiple_of(PAGE)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let over = span
         .checked_add(HUGE_PAGE)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
     // SAFETY: a new anonymous mapping at an address the kernel picks: no
@@ -121,7 +134,7 @@ fn map_aligned(len: usize) -> io::Result<Mapping> {
     let start = raw as usize;
     let aligned = start.next_multiple_of(HUGE_PAGE);
     let head = aligned - start;
-    let tail = over - head - len;
+    let tail = over - head - span;
     // SAFETY: both ranges lie inside the mapping just made, which nothing
     // else knows of; unmapping page-aligned parts of it leaves the rest.
     unsafe {
@@ -129,7 +142,7 @@ fn map_aligned(len: usize) -> io::Result<Mapping> {
             libc::munmap(raw, head);
         }
         if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            libc::munmap((aligned + span) as *mut libc::c_void, tail);
         }
     }
     // No MADV_HUGEPAGE: with the kernel's default THP defrag setting
@@ -140,7 +153,7 @@ fn map_aligned(len: usize) -> io::Result<Mapping> {
     // without it, when they have them free.
     Ok(Mapping {
         addr: aligned as *mut u8,
-        len,
+        len: span,
     })
 }
 
