@@ -86,7 +86,9 @@ for t in "${targets[@]}"; do
         -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$art/" \
         "${dirs[@]}" >"$log" 2>&1 || rc=$?
     secs=$((SECONDS - start))
-    rm -rf "$work/tmp.$t"
+    # An input stopped half-way may leave directories of mode 000 there.
+    chmod -R u+rwx "$work/tmp.$t" 2>/dev/null || true
+    rm -rf "$work/tmp.$t" || true
     if ((rc != 0)); then
         tail -n 15 "$log" >&2
         # The panic message (or libFuzzer's reason), which the tail may miss.

@@ -805,6 +805,10 @@ impl ShareArchive {
             h.set_mode(mode);
             h.set_size(size);
             h.set_mtime(1_700_000_000);
+            // Device 0:0, as GNU tar writes it: a character device of 0:0
+            // is an overlayfs whiteout.
+            h.set_device_major(0).expect("gnu header");
+            h.set_device_minor(0).expect("gnu header");
             h.set_cksum();
             h
         };
@@ -867,9 +871,10 @@ impl ShareArchive {
 }
 
 /// Archives for the share fixture of `crate::share` (a, d/, d/b, d/b2,
-/// d/e/, d/root -> /, out -> ../victim).
+/// d/e/, d/root -> the canary, h (a hard link of a canary file),
+/// out -> ../victim).
 fn share() -> Vec<(&'static str, Vec<u8>)> {
-    const ALL: [&str; 7] = ["a", "d", "d/b", "d/b2", "d/e", "d/root", "out"];
+    const ALL: [&str; 8] = ["a", "d", "d/b", "d/b2", "d/e", "d/root", "h", "out"];
     let honest = ShareArchive::new()
         .file("a", 0o644, b"changed\n")
         .dir("n")
@@ -912,7 +917,7 @@ fn share() -> Vec<(&'static str, Vec<u8>)> {
         .file("suid", 0o4755, b"#!/bin/sh\n")
         .entry(b"1/upper/a", tar::EntryType::Char, 0, b"", b"")
         .entry(b"1/upper/fifo", tar::EntryType::Fifo, 0o644, b"", b"")
-        .manifest(&["d", "d/b", "d/b2", "d/e", "d/root", "out", "suid"])
+        .manifest(&["d", "d/b", "d/b2", "d/e", "d/root", "h", "out", "suid"])
         .end();
     let unfinished = ShareArchive::new()
         .file("a", 0o644, b"half")

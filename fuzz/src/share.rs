@@ -5,14 +5,15 @@
 //! over its virtio-console port (a tar stream; the format is in
 //! `kvmini::exec::share::archive`). It is applied with
 //! `kvmini::exec::share::copy_back` to share number 1, a small tree
-//! ([`populate`]: files, directories, symlinks out of the share, a
-//! hard-linked pair; put back as it was after every input that changed
-//! it) that sits beside a canary tree (`canary/`, `victim`) the archive
-//! must never reach.
+//! ([`populate`]: files, directories, a hard-linked pair, symlinks and a
+//! hard link into the canary; put back as it was after every input that
+//! changed it) that sits beside a canary tree (`canary/`, `victim`) the
+//! archive must never reach.
 //!
 //! Checks, whatever the archive holds: nothing outside the share changes
-//! (every entry beside it keeps its type, mode, bytes and link target, and
-//! nothing is added there); an archive that is refused (anything but a
+//! (every entry in the fixture's directory keeps its type, mode, bytes and
+//! link target, and nothing is added there; the canary's hard-link twin of
+//! the share's `h` keeps its bytes whatever happens to `h`); an archive that is refused (anything but a
 //! failure while applying) leaves the share as it was; no staging directory (`.kvmini-staging-*`) is left behind; what
 //! the share holds afterwards is only directories, regular files and
 //! symlinks, none with a set-uid, set-gid or sticky bit.
@@ -26,21 +27,23 @@ use cap_std::fs::Dir;
 use kvmini::exec::share::{copy_back, pack, CopyBack, Packed, ShareError, ShareSpec};
 use vmm_sys_util::tempdir::TempDir;
 
-/// What each entry below a directory is: type, mode, bytes or link target.
-/// Two equal maps are two byte-identical trees.
-pub fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+/// What each entry below a directory is: type, mode, bytes or link target,
+/// and with `links` a file's hard-link count. Two equal maps are two
+/// byte-identical trees. A directory that cannot be read (a guest may set
+/// any mode; only root reads them all) is an entry of its own.
+pub fn tree(root: &Path, links: bool) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(d) = todo.pop() {
+        let rel = |p: &Path| p.strip_prefix(root).unwrap_or(p).to_path_buf();
         let Ok(rd) = fs::read_dir(&d) else {
-            out.insert(d.clone(), "unreadable directory".into());
+            out.insert(rel(&d).join("<unreadable>"), "unreadable".into());
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
             let Ok(m) = p.symlink_metadata() else {
-                out.insert(rel, "vanished".into());
+                out.insert(rel(&p), "unreadable".into());
                 continue;
             };
             let mode = m.mode() & 0o7777;
@@ -52,24 +55,29 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
                 format!("dir {mode:o}")
             } else if m.is_file() {
                 let bytes = fs::read(&p).unwrap_or_default();
-                format!("file {mode:o} {}", bytes.escape_ascii())
+                let n = if links { m.nlink() } else { 0 };
+                format!("file {mode:o} {n} {}", bytes.escape_ascii())
             } else {
                 format!("special {mode:o} {:x}", m.rdev())
             };
-            out.insert(rel, what);
+            out.insert(rel(&p), what);
         }
     }
     out
 }
 
-/// The share's contents before the archive is applied.
-fn populate(share: &Path) {
+/// The share's contents before the archive is applied; the canary must
+/// exist (`canary()`): a symlink points into it, a file is a hard link of
+/// one of its files.
+fn populate(top: &Path) {
+    let share = top.join("share");
     fs::create_dir_all(share.join("d/e")).expect("share dirs");
     fs::write(share.join("a"), "a\n").expect("share file");
     fs::write(share.join("d/b"), "b\n").expect("share file");
     fs::hard_link(share.join("d/b"), share.join("d/b2")).expect("share hard link");
+    fs::hard_link(top.join("canary/linked"), share.join("h")).expect("hard link out");
     symlink("../victim", share.join("out")).expect("share symlink");
-    symlink("/", share.join("d/root")).expect("share symlink");
+    symlink(top.join("canary"), share.join("d/root")).expect("share symlink");
 }
 
 /// The tree beside the share that no archive may touch.
@@ -79,6 +87,7 @@ fn canary(top: &Path) {
     fs::write(top.join("canary/secret"), "secret").expect("canary");
     fs::set_permissions(top.join("canary/secret"), fs::Permissions::from_mode(0o600))
         .expect("canary mode");
+    fs::write(top.join("canary/linked"), "linked").expect("canary");
     fs::write(top.join("victim"), "victim").expect("victim");
 }
 
@@ -122,11 +131,11 @@ impl Fixture {
             outside: BTreeMap::new(),
             inside: BTreeMap::new(),
         };
-        populate(&f.share());
         canary(&f.top());
+        populate(&f.top());
         Self {
-            outside: outside(tree(&f.top())),
-            inside: tree(&f.share()),
+            outside: f.outside(),
+            inside: tree(&f.share(), true),
             ..f
         }
     }
@@ -139,19 +148,22 @@ impl Fixture {
         self.top().join("share")
     }
 
+    /// Everything in the fixture's directory but the share and the
+    /// archive (hard-link counts left out: replacing or deleting the
+    /// share's `h` changes its canary twin's count, rightly).
+    fn outside(&self) -> BTreeMap<PathBuf, String> {
+        tree(self.t.as_path(), false)
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with("top/share") && p != Path::new("shares.tar"))
+            .collect()
+    }
+
     /// The share as made again.
     fn restore(&self) {
         unlock(&self.share());
         fs::remove_dir_all(self.share()).expect("remove the share");
-        populate(&self.share());
+        populate(&self.top());
     }
-}
-
-/// Everything of a tree of `top` but the share.
-fn outside(tree: BTreeMap<PathBuf, String>) -> BTreeMap<PathBuf, String> {
-    tree.into_iter()
-        .filter(|(p, _)| !p.starts_with("share"))
-        .collect()
 }
 
 thread_local! {
@@ -165,7 +177,7 @@ pub fn check(data: &[u8]) -> Result<(usize, usize), String> {
 }
 
 fn check_in(f: &Fixture, data: &[u8]) -> Result<(usize, usize), String> {
-    let (top, share) = (f.top(), f.share());
+    let share = f.share();
     let archive = f.t.as_path().join("shares.tar");
     fs::write(&archive, data).expect("archive file");
 
@@ -190,11 +202,11 @@ fn check_in(f: &Fixture, data: &[u8]) -> Result<(usize, usize), String> {
     );
 
     assert_eq!(
-        outside(tree(&top)),
+        f.outside(),
         f.outside,
         "the copy-back changed something outside the share"
     );
-    let inside = tree(&share);
+    let inside = tree(&share, true);
     // Refused before anything was applied (checking and staging come
     // first): the share is as it was. `Apply` errors come after changes.
     if result
@@ -210,10 +222,12 @@ fn check_in(f: &Fixture, data: &[u8]) -> Result<(usize, usize), String> {
             "a staging directory was left behind: {p:?}"
         );
         assert!(
-            what.starts_with("dir ") || what.starts_with("file ") || what.starts_with("symlink "),
+            ["dir ", "file ", "symlink ", "unreadable"]
+                .iter()
+                .any(|k| what.starts_with(k)),
             "{p:?} is {what}"
         );
-        if !what.starts_with("symlink ") {
+        if what.starts_with("dir ") || what.starts_with("file ") {
             let mode = what
                 .split(' ')
                 .nth(1)
