@@ -41,8 +41,10 @@ pub enum Notice {
 
 /// Resolves `config.accel` on this host: `kvm` is refused without vmx/svm,
 /// `auto` picks KVM where the host has it, else QEMU's software CPU, and
-/// says so.
+/// says so. Also checks what user-mode NICs need of the host (passt, free
+/// forwarded ports): every engine runs passt here.
 pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> {
+    crate::config::check_nets_available(&config.nets)?;
     if config.accel.resolve(host_has_hw_virt())? {
         return Ok(Engine::Kvm);
     }

@@ -67,7 +67,7 @@ pub fn run_code(exit: &VmExit) -> u8 {
 /// host cannot run them.
 pub fn config_code(e: &ConfigError) -> u8 {
     match e {
-        ConfigError::NoHardwareVirt => code::ERROR,
+        ConfigError::NoHardwareVirt | ConfigError::NetUnavailable(_) => code::ERROR,
         ConfigError::Accel(_)
         | ConfigError::Disk(..)
         | ConfigError::Net(..)

@@ -41,7 +41,7 @@ versions=$(apt-cache show --no-all-versions "${pkgs[@]}" |
     awk '/^Package:/ { p = $2 } /^Version:/ { print p "=" $2 }' | LC_ALL=C sort)
 
 cache=$(kvmini_cache_root)/bench-initramfs
-hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" \
+hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
     "str:busybox-static $(pkg_version busybox-static)" "str:$versions")
 out=$cache/$hash/bench-initramfs.cpio
 if [[ -f $out ]]; then

@@ -1,6 +1,6 @@
 # Source me. make_rootfs_tree DIR: populate DIR with the guest root filesystem
 # shared by the initramfs and the ext4 image: Debian's static busybox with a
-# symlink per applet, and our /init.
+# symlink per applet, our /init, and /sbin/kvmini-dhcp (user-mode NICs).
 make_rootfs_tree() {
     local dir=$1 applet
     mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,mnt}
@@ -12,6 +12,7 @@ make_rootfs_tree() {
     done < <(/bin/busybox --list-full)
     install -m 0755 "$RESOURCES_DIR/rootfs/init" "$dir/init"
     ln -sf /init "$dir/sbin/init"
+    install -m 0755 "$RESOURCES_DIR/rootfs/dhcp" "$dir/sbin/kvmini-dhcp"
     echo "root:x:0:0:root:/root:/bin/sh" >"$dir/etc/passwd"
     echo "root:x:0:" >"$dir/etc/group"
     echo kvmini-guest >"$dir/etc/hostname"

@@ -57,6 +57,8 @@ pub mod code {
 
 /// The guest side: installed as /kvmini/init in the extra archive.
 const EXEC_INIT: &str = include_str!("../../resources/rootfs/exec-init");
+/// The DHCP client script for user-mode NICs, appended as `/kvmini/dhcp`.
+const DHCP_SCRIPT: &str = include_str!("../../resources/rootfs/dhcp");
 
 /// Kernel parameters every exec guest gets (after run's defaults): our init,
 /// and a quiet kernel (each console byte costs a VM exit; panics still show).
@@ -284,6 +286,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             path: "kvmini/init",
             mode: 0o755,
             data: EXEC_INIT.as_bytes(),
+        },
+        cpio::Entry::File {
+            path: "kvmini/dhcp",
+            mode: 0o755,
+            data: DHCP_SCRIPT.as_bytes(),
         },
         cpio::Entry::File {
             path: "kvmini/job",

@@ -33,6 +33,7 @@ pub(crate) mod test_sink {
 }
 
 use std::io::{self, IsTerminal};
+use std::os::unix::io::RawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
@@ -57,6 +58,27 @@ pub fn command() -> Command {
         });
     }
     q
+}
+
+/// Lets `qemu` inherit `fds` (made close-on-exec by std), so that its
+/// arguments can name them (`addr.type=fd`).
+pub fn inherit_fds(qemu: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+    // on descriptors the child inherited; it reads the Vec allocated
+    // before the fork and allocates nothing.
+    unsafe {
+        qemu.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Starts `qemu` and registers it as the child a SIGINT/SIGTERM/SIGHUP of

@@ -13,6 +13,7 @@
 //! token bucket), and `--seccomp on` QEMU's seccomp sandbox (`-sandbox`),
 //! since QEMU's threads, not kvmini's, serve the guest here.
 
+use std::os::unix::io::RawFd;
 use std::path::Path;
 
 use crate::config::{ConsoleConfig, DiskConfig, Seccomp, VmConfig};
@@ -48,12 +49,15 @@ pub struct Logs<'a> {
 /// `interactive`: stdin is a terminal, give it QEMU's Ctrl-A multiplexer).
 /// With `exec_ports`, the virtio-serial device with exec's four console
 /// ports on the chardevs of those ids (which the caller adds).
+/// `net_fds`: for each user-mode NIC in order, the descriptor of its
+/// passt socket (QEMU's `stream` netdev on it).
 pub fn args(
     config: &VmConfig,
     console: &ConsoleConfig,
     interactive: bool,
     logs: &Logs,
     exec_ports: bool,
+    net_fds: &[RawFd],
 ) -> Vec<String> {
     let mut a: Vec<String> = [
         "-M",
@@ -135,6 +139,20 @@ pub fn args(
         ]);
         place(&mut a, format!("virtio-blk-device,drive=disk{i}"));
     }
+    let mut fds = net_fds.iter();
+    for (i, n) in config.nets.iter().enumerate() {
+        // The caller refuses TAP NICs here; a missing descriptor is left to
+        // QEMU to refuse.
+        let fd = fds.next().map_or(-1, |&fd| fd);
+        a.extend([
+            "-netdev".into(),
+            format!("stream,id=net{i},server=off,addr.type=fd,addr.str={fd}"),
+        ]);
+        place(
+            &mut a,
+            format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
+        );
+    }
     if exec_ports {
         place(
             &mut a,
@@ -154,6 +172,7 @@ pub fn args(
     if let Some(i) = &config.initrd {
         a.extend(["-initrd".into(), i.to_string_lossy().into_owned()]);
     }
+    words.extend(crate::config::dhcp_words(&config.nets));
     a.extend(["-append".into(), with_kernel_words(&config.cmdline, &words)]);
     a
 }
@@ -263,12 +282,53 @@ mod tests {
     }
 
     #[test]
+    fn user_nics_get_passts_sockets_and_ask_for_dhcp() {
+        let logs = Logs {
+            console: Path::new("/t/console"),
+            resets: Path::new("/t/resets"),
+        };
+        let mut c = config();
+        c.disks.truncate(1);
+        c.nets = crate::config::parse_nets(
+            &[
+                "user,mac=52:54:00:00:00:07".into(),
+                "user,forward=tcp:8080:80".into(),
+            ],
+            1,
+        )
+        .unwrap();
+        let a = args(&c, &ConsoleConfig::None, false, &logs, false, &[41, 42]);
+        assert_eq!(
+            value_after(&a, "-netdev"),
+            [
+                "stream,id=net0,server=off,addr.type=fd,addr.str=41",
+                "stream,id=net1,server=off,addr.type=fd,addr.str=42"
+            ]
+        );
+        let devices = value_after(&a, "-device");
+        assert_eq!(
+            devices[2],
+            "virtio-net-device,netdev=net0,mac=52:54:00:00:00:07,bus=virtio-mmio-bus.1"
+        );
+        assert!(devices[3].starts_with("virtio-net-device,netdev=net1,mac=52:54:00:"));
+        assert!(devices[3].ends_with(",bus=virtio-mmio-bus.2"));
+        assert_eq!(
+            value_after(&a, "-append"),
+            [
+                "console=ttyS0 reboot=k panic=1 virtio_mmio.device=512@0xfeb00000:5 \
+              virtio_mmio.device=512@0xfeb00200:6 virtio_mmio.device=512@0xfeb00400:7 \
+              kvmini.dhcp=eth0 kvmini.dhcp=eth1 -- echo a -- b"
+            ]
+        );
+    }
+
+    #[test]
     fn disks_in_order_on_free_transports_with_their_words() {
         let logs = Logs {
             console: Path::new("/t/console"),
             resets: Path::new("/t/resets"),
         };
-        let a = args(&config(), &ConsoleConfig::None, false, &logs, true);
+        let a = args(&config(), &ConsoleConfig::None, false, &logs, true, &[]);
         assert_eq!(
             value_after(&a, "-drive"),
             [
@@ -316,13 +376,13 @@ mod tests {
             resets: Path::new("/t/r"),
         };
         let c = config();
-        let tty = args(&c, &ConsoleConfig::Stdout, true, &logs, false);
+        let tty = args(&c, &ConsoleConfig::Stdout, true, &logs, false, &[]);
         assert_eq!(
             value_after(&tty, "-chardev"),
             ["stdio,id=con,mux=on,signal=off,logfile=/t/c"]
         );
         assert_eq!(value_after(&tty, "-mon"), ["chardev=con,mode=readline"]);
-        let pipe = args(&c, &ConsoleConfig::Stdout, false, &logs, false);
+        let pipe = args(&c, &ConsoleConfig::Stdout, false, &logs, false, &[]);
         assert_eq!(
             value_after(&pipe, "-chardev"),
             ["stdio,id=con,signal=off,logfile=/t/c"]
@@ -333,6 +393,7 @@ mod tests {
             false,
             &logs,
             false,
+            &[],
         );
         assert_eq!(
             value_after(&file, "-chardev"),
@@ -364,7 +425,7 @@ mod tests {
             ops: Some(10),
             bytes: Some(4 << 20),
         };
-        let a = args(&c, &ConsoleConfig::None, false, &logs, false);
+        let a = args(&c, &ConsoleConfig::None, false, &logs, false, &[]);
         assert_eq!(
             value_after(&a, "-drive"),
             [
@@ -384,10 +445,10 @@ mod tests {
             resets: Path::new("/t/r"),
         };
         let mut c = config();
-        let on = args(&c, &ConsoleConfig::None, false, &logs, false);
+        let on = args(&c, &ConsoleConfig::None, false, &logs, false, &[]);
         assert_eq!(value_after(&on, "-sandbox"), [SANDBOX]);
         c.seccomp = Seccomp::Off;
-        let off = args(&c, &ConsoleConfig::None, false, &logs, false);
+        let off = args(&c, &ConsoleConfig::None, false, &logs, false, &[]);
         assert!(!off.contains(&"-sandbox".to_string()), "{off:?}");
     }
 }

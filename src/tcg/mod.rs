@@ -21,9 +21,10 @@ pub mod verdict;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
@@ -31,6 +32,7 @@ use vmm_sys_util::tempdir::TempDir;
 use crate::arch::x86_64::boot::{detect_kernel, BootError};
 use crate::config::{ConsoleConfig, Seccomp, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
+use crate::devices::virtio::net::{passt, NetBackend};
 use crate::exec::capture::Tail;
 use crate::exit::VmExit;
 use crate::guest::resources_dir;
@@ -52,6 +54,8 @@ const QEMU_LINES: usize = 20;
 pub enum TcgError {
     /// `--net` asked for.
     NetNeedsKvm,
+    /// `--net user`: passt missing, or it could not start.
+    Passt(passt::Error),
     /// More virtio devices than the machine has transports for.
     TooManyDevices {
         asked: usize,
@@ -89,10 +93,11 @@ impl fmt::Display for TcgError {
             Self::Disk(e) => write!(f, "{e}"),
             Self::NetNeedsKvm => write!(
                 f,
-                "--net needs hardware KVM (vmx/svm): on this host QEMU's software CPU runs \
-                 the guest, and kvmini's --net (its own virtio-net on your TAP device) is \
-                 not available there; run on a host with hardware virtualization, or drop --net"
+                "--net tap= needs hardware KVM (vmx/svm): on this host QEMU's software CPU \
+                 runs the guest, and kvmini's TAP NICs are not available there; use \
+                 --net user (passt), or a host with hardware virtualization"
             ),
+            Self::Passt(e) => write!(f, "--net user: {e}"),
             Self::TooManyDevices { asked, exec } => write!(
                 f,
                 "{asked} virtio devices{} is too many for the software-CPU engine (QEMU's \
@@ -180,10 +185,14 @@ pub fn run_exec(
 
 /// Checks what the host can check before QEMU starts.
 fn preflight(config: &VmConfig, exec: bool) -> Result<(), TcgError> {
-    if !config.nets.is_empty() {
+    if config
+        .nets
+        .iter()
+        .any(|n| matches!(n.backend, NetBackend::Tap(_)))
+    {
         return Err(TcgError::NetNeedsKvm);
     }
-    let asked = config.disks.len() + usize::from(exec);
+    let asked = config.disks.len() + config.nets.len() + usize::from(exec);
     if asked > MAX_DEVICES {
         return Err(TcgError::TooManyDevices { asked, exec });
     }
@@ -257,13 +266,24 @@ fn boot(
         console: &console_log,
         resets: &resets,
     };
+    // One passt per user-mode NIC, its socket handed to QEMU's netdev.
+    let mut passts = Vec::new();
+    for n in &config.nets {
+        if let NetBackend::User(forwards) = &n.backend {
+            let bin = passt::preflight(forwards).map_err(TcgError::Passt)?;
+            passts.push(passt::spawn(&bin, forwards).map_err(TcgError::Passt)?);
+        }
+    }
+    let net_fds: Vec<RawFd> = passts.iter().map(|(s, _)| s.as_raw_fd()).collect();
     let mut qemu = q::command();
+    q::inherit_fds(&mut qemu, net_fds.clone());
     qemu.args(machine::args(
         config,
         console,
         interactive,
         &logs,
         ports.is_some(),
+        &net_fds,
     ))
     .stdin(if *console == ConsoleConfig::Stdout && ports.is_none() {
         Stdio::inherit()
@@ -288,6 +308,8 @@ fn boot(
     let terminal = SavedTerminal::save();
     let started = Instant::now();
     let mut child = q::spawn(&mut qemu).map_err(TcgError::SpawnQemu)?;
+    // QEMU has its ends of passt's sockets; ours would keep passt alive.
+    let mut passts: Vec<Child> = passts.into_iter().map(|(_, c)| c).collect();
     let copying = streams.map(Files::follow);
     let tail = Tail::new(CONSOLE_TAIL);
     let mut watcher = ConsoleWatch::new(console_log, tail.clone());
@@ -301,6 +323,11 @@ fn boot(
         c.finish(user_stopped.then(|| Instant::now() + FLUSH_AFTER_STOP));
     }
     drop(terminal);
+    for p in &mut passts {
+        // Gone already once QEMU closed its socket; killed if not.
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     watcher.poll();
     let status = waited.map_err(TcgError::SpawnQemu)?;
     log::info!(

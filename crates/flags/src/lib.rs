@@ -70,17 +70,25 @@ pub struct VmArgs {
     )]
     pub disks: Vec<String>,
 
-    /// A virtio-net NIC backed by the host TAP interface NAME:
-    /// `tap=NAME[,mac=MAC][,bw=BYTES]` (`bw`: bytes per second in each
-    /// direction, K, M, G suffixes). Repeat for more NICs (eth0, eth1, ... in the
-    /// guest). Without `mac`, each NIC gets its own 52:54:00:xx:xx:xx
-    /// address. If NAME does not exist and kvmini has CAP_NET_ADMIN (e.g.
-    /// root), kvmini creates it for the life of the VM; otherwise create
-    /// it first: `sudo ip tuntap add dev NAME mode tap user $USER`. The host
-    /// side is yours to configure (address, or a bridge); the guest can
-    /// configure itself with the kernel's `ip=` parameter. Needs hardware
-    /// KVM: not available with --accel tcg or emulated.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,bw=BYTES]")]
+    /// A virtio-net NIC (eth0, eth1, ... in the guest, in order; repeat
+    /// for more). `user[,forward=tcp:HOSTPORT:GUESTPORT]...`: no root
+    /// needed; kvmini starts passt (Debian package `passt`) for the NIC,
+    /// which gives the guest DHCP, DNS and its connections through your
+    /// own sockets; the host's loopback is the guest's gateway address,
+    /// and each `forward` makes the host's HOSTPORT reach the guest's
+    /// GUESTPORT. kvmini's guests configure such a NIC by DHCP themselves.
+    /// `tap=NAME`: the host TAP interface NAME; if it does not exist and
+    /// kvmini has CAP_NET_ADMIN (e.g. root), kvmini creates it for the
+    /// life of the VM; otherwise create it first: `sudo ip tuntap add dev
+    /// NAME mode tap user $USER`. The host side is yours to configure
+    /// (address, or a bridge); the guest configures itself with the
+    /// kernel's `ip=` parameter; not with --accel tcg or emulated. Both
+    /// take `mac=MAC` (default: each NIC its own 52:54:00:xx:xx:xx) and
+    /// `bw=BYTES` (bytes per second in each direction, K, M, G suffixes).
+    #[arg(
+        long = "net",
+        value_name = "user[,forward=tcp:H:G] | tap=NAME[,mac=MAC][,bw=BYTES]"
+    )]
     pub nets: Vec<String>,
 
     /// On SIGTERM (and `exec --timeout`), a guest that runs ACPI gets its
@@ -276,8 +284,7 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
         a.extend(["--disk".into(), d.to_arg()]);
     }
     for n in nets {
-        let bw = n.bw.map(|b| format!(",bw={b}")).unwrap_or_default();
-        a.extend(["--net".into(), format!("tap={},mac={}{bw}", n.tap, n.mac)]);
+        a.extend(["--net".into(), n.to_arg()]);
     }
     a
 }

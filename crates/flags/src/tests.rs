@@ -128,7 +128,11 @@ fn nets_round_trip_with_their_macs() {
     let mut a = with_kernel(&k);
     // The second NIC's MAC is generated from this process's pid: it must
     // travel explicitly, or another process would generate another.
-    a.nets = vec!["tap=tap0,mac=52:54:00:12:34:56".into(), "tap=tap1".into()];
+    a.nets = vec![
+        "tap=tap0,mac=52:54:00:12:34:56".into(),
+        "tap=tap1".into(),
+        "user,forward=tcp:8080:80,forward=tcp:2222:22,bw=1M".into(),
+    ];
     round_trip(&a);
     assert!(vm_args(&config(&a).unwrap())
         .iter()
@@ -205,7 +209,7 @@ fn bad_values_are_refused_before_the_default_guest() {
         ("--cpus", |a| a.cpus = 254),
         ("--accel", |a| a.accel = "qemu".into()),
         ("--disk", |a| a.disks = vec!["disk.img".into()]),
-        ("--net", |a| a.nets = vec!["user".into()]),
+        ("--net", |a| a.nets = vec!["user,forward=tcp:1:0".into()]),
         ("--shutdown-timeout", |a| a.shutdown_timeout = "soon".into()),
         ("--seccomp", |a| a.seccomp = "maybe".into()),
         ("--disk", |a| a.disks = vec!["path=/a,iops=0".into()]),
@@ -245,11 +249,11 @@ fn messages_suggest_the_fix() {
     let e = config(&a).unwrap_err().to_string();
     assert!(e.contains("did you mean --net tap=tap0?"), "{e}");
     let a = VmArgs {
-        nets: vec!["user".into()],
+        nets: vec!["user,forward=8080:80".into()],
         ..VmArgs::default()
     };
     let e = config(&a).unwrap_err().to_string();
-    assert!(e.contains("tap=NAME"), "{e}");
+    assert!(e.contains("forward=tcp:HOSTPORT:GUESTPORT"), "{e}");
 }
 
 #[test]

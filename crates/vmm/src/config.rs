@@ -82,7 +82,7 @@ use crate::arch::x86_64::layout;
 use crate::devices::rate_limiter::{parse_rate, RateLimit};
 /// One `--net`: the network device's own config type.
 pub use crate::devices::virtio::net::NetConfig;
-use crate::devices::virtio::net::{tap, MacAddr};
+use crate::devices::virtio::net::{tap, MacAddr, NetBackend, PortForward};
 pub use crate::seccomp::Seccomp;
 
 /// Splits `key=value,key=value`, rejecting unknown keys, repeated keys and
@@ -166,15 +166,12 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, ConfigError> {
 fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
     let err = |why: String| ConfigError::Net(s.to_string(), why);
     if s == "user" || s.starts_with("user,") {
-        return Err(err(
-            "user-mode networking is not available yet: give the NIC a host TAP with \
-             tap=NAME (see kvmini run --help)"
-                .into(),
-        ));
+        return parse_user_net(s, index, pid).map_err(err);
     }
     if !s.contains('=') && tap::valid_name(s) {
         return Err(err(format!(
-            "a NIC is tap=NAME[,mac=MAC][,bw=BYTES]: did you mean --net tap={s}?"
+            "a NIC is tap=NAME[,mac=MAC][,bw=BYTES] or user[,forward=tcp:HOSTPORT:GUESTPORT]: \
+             did you mean --net tap={s}?"
         )));
     }
     let mut name = None;
@@ -193,34 +190,125 @@ fn parse_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, ConfigError> {
             _ => mac = Some(v.parse::<MacAddr>().map_err(err)?),
         }
     }
-    let tap = name.ok_or_else(|| err("tap=NAME is required".into()))?;
+    let tap = name.ok_or_else(|| err("tap=NAME is required (or `user`)".into()))?;
     Ok(NetConfig {
-        tap,
+        backend: NetBackend::Tap(tap),
         mac: mac.unwrap_or_else(|| MacAddr::generated(pid, index)),
         bw,
     })
 }
 
-/// All `--net`s: no TAP or MAC used twice.
+/// `user[,forward=tcp:H:G]...[,mac=MAC][,bw=BYTES]`: `forward` may repeat.
+fn parse_user_net(s: &str, index: u8, pid: u32) -> Result<NetConfig, String> {
+    let mut forwards: Vec<PortForward> = Vec::new();
+    let mut rest = Vec::new();
+    for item in s.split(',').skip(1) {
+        match item.strip_prefix("forward=") {
+            Some(f) => {
+                let f: PortForward = f.parse()?;
+                if let Some(o) = forwards.iter().find(|o| o.host == f.host) {
+                    return Err(format!(
+                        "host port {} is forwarded twice (forward={o} and forward={f})",
+                        f.host
+                    ));
+                }
+                forwards.push(f);
+            }
+            None => rest.push(item),
+        }
+    }
+    let mut mac = None;
+    let mut bw = None;
+    if !rest.is_empty() {
+        for (k, v) in parse_kv(&rest.join(","), &["mac", "bw", "forward"])? {
+            match k.as_str() {
+                "bw" => bw = Some(parse_limit(&k, &v)?),
+                _ => mac = Some(v.parse::<MacAddr>()?),
+            }
+        }
+    }
+    Ok(NetConfig {
+        backend: NetBackend::User(forwards),
+        mac: mac.unwrap_or_else(|| MacAddr::generated(pid, index)),
+        bw,
+    })
+}
+
+impl NetConfig {
+    /// This NIC as `--net` takes it.
+    pub fn to_arg(&self) -> String {
+        let mut a = match &self.backend {
+            NetBackend::Tap(name) => format!("tap={name}"),
+            NetBackend::User(forwards) => {
+                let mut a = "user".to_string();
+                for f in forwards {
+                    a.push_str(&format!(",forward={f}"));
+                }
+                a
+            }
+        };
+        a.push_str(&format!(",mac={}", self.mac));
+        if let Some(bw) = self.bw {
+            a.push_str(&format!(",bw={bw}"));
+        }
+        a
+    }
+}
+
+/// What this host must have for `nets`' user-mode NICs (passt, a default
+/// route, the forwarded host ports free): checked before anything is
+/// built or booted.
+pub fn check_nets_available(nets: &[NetConfig]) -> Result<(), ConfigError> {
+    for n in nets {
+        if let NetBackend::User(forwards) = &n.backend {
+            crate::devices::virtio::net::passt::preflight(forwards)
+                .map_err(|e| ConfigError::NetUnavailable(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// All `--net`s: no TAP, MAC or forwarded host port used twice.
 pub fn parse_nets(args: &[String], pid: u32) -> Result<Vec<NetConfig>, ConfigError> {
     let mut nets: Vec<NetConfig> = Vec::with_capacity(args.len());
     for (i, s) in args.iter().enumerate() {
         let index = u8::try_from(i).map_err(|_| ConfigError::TooManyDevices(args.len()))?;
         let n = parse_net(s, index, pid)?;
-        if let Some(other) = nets.iter().find(|o| o.tap == n.tap || o.mac == n.mac) {
-            let what = if other.tap == n.tap {
-                format!("TAP '{}'", n.tap)
-            } else {
-                format!("MAC {}", n.mac)
-            };
-            return Err(ConfigError::Net(
-                s.clone(),
-                format!("{what} is already used by another --net"),
-            ));
+        for other in &nets {
+            let clash = match (&other.backend, &n.backend) {
+                (NetBackend::Tap(a), NetBackend::Tap(b)) if a == b => Some(format!("TAP '{a}'")),
+                (NetBackend::User(a), NetBackend::User(b)) => a
+                    .iter()
+                    .find(|f| b.iter().any(|g| g.host == f.host))
+                    .map(|f| format!("host port {}", f.host)),
+                _ => None,
+            }
+            .or_else(|| (other.mac == n.mac).then(|| format!("MAC {}", n.mac)));
+            if let Some(what) = clash {
+                return Err(ConfigError::Net(
+                    s.clone(),
+                    format!("{what} is already used by another --net"),
+                ));
+            }
         }
         nets.push(n);
     }
     Ok(nets)
+}
+
+/// The kernel command line word that asks the default guest's init to
+/// configure interface `ifname` by DHCP (a user-mode NIC: passt answers).
+pub fn dhcp_word(ifname: &str) -> String {
+    format!("kvmini.dhcp={ifname}")
+}
+
+/// One [`dhcp_word`] for each user-mode NIC (the `n`th NIC is `ethn`).
+pub fn dhcp_words(nets: &[NetConfig]) -> Vec<String> {
+    nets.iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.backend, NetBackend::User(_)))
+        .map(|(i, _)| dhcp_word(&format!("eth{i}")))
+        .collect()
 }
 
 /// A fully validated VM description.
@@ -268,20 +356,23 @@ impl VmConfig {
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
-        check_cmdline(&self.cmdline, devices)
+        let words: usize = dhcp_words(&self.nets).iter().map(|w| w.len() + 1).sum();
+        check_cmdline(&self.cmdline, devices, words)
     }
 }
 
 /// The whole kernel command line (`cmdline`, kvmini's defaults included)
-/// with `devices` virtio devices' words appended: printable ASCII, within
-/// the kernel's buffer, at most [`MAX_INIT_WORDS`] words for init.
-pub fn check_cmdline(cmdline: &str, devices: usize) -> Result<(), ConfigError> {
+/// with `devices` virtio devices' words and `extra` more bytes (kvmini's
+/// other words) appended: printable ASCII, within the kernel's buffer, at
+/// most [`MAX_INIT_WORDS`] words for init.
+pub fn check_cmdline(cmdline: &str, devices: usize, extra: usize) -> Result<(), ConfigError> {
     if let Some(c) = cmdline.chars().find(|c| !(' '..='~').contains(c)) {
         return Err(ConfigError::Cmdline(format!(
             "{c:?} is not printable ASCII (tabs and newlines included)"
         )));
     }
-    let room = layout::CMDLINE_MAX_SIZE - 1 - devices * CMDLINE_BYTES_PER_DEVICE;
+    let room =
+        (layout::CMDLINE_MAX_SIZE - 1).saturating_sub(devices * CMDLINE_BYTES_PER_DEVICE + extra);
     if cmdline.len() > room {
         return Err(ConfigError::Cmdline(format!(
             "{} bytes with kvmini's defaults, more than the {room} that fit \
@@ -308,10 +399,16 @@ pub enum ConfigError {
     NoHardwareVirt,
     Disk(String, String),
     Net(String, String),
+    /// A well-formed `--net user` this host cannot provide now (no passt, a
+    /// forwarded port taken): not a usage error.
+    NetUnavailable(String),
     TooManyDevices(usize),
     MemorySize(String),
     MemoryTooSmall(u64),
-    MemoryTooLarge { requested: u64, host: u64 },
+    MemoryTooLarge {
+        requested: u64,
+        host: u64,
+    },
     Vcpus(u32),
     Console(String),
     NoKernel,
@@ -339,6 +436,7 @@ impl fmt::Display for ConfigError {
             ),
             Self::Disk(s, why) => write!(f, "invalid --disk '{s}': {why}"),
             Self::Net(s, why) => write!(f, "invalid --net '{s}': {why}"),
+            Self::NetUnavailable(why) => write!(f, "--net user: {why}"),
             Self::TooManyDevices(n) => write!(
                 f,
                 "{n} disks and NICs is too many: at most {MAX_VIRTIO_DEVICES} virtio devices fit"
@@ -594,7 +692,7 @@ mod tests {
     #[test]
     fn nets() {
         let n = parse_net("tap=tap0,mac=52:54:00:12:34:56", 0, 1).unwrap();
-        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.backend, NetBackend::Tap("tap0".into()));
         assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
         assert_eq!(n.bw, None);
         assert_eq!(
@@ -633,6 +731,60 @@ mod tests {
             7
         )
         .is_err());
+    }
+
+    #[test]
+    fn user_nets() {
+        let fw = |host, guest| PortForward { host, guest };
+        let n = parse_net("user", 0, 1).unwrap();
+        assert_eq!(n.backend, NetBackend::User(vec![]));
+        assert_eq!(n.mac, MacAddr::generated(1, 0));
+        let n = parse_net(
+            "user,forward=tcp:8080:80,mac=52:54:00:12:34:56,forward=tcp:2222:22,bw=1M",
+            0,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            n.backend,
+            NetBackend::User(vec![fw(8080, 80), fw(2222, 22)])
+        );
+        assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        assert_eq!(n.bw, Some(1 << 20));
+        // What vm_args() passes on parses back to the same NIC.
+        assert_eq!(parse_net(&n.to_arg(), 0, 99).unwrap(), n);
+        for bad in [
+            "user,",
+            "user,forward=8080:80",
+            "user,forward=tcp:8080",
+            "user,forward=udp:53:53",
+            "user,forward=tcp:0:80",
+            "user,forward=tcp:1:2,forward=tcp:1:3",
+            "user,tap=t0",
+            "user,mac=1,mac=2",
+            "users",
+        ] {
+            assert!(parse_net(bad, 0, 1).is_err(), "{bad:?} should be rejected");
+        }
+        let e = parse_net("user,forward=tcp:1:2,forward=tcp:1:3", 0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host port 1 is forwarded twice"), "{e}");
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Two user NICs are fine; the same host port on both is not.
+        assert_eq!(
+            parse_nets(&list(&["user", "user", "tap=t0"]), 7)
+                .unwrap()
+                .len(),
+            3
+        );
+        let e = parse_nets(&list(&["user,forward=tcp:5:6", "user,forward=tcp:5:7"]), 7)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host port 5 is already used"), "{e}");
+        // Each user NIC asks the guest for DHCP on its interface.
+        let nets = parse_nets(&list(&["tap=t0", "user", "user"]), 7).unwrap();
+        assert_eq!(dhcp_words(&nets), ["kvmini.dhcp=eth1", "kvmini.dhcp=eth2"]);
     }
 
     #[test]

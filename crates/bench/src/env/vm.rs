@@ -13,6 +13,7 @@ use kvmini_flags::vm_args;
 use kvmini_vmm::config::{DiskConfig, NetConfig, VmConfig};
 use kvmini_vmm::devices::virtio::block::guest_device;
 use kvmini_vmm::devices::virtio::net::MacAddr;
+use kvmini_vmm::devices::virtio::net::NetBackend;
 
 pub struct VmEnv {
     pub exe: PathBuf,
@@ -63,7 +64,7 @@ impl Env for VmEnv {
         }
         if let Some((tap, ip)) = &job.tap {
             vm.nets.push(NetConfig {
-                tap: tap.clone(),
+                backend: NetBackend::Tap(tap.clone()),
                 mac: MacAddr::generated(std::process::id(), 0),
                 bw: None,
             });

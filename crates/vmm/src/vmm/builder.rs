@@ -48,8 +48,15 @@ pub fn guest_memory(config: &VmConfig) -> Result<GuestRam, Error> {
 
 /// Builds the kernel command line: the config's, plus what devices add.
 pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
-    Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| Error::Cmdline(e.to_string()))
+    let mut cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    // Before `--`: the default guest's init configures these NICs by DHCP.
+    for word in crate::config::dhcp_words(&config.nets) {
+        cmdline
+            .insert_str(word)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+    }
+    Ok(cmdline)
 }
 
 /// Loads kernel, initrd and command line, and writes the boot tables: ACPI

@@ -1,6 +1,7 @@
 //! The virtio-net device: features and config space for the transport, and
 //! the worker that moves frames between the guest's receive/transmit queues
-//! and the TAP, driven by [`NetHandler`] on the event loop.
+//! and the backend, driven by [`NetHandler`] on the event loop. The backend
+//! is a TAP or a passt process ([`NetBackend`]); "the TAP" below is either.
 //!
 //! Nothing busy-waits. Receive: frames are read from the TAP only while the
 //! guest has buffers; when it has none the frame in hand is kept, the TAP
@@ -20,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::frame::{self, ChainError, ETH_HLEN, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use super::mac::MacAddr;
+use super::passt::{self, Passt, PortForward};
 use super::tap::{self, FrameIo, Tap};
 use crate::devices::bus::lock;
 use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
@@ -55,10 +57,19 @@ pub const RX_BATCH: usize = 64;
 /// `mac[6]` and `status` of `struct virtio_net_config`.
 pub const CONFIG_LEN: usize = 8;
 
+/// Where a NIC's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackend {
+    /// `tap=NAME`: a host TAP interface (opened, or created if kvmini may).
+    Tap(String),
+    /// `user`: a passt process kvmini starts, forwarding these host ports.
+    User(Vec<PortForward>),
+}
+
 /// A NIC as configured by the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
-    pub tap: String,
+    pub backend: NetBackend,
     pub mac: MacAddr,
     /// `bw=`: bytes per second, in each direction.
     pub bw: Option<u64>,
@@ -67,6 +78,7 @@ pub struct NetConfig {
 #[derive(Debug)]
 pub enum Error {
     Tap(tap::Error),
+    Passt(passt::Error),
     EventFd(io::Error),
     RateLimiter(rate_limiter::Error),
 }
@@ -75,6 +87,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tap(e) => write!(f, "--net: {e}"),
+            Self::Passt(e) => write!(f, "--net user: {e}"),
             Self::EventFd(e) => write!(f, "cannot create the network queue eventfds: {e}"),
             Self::RateLimiter(e) => write!(f, "--net: {e}"),
         }
@@ -85,6 +98,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Tap(e) => Some(e),
+            Self::Passt(e) => Some(e),
             Self::EventFd(e) => Some(e),
             Self::RateLimiter(e) => Some(e),
         }
@@ -132,10 +146,20 @@ pub struct Net {
 }
 
 impl Net {
-    /// Opens (or creates) the TAP named in `config`.
+    /// Opens (or creates) the TAP named in `config`, or starts its passt.
     pub fn new(config: &NetConfig) -> Result<Self, Error> {
-        let tap = Tap::open(&config.tap).map_err(Error::Tap)?;
-        let mut net = Self::with_backend(config.tap.clone(), config.mac, Arc::new(tap))?;
+        let (name, io): (String, Arc<dyn FrameIo>) = match &config.backend {
+            NetBackend::Tap(name) => (name.clone(), Arc::new(Tap::open(name).map_err(Error::Tap)?)),
+            NetBackend::User(forwards) => {
+                let bin = passt::preflight(forwards).map_err(Error::Passt)?;
+                let p = Passt::start(&bin, forwards).map_err(Error::Passt)?;
+                (
+                    format!("user (passt pid {})", p.pid().unwrap_or(0)),
+                    Arc::new(p),
+                )
+            }
+        };
+        let mut net = Self::with_backend(name, config.mac, io)?;
         net.bw = config.bw;
         Ok(net)
     }
@@ -147,14 +171,16 @@ impl Net {
     }
 
     /// A device over any frame backend (the tests use a socketpair).
+    /// Offloads are offered only if the backend passes the virtio-net
+    /// header through ([`FrameIo::vnet_hdr`]).
     pub fn with_backend(name: String, mac: MacAddr, io: Arc<dyn FrameIo>) -> Result<Self, Error> {
-        let features = feature(VIRTIO_F_VERSION_1)
+        let base = feature(VIRTIO_F_VERSION_1)
             | feature(VIRTIO_F_RING_EVENT_IDX)
             | feature(VIRTIO_F_RING_INDIRECT_DESC)
             | feature(VIRTIO_NET_F_MAC)
             | feature(VIRTIO_NET_F_STATUS)
-            | feature(VIRTIO_NET_F_MRG_RXBUF)
-            | feature(VIRTIO_NET_F_CSUM)
+            | feature(VIRTIO_NET_F_MRG_RXBUF);
+        let offloads = feature(VIRTIO_NET_F_CSUM)
             | feature(VIRTIO_NET_F_GUEST_CSUM)
             | feature(VIRTIO_NET_F_GUEST_TSO4)
             | feature(VIRTIO_NET_F_GUEST_TSO6)
@@ -162,6 +188,7 @@ impl Net {
             | feature(VIRTIO_NET_F_HOST_TSO4)
             | feature(VIRTIO_NET_F_HOST_TSO6)
             | feature(VIRTIO_NET_F_HOST_ECN);
+        let features = if io.vnet_hdr() { base | offloads } else { base };
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&mac.octets());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
@@ -334,7 +361,7 @@ impl Worker {
         if self.rx_pending.is_none() {
             set |= EventSet::IN;
         }
-        if self.tx_pending.is_some() {
+        if self.tx_pending.is_some() || self.io.backlog() {
             set |= EventSet::OUT;
         }
         set
@@ -503,6 +530,15 @@ impl Worker {
     pub fn process_tx(&mut self, mut limiter: Option<&mut RateLimiter>) {
         if self.broken {
             return;
+        }
+        // The rest of a frame a stream backend took only part of goes first.
+        match self.io.flush() {
+            Err(e) if would_block(&e) => return,
+            Err(e) => {
+                self.stats.tap_errors += 1;
+                log::debug!("virtio-net {}: backend failed to send: {e}", self.name);
+            }
+            Ok(()) => {}
         }
         if let Some(len) = self.tx_pending {
             match self.io.send(&self.tx_buf[..len]) {
@@ -702,7 +738,7 @@ impl MutEventSubscriber for NetHandler {
             } else if fd == self.io.as_raw_fd() {
                 if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                     log::error!(
-                        "virtio-net {}: the TAP device failed or went away; the NIC is cut off",
+                        "virtio-net {}: the TAP device failed or passt went away; the NIC is cut off",
                         self.name
                     );
                     if let Err(e) = ops.remove(Events::empty_raw(self.io.as_raw_fd())) {

@@ -25,6 +25,22 @@ pub trait FrameIo: AsRawFd + Send + Sync {
     fn send(&self, frame: &[u8]) -> io::Result<usize>;
     /// Tells the host which offloads the guest accepts (`TUN_F_*`).
     fn set_offload(&self, flags: u32) -> io::Result<()>;
+    /// Whether the host side takes and gives the virtio-net header as it
+    /// is (a TAP with `IFF_VNET_HDR`); without, the device offers the guest
+    /// no checksum or segmentation offloads, and the backend adds and
+    /// strips an all-zero header itself.
+    fn vnet_hdr(&self) -> bool {
+        true
+    }
+    /// Whether part of a frame `send` accepted is still waiting to go out
+    /// (a stream backend): the device then polls for writability.
+    fn backlog(&self) -> bool {
+        false
+    }
+    /// Sends what [`Self::backlog`] holds; `WouldBlock` if some remains.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
