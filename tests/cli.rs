@@ -22,10 +22,16 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// the default guest would start building it (minutes) and blow [`FAST`];
 /// a kvmini still running after [`RUN_LIMIT`] is killed and fails the test.
 fn kvmini(args: &[&str]) -> (Output, Duration) {
+    kvmini_with(args, &[])
+}
+
+/// [`kvmini`] with `env` added to its environment.
+fn kvmini_with(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
     let cache = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-cli.")).unwrap();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvmini"))
         .args(args)
+        .envs(env.iter().copied())
         .env("KVMINI_CACHE_DIR", cache.as_path())
         .env_remove("KVMINI_RESOURCES")
         .env_remove("RUST_LOG")
@@ -67,6 +73,28 @@ fn refused(args: &[&str], code: i32, needle: &str) -> String {
     err
 }
 
+/// `--net user` without passt: exit 1 (the flags are fine, the host lacks
+/// something) before the default guest is built, saying how to get it.
+#[test]
+fn user_net_without_passt_says_how_to_install_it() {
+    for cmd in ["run", "exec"] {
+        let mut args = vec![cmd, "--net", "user"];
+        if cmd == "exec" {
+            args.extend(["--", "true"]);
+        }
+        let (out, took) = kvmini_with(&args, &[("KVMINI_PASST", "/nonexistent/passt")]);
+        let err = stderr(&out);
+        let code = if cmd == "exec" { 125 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {err}");
+        assert!(err.contains("apt-get install passt"), "{cmd}: {err}");
+        assert!(
+            err.contains("KVMINI_PASST=/nonexistent/passt"),
+            "{cmd}: {err}"
+        );
+        assert!(took < FAST, "{cmd} took {took:?}: something ran first");
+    }
+}
+
 #[test]
 fn run_checks_every_flag_before_building_the_default_guest() {
     refused(&["run", "--memory", "1X"], 2, "invalid --memory '1X'");
@@ -78,7 +106,11 @@ fn run_checks_every_flag_before_building_the_default_guest() {
         2,
         "did you mean --disk path=disk.img?",
     );
-    refused(&["run", "--net", "user"], 2, "tap=NAME");
+    refused(
+        &["run", "--net", "user,forward=8080:80"],
+        2,
+        "forward=tcp:HOSTPORT:GUESTPORT",
+    );
     refused(
         &["run", "--cmdline", &"x".repeat(3000)],
         2,

@@ -1161,6 +1161,35 @@ fn net_ping_tcp() {
     );
 }
 
+/// `--net user` (passt) on kvmini's own virtio-net, run by a user without
+/// privileges: DHCP, a fetch from L1's loopback through the gateway
+/// address, an upload into the guest through a forward.
+#[test]
+fn net_user() {
+    let c = scenario("net_user");
+    c.rc(0).shows("kvmini-guest: exit status 0");
+    if c.after("runner-uid=") != "65534 runner-caps=0000000000000000" {
+        c.fail("kvmini did not run as an unprivileged user without capabilities");
+    }
+    // The address passt handed out by DHCP: the one of L1's interface.
+    if c.after("guest-addr=") != "10.77.0.1/24" {
+        c.fail("the guest did not get passt's address by DHCP");
+    }
+    let (got, sent) = (sha(&c, "guest-got-sha="), sha(&c, "host-file-sha="));
+    if got != sent {
+        c.fail(&format!("fetch: L1 served {sent}, the guest got {got}"));
+    }
+    let (answer, up) = (sha(&c, "upload-answer="), sha(&c, "host-up-sha="));
+    if answer != up {
+        c.fail(&format!(
+            "forward: L1 uploaded {up}, the guest got {answer}"
+        ));
+    }
+    if c.after("guest-served=") != "0" {
+        c.fail("the guest's server did not end cleanly");
+    }
+}
+
 #[test]
 fn net_two_guests() {
     let c = scenario("net_two_guests");

@@ -23,9 +23,10 @@ on_exit '((EXIT_STATUS == 0)) || echo "==> FAILED during: $step_name (exit statu
 
 step "host packages"
 # Kernel build dependencies are installed by resources/kernel/build.sh itself.
+# passt: `--net user` (tests/tcg.rs runs it; the rig copies it into L1).
 # fonts-dejavu-core: the bench chart's text (its unit test fails without it;
 # apt_install uses --no-install-recommends, so nothing else pulls it in).
-apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs \
+apt_install build-essential pkg-config qemu-system-x86 busybox-static cpio e2fsprogs passt \
     fonts-dejavu-core
 command -v cargo >/dev/null ||
     die "cargo not found: install Rust (https://rustup.rs) with the rustfmt and clippy components"

@@ -618,3 +618,397 @@ fn exec_guest_death_is_123() {
     assert_eq!(out.status.code(), Some(123), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("panicked"));
 }
+
+// ---- --net user (passt), as a user without privileges ----
+
+/// A directory everyone may read, holding what an unprivileged kvmini
+/// needs: its own binary and the default guest's kernel and initramfs
+/// (built or taken from the cache as this user; the unprivileged one has
+/// no cache and could not install packages to build them).
+fn unprivileged_kit() -> PathBuf {
+    static KIT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KIT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("resources");
+        let script = |s: &str| {
+            let out = Command::new("bash")
+                .arg(root.join(s))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {s}: {e}"));
+            assert!(out.status.success(), "{s} failed");
+            PathBuf::from(text(&out.stdout).trim())
+        };
+        let kernel = script("kernel/build.sh").join("vmlinux");
+        let initrd = script("rootfs/build-initramfs.sh");
+        let kit = temp_path("kit");
+        let _ = std::fs::remove_dir_all(&kit);
+        std::fs::create_dir_all(&kit).unwrap();
+        for (from, to) in [
+            (PathBuf::from(env!("CARGO_BIN_EXE_kvmini")), "kvmini"),
+            (kernel, "vmlinux"),
+            (initrd, "initrd"),
+        ] {
+            std::fs::copy(&from, kit.join(to))
+                .unwrap_or_else(|e| panic!("cannot copy {}: {e}", from.display()));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kit, std::fs::Permissions::from_mode(0o755)).unwrap();
+        kit
+    })
+    .clone()
+}
+
+/// `kvmini exec --accel tcg --kernel .. --initrd .. ARGS` as a user without
+/// privileges: `nobody` (through setpriv, no capabilities) when the tests
+/// run as root, else the tests' own user.
+fn unprivileged_exec(args: &[String]) -> Command {
+    let kit = unprivileged_kit();
+    let mut all: Vec<String> = vec![
+        "exec".into(),
+        "--accel".into(),
+        "tcg".into(),
+        "--kernel".into(),
+        kit.join("vmlinux").display().to_string(),
+        "--initrd".into(),
+        kit.join("initrd").display().to_string(),
+    ];
+    all.extend(args.iter().cloned());
+    let kvmini = kit.join("kvmini");
+    // SAFETY: geteuid has no preconditions.
+    let mut c = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(kvmini);
+        c
+    } else {
+        Command::new(kvmini)
+    };
+    c.args(all)
+        .env("HOME", std::env::temp_dir())
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("KVMINI_CACHE_DIR")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null());
+    c
+}
+
+/// A host port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SHA-256 of `data` as `sha256sum` prints it (the guest's busybox has
+/// the same command).
+fn sha256(data: &[u8]) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn payload(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Serves `body` to every HTTP request on the host's loopback, until the
+/// test ends; returns the port.
+fn serve_on_loopback(body: Vec<u8>) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    port
+}
+
+fn output_limited(mut c: Command, what: &str) -> Output {
+    let out = temp_path(&format!("uout.{}", free_port()));
+    let err = temp_path(&format!("uerr.{}", free_port()));
+    let mut child = c
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("cannot start kvmini");
+    let status = wait_limited(&mut child, what);
+    let o = Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr: std::fs::read(&err).unwrap_or_default(),
+    };
+    let _ = (std::fs::remove_file(&out), std::fs::remove_file(&err));
+    eprintln!(
+        "---- {what}: {}\n---- stdout:\n{}\n---- stderr:\n{}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    o
+}
+
+/// The gateway the guest got by DHCP reaches the host's loopback, as the
+/// user who runs kvmini: the guest fetches 1 MiB from a server only the
+/// host's 127.0.0.1 can reach, and its hash matches.
+#[test]
+fn user_net_reaches_the_hosts_loopback_without_privileges() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let body = payload(1 << 20, 7);
+    let want = sha256(&body);
+    let port = serve_on_loopback(body);
+    let script = format!(
+        "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+         wget -qO- http://$gw:{port}/file | sha256sum; echo uid=$(id -u)"
+    );
+    let out = output_limited(
+        unprivileged_exec(&[
+            "--net".into(),
+            "user".into(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+        ]),
+        "exec --net user (fetch)",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("{want}  -")),
+        "the guest's copy differs or never came: {stdout:?} (want {want})"
+    );
+}
+
+/// An HTTP server on the host's loopback through which guests say when
+/// their server listens (`/ready-NAME`) and learn when the host has what
+/// it wanted (`/done-NAME`: 404 until then), so that no connection is
+/// made before the guest listens (passt would hold it, waiting for the
+/// guest, and might hand it over late) and no guest powers off while its
+/// answer is still on the way.
+struct Coordinator {
+    port: u16,
+    ready: std::sync::Arc<Mutex<Vec<String>>>,
+    done: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Coordinator {
+    fn new() -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let ready = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let done = std::sync::Arc::new(Mutex::new(Vec::<String>::new()));
+        let (r, d) = (ready.clone(), done.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut req = [0u8; 1024];
+                let n = s.read(&mut req).unwrap_or(0);
+                let req = text(&req[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                let ok = if let Some(name) = path.strip_prefix("/ready-") {
+                    r.lock().unwrap().push(name.to_string());
+                    true
+                } else if let Some(name) = path.strip_prefix("/done-") {
+                    d.lock().unwrap().iter().any(|x| x == name)
+                } else {
+                    false
+                };
+                let status = if ok { "200 OK" } else { "404 Not Found" };
+                let _ = write!(s, "HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        Self { port, ready, done }
+    }
+
+    /// The guest's part, for `name`: once `server` (a command that listens)
+    /// runs in the background, say so, then wait for the host.
+    fn guest_script(&self, name: &str, server: &str) -> String {
+        let p = self.port;
+        format!(
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); {server} & sleep 1; \
+             wget -qO- http://$gw:{p}/ready-{name}; \
+             until wget -qO- http://$gw:{p}/done-{name} 2>/dev/null; do sleep 1; done"
+        )
+    }
+
+    fn wait_ready(&self, name: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.ready.lock().unwrap().iter().any(|x| x == name) {
+            assert!(
+                start.elapsed() < limit,
+                "guest {name} never said it listens"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn done(&self, name: &str) {
+        self.done.lock().unwrap().push(name.to_string());
+    }
+}
+
+/// Connects to host port `port`, sends `input` and reads to the end, with
+/// a time limit on every step.
+fn talk(port: u16, input: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot connect to host port {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(input)
+        .unwrap_or_else(|e| panic!("sending to host port {port}: {e}"));
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("reading from host port {port}: {e}"));
+    got
+}
+
+/// `forward=tcp:HOSTPORT:GUESTPORT`: the host connects to its HOSTPORT and
+/// reaches a server in the guest, both ways: it uploads 512 KiB, the guest
+/// answers with the hash of what it got, then with 408,893 bytes of its
+/// own.
+#[test]
+fn user_net_forward_reaches_the_guest_both_ways() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let up = payload(512 << 10, 11);
+    let up_hash = sha256(&up);
+    let down: String = (1..=70000).map(|n| format!("{n}\n")).collect();
+    let host_port = free_port();
+    let co = Coordinator::new();
+    let script = co.guest_script(
+        "fw",
+        "nc -l -p 8080 -e sh -c 'head -c 524288 | sha256sum; seq 1 70000'",
+    );
+    let c = unprivileged_exec(&[
+        "--net".into(),
+        format!("user,forward=tcp:{host_port}:8080"),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script,
+    ]);
+    let vm = std::thread::spawn(move || output_limited(c, "exec --net user,forward=..."));
+    co.wait_ready("fw", Duration::from_secs(120));
+    let got = text(&talk(host_port, &up));
+    co.done("fw");
+    let out = vm.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (hash_line, rest) = got.split_once('\n').expect("no hash line from the guest");
+    assert_eq!(
+        hash_line,
+        format!("{up_hash}  -"),
+        "the upload arrived changed"
+    );
+    assert!(
+        rest == down,
+        "the guest's {} bytes came back changed",
+        down.len()
+    );
+}
+
+/// Four `exec --net user` at once, each with its own passt and forward:
+/// each host port reaches its own guest, and all four finish cleanly.
+#[test]
+fn four_user_net_guests_at_once_do_not_clash() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ports = Vec::new();
+    while ports.len() < 4 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let co = Coordinator::new();
+    let vms: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let script =
+                co.guest_script(&i.to_string(), &format!("nc -l -p 8080 -e echo guest-{i}"));
+            let c = unprivileged_exec(&[
+                "--net".into(),
+                format!("user,forward=tcp:{port}:8080"),
+                "--".into(),
+                "sh".into(),
+                "-c".into(),
+                script,
+            ]);
+            std::thread::spawn(move || output_limited(c, &format!("exec guest-{i}")))
+        })
+        .collect();
+    let mut said = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        co.wait_ready(&i.to_string(), Duration::from_secs(240));
+        said.push(text(&talk(port, b"")));
+        co.done(&i.to_string());
+    }
+    let outs: Vec<Output> = vms.into_iter().map(|v| v.join().unwrap()).collect();
+    for (i, s) in said.iter().enumerate() {
+        assert_eq!(
+            s,
+            &format!("guest-{i}\n"),
+            "host port {} reached another guest",
+            ports[i]
+        );
+    }
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.status.code(), Some(0), "guest-{i}: {}", text(&o.stderr));
+    }
+}
+
+/// A forwarded host port that is taken is refused before anything boots,
+/// naming the port, exit 125 (exec's own errors); `run` says 1.
+#[test]
+fn user_net_refuses_a_taken_port_before_booting() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let fw = format!("user,forward=tcp:{port}:80");
+    let out = output_limited(
+        unprivileged_exec(&["--net".into(), fw.clone(), "--".into(), "true".into()]),
+        "exec with a taken port",
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("host port {port} is already in use")),
+        "{err}"
+    );
+    let out = kvmini(&["run", "--accel", "tcg", "--net", &fw]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out.stderr).contains("starting the guest"));
+}

@@ -107,7 +107,7 @@ if ((host)); then
     exec /bin/busybox sh "$RIG/scenario-runner.sh" "$per_timeout" "${scripts[@]}"
 fi
 
-apt_install qemu-system-x86 busybox-static cpio e2fsprogs crun
+apt_install qemu-system-x86 busybox-static cpio e2fsprogs crun passt
 l1=$("$RIG/l1-kernel.sh")
 vmlinuz=$(echo "$l1"/boot/vmlinuz-*)
 moddir=$(echo "$l1"/lib/modules/*/kernel)
@@ -159,6 +159,11 @@ if [[ -n $data ]]; then
 fi
 # crun (with its libraries) for the container side of `kvmini bench`.
 copy_with_libs "$root" "$(command -v crun)"
+# passt for `--net user`, and util-linux's setpriv (busybox's cannot change
+# the user) for running kvmini as a user without privileges.
+# (busybox's applet link goes first: copying onto it would follow it.)
+rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/setpriv
+copy_with_libs "$root" "$(command -v passt)" "$(command -v setpriv)"
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 if ((track)); then
