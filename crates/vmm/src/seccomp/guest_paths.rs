@@ -378,3 +378,84 @@ fn console_and_network_traffic_on_the_event_loop() {
         },
     );
 }
+
+/// `--net user`: the passt backend's reads and writes on its stream, a
+/// frame the stream took only in part finished later, all on the event
+/// loop with its filter (a `UnixStream`'s own I/O is `recvfrom`/`sendto`).
+#[test]
+fn user_mode_network_traffic_on_the_event_loop() {
+    in_child(
+        "seccomp::guest_paths::user_mode_network_traffic_on_the_event_loop",
+        || {
+            use std::io::{Read, Write};
+            use std::os::unix::net::UnixStream;
+
+            use crate::devices::virtio::net::passt::Passt;
+
+            let mem = memory();
+            let (a, mut b) = UnixStream::pair().unwrap();
+            a.set_nonblocking(true).unwrap();
+            let io = Arc::new(Passt::for_tests(a));
+            let mut net =
+                Net::with_backend("user".into(), MacAddr([0x52, 0, 0, 0, 0, 2]), io.clone())
+                    .unwrap();
+            let mut handler = net.event_handler().unwrap();
+            let rxq = MockSplitQueue::create(&mem, GuestAddress(0x4_0000), 16);
+            let txq = MockSplitQueue::create(&mem, GuestAddress(0x5_0000), 16);
+            rxq.add_desc_chains(
+                &[RawDescriptor::from(SplitDescriptor::new(
+                    0x30_0000,
+                    2048,
+                    VRING_DESC_F_WRITE,
+                    0,
+                ))],
+                0,
+            )
+            .unwrap();
+            // 16 frames of 60,000 bytes: more than the socket takes at once.
+            let mut frame = vec![7u8; 12 + 60_000];
+            frame[..12].fill(0);
+            mem.write_slice(&frame, GuestAddress(0x40_0000)).unwrap();
+            let chains: Vec<RawDescriptor> = (0..16)
+                .map(|_| RawDescriptor::from(SplitDescriptor::new(0x40_0000, 60_012, 0, 0)))
+                .collect();
+            txq.add_desc_chains(&chains, 0).unwrap();
+            net.activate(
+                mem.clone(),
+                feature(VIRTIO_F_VERSION_1),
+                vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
+                Arc::new(Interrupt::new().unwrap()),
+            )
+            .unwrap();
+            let mut framed = 60u32.to_be_bytes().to_vec();
+            framed.extend([1u8; 60]);
+            b.write_all(&framed).unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut got = vec![0u8; 16 * (4 + 60_000)];
+                b.read_exact(&mut got).unwrap();
+                got
+            });
+            on_thread(ThreadKind::EventLoop, move || {
+                handler.process_rx();
+                // Until every frame is out: the backend's partial frames
+                // are sent from here, as on a writable socket.
+                while io.backlog() || handler.stats().is_some_and(|s| s.tx_frames < 16) {
+                    handler.process_tx();
+                }
+                drop(handler);
+            });
+            let got = reader.join().unwrap();
+            assert!(got
+                .chunks(4 + 60_000)
+                .all(|f| f[..4] == 60_000u32.to_be_bytes()));
+            let mut rx = [0u8; 72];
+            mem.read_slice(&mut rx, GuestAddress(0x30_0000)).unwrap();
+            assert_eq!(
+                &rx[12..],
+                &[1u8; 60],
+                "the frame from passt reached the guest"
+            );
+            drop(net);
+        },
+    );
+}

@@ -21,9 +21,10 @@
 //! writable again ([`FrameIo::backlog`], [`FrameIo::flush`]).
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ use crate::devices::bus::lock;
 /// The environment variable naming the passt binary (default: `passt` on
 /// `PATH`).
 pub const PASST_ENV: &str = "KVMINI_PASST";
+/// Extra arguments for every passt kvmini starts, separated by whitespace
+/// (e.g. `--ipv4-only`; the emulated machine passes `--no-map-gw`, so
+/// that its guest's gateway is the real host's loopback, not its own).
+pub const PASST_ARGS_ENV: &str = "KVMINI_PASST_ARGS";
 
 /// `forward=tcp:HOSTPORT:GUESTPORT`: connections to the host's HOSTPORT
 /// (any address) reach the guest's GUESTPORT.
@@ -216,6 +221,9 @@ pub fn spawn(passt: &Path, forwards: &[PortForward]) -> Result<(UnixStream, Chil
         cmd.args(["--tcp-ports", &format!("{}:{}", fw.host, fw.guest)]);
     }
     // No UDP ports are forwarded: passt's default is none.
+    if let Some(extra) = std::env::var_os(PASST_ARGS_ENV) {
+        cmd.args(extra.to_string_lossy().split_whitespace());
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     // SAFETY: the closure runs in the child between fork and exec and calls
     // only async-signal-safe functions (fcntl, prctl) on a descriptor the
@@ -263,7 +271,9 @@ struct RxState {
 
 /// A running passt and kvmini's end of its socket.
 pub struct Passt {
-    stream: UnixStream,
+    /// The socket as a file: `read`/`write` are what the event loop's
+    /// seccomp filter allows (a `UnixStream` would `recvfrom`/`sendto`).
+    stream: File,
     /// `None` only in the tests, where the far end is the test itself.
     child: Mutex<Option<Child>>,
     rx: Mutex<RxState>,
@@ -282,11 +292,18 @@ impl Passt {
 
     pub(super) fn over(stream: UnixStream, child: Option<Child>) -> Self {
         Self {
-            stream,
+            stream: File::from(OwnedFd::from(stream)),
             child: Mutex::new(child),
             rx: Mutex::new(RxState::default()),
             tx: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A backend on `stream` with no process behind it: the tests play
+    /// passt on the other end.
+    #[cfg(test)]
+    pub(crate) fn for_tests(stream: UnixStream) -> Self {
+        Self::over(stream, None)
     }
 
     /// passt's process id.
@@ -313,7 +330,7 @@ impl AsRawFd for Passt {
 }
 
 /// `read` that turns end-of-stream into an error (passt went away).
-fn read_some(mut s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+fn read_some(mut s: &File, buf: &mut [u8]) -> io::Result<usize> {
     match s.read(buf)? {
         0 => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
@@ -324,7 +341,7 @@ fn read_some(mut s: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes as much of `buf` as the socket takes now; returns how much.
-fn write_some(mut s: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+fn write_some(mut s: &File, buf: &[u8]) -> io::Result<usize> {
     let mut at = 0;
     while at < buf.len() {
         match s.write(&buf[at..]) {
