@@ -395,7 +395,7 @@ fn user_mode_network_traffic_on_the_event_loop() {
             let mem = memory();
             let (a, mut b) = UnixStream::pair().unwrap();
             a.set_nonblocking(true).unwrap();
-            let io = Arc::new(Passt::for_tests(a));
+            let io = Arc::new(Passt::for_tests(a, None));
             let mut net =
                 Net::with_backend("user".into(), MacAddr([0x52, 0, 0, 0, 0, 2]), io.clone())
                     .unwrap();
@@ -456,6 +456,38 @@ fn user_mode_network_traffic_on_the_event_loop() {
                 "the frame from passt reached the guest"
             );
             drop(net);
+        },
+    );
+}
+
+/// The VM's devices may be dropped on a vCPU thread (the last holder of
+/// the bus): a user-mode NIC's backend must not kill or wait for its passt
+/// there (the vCPU filter has neither; passt quits when the socket closes).
+#[test]
+fn a_user_mode_nic_dropped_on_a_vcpu_thread() {
+    in_child(
+        "seccomp::guest_paths::a_user_mode_nic_dropped_on_a_vcpu_thread",
+        || {
+            use std::os::unix::net::UnixStream;
+
+            use crate::devices::virtio::net::passt::Passt;
+
+            let (a, b) = UnixStream::pair().unwrap();
+            let stand_in = std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            let pid = stand_in.id();
+            let net = Net::with_backend(
+                "user".into(),
+                MacAddr([0x52, 0, 0, 0, 0, 3]),
+                Arc::new(Passt::for_tests(a, Some(stand_in))),
+            )
+            .unwrap();
+            on_thread(ThreadKind::Vcpu, move || drop(net));
+            drop(b);
+            // SAFETY: kill(2) with a pid we spawned; it only sends a signal.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         },
     );
 }

@@ -274,8 +274,11 @@ pub struct Passt {
     /// The socket as a file: `read`/`write` are what the event loop's
     /// seccomp filter allows (a `UnixStream` would `recvfrom`/`sendto`).
     stream: File,
-    /// `None` only in the tests, where the far end is the test itself.
-    child: Mutex<Option<Child>>,
+    /// passt's pid (`None` in the tests, where the far end is the test).
+    /// passt is neither killed nor waited for here: it quits when our end
+    /// of the socket closes, and the device may be dropped on a vCPU
+    /// thread, whose seccomp filter has no kill or wait4.
+    pid: Option<u32>,
     rx: Mutex<RxState>,
     /// Bytes of frames the socket has not taken yet (length prefixes
     /// included), written before any new frame.
@@ -293,33 +296,22 @@ impl Passt {
     pub(super) fn over(stream: UnixStream, child: Option<Child>) -> Self {
         Self {
             stream: File::from(OwnedFd::from(stream)),
-            child: Mutex::new(child),
+            pid: child.map(|c| c.id()),
             rx: Mutex::new(RxState::default()),
             tx: Mutex::new(Vec::new()),
         }
     }
 
-    /// A backend on `stream` with no process behind it: the tests play
-    /// passt on the other end.
+    /// A backend on `stream`, the tests playing passt on the other end
+    /// (`child`: a process standing in for passt's).
     #[cfg(test)]
-    pub(crate) fn for_tests(stream: UnixStream) -> Self {
-        Self::over(stream, None)
+    pub(crate) fn for_tests(stream: UnixStream, child: Option<Child>) -> Self {
+        Self::over(stream, child)
     }
 
     /// passt's process id.
     pub fn pid(&self) -> Option<u32> {
-        lock(&self.child).as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Passt {
-    fn drop(&mut self) {
-        // Our end closes right after this, and passt quits on that; it is
-        // killed only so as not to wait on it.
-        if let Some(child) = lock(&self.child).as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.pid
     }
 }
 
