@@ -36,8 +36,16 @@ httpd -p 127.0.0.1:8081 -h "$tmp"
 chmod 666 /dev/kvm
 # The heartbeat port, for the $KVMINI wrapper's "kvmini-start" line.
 chmod 666 /dev/ttyS1 2>/dev/null || true
+# passt sandboxes itself with pivot_root, which the kernel refuses while
+# the root is the initramfs (rootfs, as L1's is), and with a user
+# namespace, which it refuses in a chroot: so kvmini runs in a mount
+# namespace whose / is a bind mount of the old one, moved over it (as
+# switch_root does).
 run_as_nobody() {
-    setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all -- "$@"
+    unshare -m sh -c 'mkdir -p /tmp/kvmini-root && mount -o rbind / /tmp/kvmini-root &&
+        cd /tmp/kvmini-root && mount -o move . / &&
+        exec chroot . /usr/bin/setpriv --reuid=65534 --regid=65534 \
+            --clear-groups --inh-caps=-all --bounding-set=-all -- "$@"' sh "$@"
 }
 run_as_nobody sh -c 'echo runner-uid=$(id -u) runner-caps=$(awk "/^CapEff/ {print \$2}" /proc/self/status)'
 (
