@@ -22,6 +22,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, IsTerminal, Read};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ use crate::arch::x86_64::boot::{detect_kernel, BootError};
 use crate::config::{Accel, ConsoleConfig, DiskConfig, VmConfig};
 use crate::devices::virtio::block::backend::{self, DiskFile};
 use crate::devices::virtio::block::guest_device;
+use crate::devices::virtio::net::{passt, NetBackend, PortForward};
 use crate::guest::resources_dir;
 use crate::outcome::{code, Outcome};
 use crate::qemu::streams::{Sink, Streams};
@@ -69,6 +71,8 @@ const HEARTBEAT_STALL: Duration = Duration::from_secs(60);
 pub enum EmulatedError {
     /// `--net` asked for: the emulated machine cannot reach the host's TAPs.
     NetNeedsKvm,
+    /// `--net user`: the emulated machine's own passt could not start.
+    Passt(passt::Error),
     /// The guest kernel is not something kvmini can boot.
     BadKernel(PathBuf, BootError),
     Disk(backend::Error),
@@ -102,11 +106,11 @@ impl fmt::Display for EmulatedError {
             Self::Disk(e) => write!(f, "{e}"),
             Self::NetNeedsKvm => write!(
                 f,
-                "--net needs hardware KVM (vmx/svm): without it the VM runs inside an emulated \
-                 machine (QEMU TCG), where kvmini cannot open this host's TAP devices, so the \
-                 guest could not reach your network; run on a host with hardware \
-                 virtualization, or drop --net"
+                "--net tap= needs hardware KVM (vmx/svm): without it the VM runs inside an \
+                 emulated machine (QEMU TCG), where kvmini cannot open this host's TAP \
+                 devices; use --net user (passt), or a host with hardware virtualization"
             ),
+            Self::Passt(e) => write!(f, "--net user: {e}"),
             Self::BadKernel(p, e) => write!(
                 f,
                 "kernel '{}' cannot be booted: {e}; pass an x86_64 vmlinux (ELF) or bzImage",
@@ -351,7 +355,11 @@ fn run_inner(
 ) -> Result<(u8, Option<Report>), EmulatedError> {
     // Fail fast on what the host can check before anything is installed
     // or booted.
-    if !config.nets.is_empty() {
+    if config
+        .nets
+        .iter()
+        .any(|n| matches!(n.backend, NetBackend::Tap(_)))
+    {
         return Err(EmulatedError::NetNeedsKvm);
     }
     File::open(&config.kernel)
@@ -380,7 +388,33 @@ fn run_inner(
         std::fs::write(&p, level).map_err(|e| EmulatedError::WriteArgs(p, e))?;
     }
 
-    let (vmlinuz, initramfs) = prepare(dir, &exe, config)?;
+    // User-mode NICs: L1 gets one NIC on a passt here that forwards every
+    // forwarded host port to the same port of L1, where the inner kvmini's
+    // own passt takes it on to the guest (emulated-init gives that one
+    // --no-map-gw: the guest's gateway is then this host's loopback).
+    let forwards: Vec<PortForward> = config
+        .nets
+        .iter()
+        .flat_map(|n| match &n.backend {
+            NetBackend::User(f) => f.clone(),
+            NetBackend::Tap(_) => Vec::new(),
+        })
+        .map(|f| PortForward {
+            host: f.host,
+            guest: f.host,
+        })
+        .collect();
+    let user_net = config
+        .nets
+        .iter()
+        .any(|n| matches!(n.backend, NetBackend::User(_)));
+    let l1_passt = if user_net {
+        let bin = passt::preflight(&forwards).map_err(EmulatedError::Passt)?;
+        Some(passt::spawn(&bin, &forwards).map_err(EmulatedError::Passt)?)
+    } else {
+        None
+    };
+    let (vmlinuz, initramfs) = prepare(dir, &exe, config, user_net)?;
     if let Some(code) = stop::signalled() {
         return Ok((code, None));
     }
@@ -397,7 +431,17 @@ fn run_inner(
         &initramfs,
         [&report_path, &heartbeat_path],
         l1_size,
+        user_net,
     );
+    if let Some((sock, _)) = &l1_passt {
+        let fd = sock.as_raw_fd();
+        crate::qemu::inherit_fds(&mut qemu, vec![fd]);
+        qemu.arg("-netdev")
+            .arg(format!(
+                "stream,id=l1net,server=off,addr.type=fd,addr.str={fd}"
+            ))
+            .args(["-device", "virtio-net-pci,netdev=l1net"]);
+    }
     let streams = match exec {
         Some(share) => Some(exec_streams(dir, &mut qemu, share)?),
         None => None,
@@ -407,6 +451,8 @@ fn run_inner(
     log::info!("starting the emulated machine: {qemu:?}");
     let terminal = SavedTerminal::save();
     let mut child = crate::qemu::spawn(&mut qemu).map_err(EmulatedError::SpawnQemu)?;
+    // QEMU holds L1's end of passt's socket now; ours would keep passt up.
+    let mut l1_passt = l1_passt.map(|(_, child)| child);
 
     let done = Arc::new(AtomicBool::new(false));
     let follower = {
@@ -434,6 +480,10 @@ fn run_inner(
         c.finish();
     }
     drop(terminal);
+    if let Some(p) = l1_passt.as_mut() {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     done.store(true, Ordering::SeqCst);
     let report = follower.join().unwrap_or_default();
     let qemu_status = waited.map_err(EmulatedError::SpawnQemu)?;
@@ -474,7 +524,12 @@ fn run_inner(
 
 /// Runs emulated.sh: installs what is missing and writes the L1 initramfs.
 /// Returns the L1 kernel and initramfs paths.
-fn prepare(dir: &Path, exe: &Path, config: &VmConfig) -> Result<(PathBuf, PathBuf), EmulatedError> {
+fn prepare(
+    dir: &Path,
+    exe: &Path,
+    config: &VmConfig,
+    user_net: bool,
+) -> Result<(PathBuf, PathBuf), EmulatedError> {
     let script = resources_dir()
         .map_err(|e| EmulatedError::Resources(e.to_string()))?
         .join("rig/emulated.sh");
@@ -491,6 +546,9 @@ fn prepare(dir: &Path, exe: &Path, config: &VmConfig) -> Result<(PathBuf, PathBu
         .arg(&config.kernel);
     if let Some(initrd) = &config.initrd {
         cmd.arg("--initrd").arg(initrd);
+    }
+    if user_net {
+        cmd.arg("--user-net");
     }
     let out = cmd
         .stdin(Stdio::null())
@@ -514,6 +572,7 @@ fn qemu_command(
     initramfs: &Path,
     [report, heartbeat]: [&Path; 2],
     initramfs_bytes: u64,
+    user_net: bool,
 ) -> Command {
     let mib = (config.memory_bytes >> 20) + L1_OVERHEAD_MIB + 2 * (initramfs_bytes >> 20);
     let mut q = crate::qemu::command();
@@ -583,7 +642,11 @@ fn qemu_command(
         .arg(initramfs)
         // L1's own console is the report port, and silent but for panics:
         // the guest console (ttyS0) carries only what the guest writes.
-        .args(["-append", "console=ttyS1 quiet loglevel=0 panic=-1"]);
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS1 quiet loglevel=0 panic=-1{}",
+            if user_net { " kvmini.dhcp=eth0" } else { "" }
+        ));
     q
 }
 

@@ -7,7 +7,7 @@
 #
 #   resources/bench/net.sh [--kvmini PATH] [--rounds N] [--secs SECS]
 #                          [--mem MIB] [--log FILE] [--host]
-#                          [--firecracker PATH | --no-firecracker]
+#                          [--firecracker PATH | --no-firecracker] [--user]
 #   resources/bench/net.sh --parse CONSOLE_LOG    # table from a saved console
 #
 # --rounds  boots per VMM (default 2; order alternates each round)
@@ -19,6 +19,9 @@
 #            firecracker/firecracker beside the checkout, when it is there;
 #            --no-firecracker: not); the table then has its column and the
 #            kvmini/FC ratio
+# --user    also `--net user` (passt) rounds for kvmini and QEMU (each on its
+#            own passt; not Firecracker, which has none): iperf3 both ways
+#            against a server on L1's loopback through the guest's gateway
 # stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU); progress and
 # problems on stderr; a figure that could not be measured is "missing".
 # Exit status: 0 when every figure is there, 1 when some are missing, 2
@@ -27,7 +30,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-kvmini="" rounds=2 secs=8 mem=512 log="" host=() parse=""
+kvmini="" rounds=2 secs=8 mem=512 log="" host=() parse="" user=0
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -38,6 +41,7 @@ while (($#)); do
     --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
     --no-firecracker) BENCH_FC=""; shift ;;
     --host) host=(--host); shift ;;
+    --user) user=1; shift ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "net.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
@@ -52,10 +56,10 @@ done
 # "Reverse mode", so its receiver line is host->guest. busybox ping ends
 # with "round-trip min/avg/max = a/b/c ms".
 NET_AWK='
-inrun && /Reverse mode/ { rev[vmm, round] = 1 }
+inrun && /Reverse mode/ { rev[bench, vmm, round] = 1 }
 inrun && /receiver/ && /Mbits\/sec/ {
     for (i = 2; i <= NF; i++) if ($i == "Mbits/sec") {
-        emit(rev[vmm, round] ? "net-down" : "net-up", $(i - 1)); break
+        emit((bench == "unet" ? "u" : "") (rev[bench, vmm, round] ? "net-down" : "net-up"), $(i - 1)); break
     }
 }
 inrun && /min\/avg\/max/ {
@@ -67,7 +71,13 @@ ROWS=("net-up|TCP guest->host Mbit/s|higher" "net-down|TCP host->guest Mbit/s|hi
     "net-rtt|ping RTT avg ms|lower" "net-secs|launch to exit s|lower")
 
 report() {
-    bench_report "$1" "$NET_AWK" "Network benchmark: iperf3 and ping in the guest, virtio-net on a TAP (kvmini vs QEMU microvm)" "net-up net-down net-rtt" "${ROWS[@]}"
+    local rows=("${ROWS[@]}")
+    # --user runs (passt): their rows after the TAP's, when there were any.
+    if grep -aq '@@BENCH-RUN-BEGIN unet ' "$1"; then
+        rows=("${ROWS[@]:0:2}" "unet-up|passt: guest->host Mbit/s|higher"
+            "unet-down|passt: host->guest Mbit/s|higher" "${ROWS[@]:2}")
+    fi
+    bench_report "$1" "$NET_AWK" "Network benchmark: iperf3 and ping in the guest, virtio-net on a TAP (kvmini vs QEMU microvm)" "net-up net-down net-rtt" "${rows[@]}"
 }
 
 bench_parse_only "$parse"
@@ -83,6 +93,7 @@ BENCH_ROUNDS=$rounds
 BENCH_SECS=$secs
 BENCH_MEM=$mem
 BENCH_VMMS="$BENCH_VMMS"
+BENCH_NET_USER=$user
 EOF
-timeout=$((rounds * nvmm * (240 + 2 * secs + 30)))
+timeout=$((rounds * (nvmm + 2 * user) * (240 + 2 * secs + 30)))
 bench_go net "$rounds round(s) of $BENCH_VMMS" "$timeout" "${host[@]}"

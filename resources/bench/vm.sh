@@ -5,12 +5,16 @@
 #
 #   bench_vm --vmm kvmini|kvmini-exec|qemu|firecracker [--mem MIB] [--cpus N]
 #            [--kernel VMLINUX] [--initrd CPIO] [--kparams "KERNEL PARAMS"]
-#            [--disk IMG[,readonly=on]]... [--net TAP] [--mac MAC]
+#            [--disk IMG[,readonly=on]]... [--net TAP|user] [--mac MAC]
 #            -- GUEST COMMAND...
 #
 # The guest command runs under resources/rootfs/init (sh -c), whose
 # "kvmini-guest: exit status N" closes the guest's output. The console goes
 # to stdout; bench_vm returns the VMM's exit status (0 = the guest rebooted).
+# `--net user`: user-mode networking through passt, for kvmini (its own
+# passt) and QEMU (a passt started here, on a socket path, with
+# `kvmini.dhcp=eth0` added as kvmini adds it); not for Firecracker, which
+# has none. KVMINI_PASST_ARGS, if set, goes to both passts.
 # Both VMMs get: the same kernel, initramfs and command line
 # (console=ttyS0 reboot=k panic=1 KPARAMS -- COMMAND), the same RAM and vCPUs,
 # and the same disk images as virtio-blk over virtio-mmio (/dev/vda, ...).
@@ -85,7 +89,23 @@ bench_vm() {
         esac
     done
     [ -n "$_kernel" ] || { echo "bench_vm: no --kernel (and no GUEST_VMLINUX)" >&2; return 2; }
-    if [ -n "$_tap" ]; then
+    _passt=""
+    if [ "$_tap" = user ]; then
+        _kvmini_net="--net user${_mac:+,mac=$_mac}"
+        if [ "$_vmm" = qemu ]; then
+            _sock=$(mktemp -u "${TMPDIR:-/tmp}/kvmini-bench-passt.XXXXXX")
+            # shellcheck disable=SC2086 # extra arguments, split on purpose
+            passt --foreground --quiet --one-off --socket "$_sock" ${KVMINI_PASST_ARGS:-} &
+            _passt=$!
+            _n=0
+            while [ ! -S "$_sock" ] && [ $_n -lt 100 ]; do sleep 0.1; _n=$((_n + 1)); done
+            [ -S "$_sock" ] || { echo "bench_vm: passt did not make $_sock" >&2; kill $_passt; return 1; }
+            _qemu_net="-netdev stream,id=n0,server=off,addr.type=unix,addr.path=$_sock"
+            _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0${_mac:+,mac=$_mac}"
+            _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk) kvmini.dhcp=eth0"
+        fi
+        [ "$_vmm" != firecracker ] || { echo "bench_vm: firecracker has no user-mode networking" >&2; return 2; }
+    elif [ -n "$_tap" ]; then
         # One NIC on an existing TAP, after the disks. QEMU: userspace
         # virtio-net (vhost off, QEMU's default for -netdev tap), like
         # kvmini's.
@@ -131,6 +151,13 @@ bench_vm() {
             -serial stdio -device i8042 -global virtio-mmio.force-legacy=false \
             -kernel "$_kernel" $_initrd_qemu $_qemu_disks $_qemu_net \
             -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
+        _qrc=$?
+        if [ -n "$_passt" ]; then
+            kill "$_passt" 2>/dev/null
+            wait "$_passt" 2>/dev/null
+            rm -f "$_sock"
+        fi
+        return $_qrc
         ;;
     firecracker)
         [ -n "${FIRECRACKER:-}" ] || { echo "bench_vm: FIRECRACKER is not set" >&2; return 2; }

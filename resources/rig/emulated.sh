@@ -2,7 +2,7 @@
 # Builds the emulated machine (L1) for `kvmini run --accel emulated`, which
 # runs kvmini itself inside QEMU TCG with an emulated SVM CPU and nested KVM.
 #
-#   emulated.sh --out DIR --kvmini BIN --kernel PATH [--initrd PATH]
+#   emulated.sh --out DIR --kvmini BIN --kernel PATH [--initrd PATH] [--user-net]
 #
 # Installs what is missing on first use (qemu-system-x86, busybox-static,
 # cpio; the L1 kernel via l1-kernel.sh; all cached), then writes DIR/l1.cpio:
@@ -10,18 +10,22 @@
 # kernel/initrd and emulated-init as /init. kvmini has already put the inner
 # command line in DIR/argv/ (one file per argument, in name order) and
 # optionally DIR/rust_log; they are copied to /kvmini/ in L1.
+# --user-net: the guest has `--net user` NICs; L1 gets virtio-net (QEMU
+# gives it a NIC on a passt of the outer kvmini), passt and our DHCP script
+# (resources/rootfs/dhcp), so that the inner kvmini can run its own passt.
 # stdout: the L1 kernel (vmlinuz) path, then the L1 initramfs path.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 RIG="$RESOURCES_DIR/rig"
 
-out="" kvmini="" kernel="" initrd=""
+out="" kvmini="" kernel="" initrd="" user_net=0
 while (($#)); do
     case $1 in
     --out) out=$2; shift 2 ;;
     --kvmini) kvmini=$2; shift 2 ;;
     --kernel) kernel=$2; shift 2 ;;
     --initrd) initrd=$2; shift 2 ;;
+    --user-net) user_net=1; shift ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
     esac
 done
@@ -54,6 +58,22 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
     cp "$moddir/$m.ko" "$root/lib/modules/" || die "module $m.ko missing in $l1"
 done
 install -m 0755 "$RIG/emulated-init" "$root/init"
+if ((user_net)); then
+    command -v passt >/dev/null ||
+        die "passt is not installed (sudo apt-get install passt): --net user needs it inside the emulated machine too"
+    mkdir -p "$root/lib/modules/net"
+    # In load order: virtio_net needs net_failover, which needs failover.
+    for m in net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+        cp "$moddir/$m.ko" "$root/lib/modules/net/" || die "module $m.ko missing in $l1"
+    done
+    # passt runs passt.avx2 where the CPU has AVX2 (and says so when it
+    # is missing); /etc for the resolv.conf our DHCP script writes (passt
+    # hands the guest the name servers it finds there).
+    copy_with_libs "$root" "$(command -v passt)"
+    [[ ! -x /usr/bin/passt.avx2 ]] || copy_with_libs "$root" /usr/bin/passt.avx2
+    mkdir -p "$root/etc"
+    install -m 0755 "$RESOURCES_DIR/rootfs/dhcp" "$root/sbin/kvmini-dhcp"
+fi
 
 # kvmini and, unless it is static, its shared libraries and the loader, at
 # the same paths as here (the loader path is baked into the binary).

@@ -164,6 +164,7 @@ copy_with_libs "$root" "$(command -v crun)"
 # (busybox's applet link goes first: copying onto it would follow it.)
 rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/setpriv
 copy_with_libs "$root" "$(command -v passt)" "$(command -v setpriv)"
+[[ ! -x /usr/bin/passt.avx2 ]] || copy_with_libs "$root" /usr/bin/passt.avx2
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 if ((track)); then
