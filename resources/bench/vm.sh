@@ -95,7 +95,11 @@ bench_vm() {
         if [ "$_vmm" = qemu ]; then
             _sock=$(mktemp -u "${TMPDIR:-/tmp}/kvmini-bench-passt.XXXXXX")
             # shellcheck disable=SC2086 # extra arguments, split on purpose
-            passt --foreground --quiet --one-off --socket "$_sock" ${KVMINI_PASST_ARGS:-} &
+            # --runas as kvmini gives it (as root passt drops to nobody,
+            # and L1 has no /etc/passwd to look the name up in).
+            _runas=""
+            [ "$(id -u)" != 0 ] || _runas="--runas 65534:65534"
+            passt --foreground --quiet --one-off --socket "$_sock" $_runas ${KVMINI_PASST_ARGS:-} &
             _passt=$!
             _n=0
             while [ ! -S "$_sock" ] && [ $_n -lt 100 ]; do sleep 0.1; _n=$((_n + 1)); done

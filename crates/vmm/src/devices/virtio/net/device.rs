@@ -188,7 +188,13 @@ impl Net {
             | feature(VIRTIO_NET_F_HOST_TSO4)
             | feature(VIRTIO_NET_F_HOST_TSO6)
             | feature(VIRTIO_NET_F_HOST_ECN);
-        let features = if io.vnet_hdr() { base | offloads } else { base };
+        let features = if io.vnet_hdr() {
+            base | offloads
+        } else if io.checksums_valid() {
+            base | feature(VIRTIO_NET_F_GUEST_CSUM)
+        } else {
+            base
+        };
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&mac.octets());
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());

@@ -34,6 +34,7 @@ pub const MAX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 
 // Header flags and GSO types (virtio 1.2, 5.1.6).
 pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 pub const VIRTIO_NET_HDR_GSO_UDP: u8 = 3;

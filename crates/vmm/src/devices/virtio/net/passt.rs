@@ -9,9 +9,13 @@
 //! kvmini die first). On the stream every Ethernet frame is preceded by its
 //! length as a 32-bit big-endian number (passt's QEMU protocol). passt
 //! neither sends nor takes a virtio-net header, so the device offers the
-//! guest no checksum or segmentation offloads ([`FrameIo::vnet_hdr`]),
-//! and this backend adds an all-zero header to every frame it hands the
-//! device and strips it from every frame it sends.
+//! guest no segmentation offloads and no checksum offload on transmit
+//! ([`FrameIo::vnet_hdr`]), and this backend adds a header to every frame
+//! it hands the device and strips it from every frame it sends. passt
+//! builds every frame it sends from its own sockets' data with correct
+//! checksums, so the device offers VIRTIO_NET_F_GUEST_CSUM and, once the
+//! guest takes it, the header says `DATA_VALID`: the guest need not verify
+//! them again ([`FrameIo::checksums_valid`]).
 //!
 //! The stream has no frame boundaries, so both directions keep a partial
 //! frame here: a received frame is read in two reads (its length, then
@@ -30,9 +34,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::frame::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use super::frame::{MAX_FRAME_LEN, VIRTIO_NET_HDR_F_DATA_VALID, VNET_HDR_LEN};
 use super::tap::FrameIo;
 use crate::devices::bus::lock;
 
@@ -283,6 +288,9 @@ pub struct Passt {
     /// Bytes of frames the socket has not taken yet (length prefixes
     /// included), written before any new frame.
     tx: Mutex<Vec<u8>>,
+    /// The guest accepted VIRTIO_NET_F_GUEST_CSUM: received frames are
+    /// marked DATA_VALID.
+    data_valid: AtomicBool,
 }
 
 impl Passt {
@@ -299,6 +307,7 @@ impl Passt {
             pid: child.map(|c| c.id()),
             rx: Mutex::new(RxState::default()),
             tx: Mutex::new(Vec::new()),
+            data_valid: AtomicBool::new(false),
         }
     }
 
@@ -386,6 +395,9 @@ impl FrameIo for Passt {
             }
         }
         buf[..VNET_HDR_LEN].fill(0);
+        if self.data_valid.load(Ordering::Relaxed) {
+            buf[0] = VIRTIO_NET_HDR_F_DATA_VALID;
+        }
         buf[VNET_HDR_LEN..VNET_HDR_LEN + len].copy_from_slice(&rx.frame);
         rx.frame.clear();
         rx.prefix_have = 0;
@@ -418,9 +430,15 @@ impl FrameIo for Passt {
         Ok(frame.len())
     }
 
-    fn set_offload(&self, _flags: u32) -> io::Result<()> {
-        // No offloads are offered (vnet_hdr is false), so flags are 0.
+    fn set_offload(&self, flags: u32) -> io::Result<()> {
+        // Only TUN_F_CSUM can come (GUEST_CSUM is the one offload offered).
+        self.data_valid
+            .store(flags & libc::TUN_F_CSUM != 0, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn checksums_valid(&self) -> bool {
+        true
     }
 
     fn vnet_hdr(&self) -> bool {

@@ -4,6 +4,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 
+use super::super::frame::VIRTIO_NET_HDR_F_DATA_VALID;
 use super::*;
 
 fn pair() -> (Passt, UnixStream) {
@@ -218,4 +219,22 @@ fn default_routes_are_found_in_the_kernels_tables() {
     let unreachable =
         format!("{zeros} 00 {zeros} 00 {zeros} ffffffff 00000001 00000000 00200200 lo\n");
     assert!(!default_route_v6(&unreachable));
+}
+
+#[test]
+fn received_frames_are_marked_data_valid_only_once_the_guest_took_guest_csum() {
+    let (p, mut peer) = pair();
+    assert!(p.checksums_valid() && !p.vnet_hdr());
+    let mut buf = vec![0xaa; 4096];
+    for (offload, flags) in [
+        (0, 0),
+        (libc::TUN_F_CSUM, VIRTIO_NET_HDR_F_DATA_VALID),
+        (0, 0),
+    ] {
+        p.set_offload(offload).unwrap();
+        peer.write_all(&framed(&frame(60, 1))).unwrap();
+        assert_eq!(p.recv(&mut buf).unwrap(), VNET_HDR_LEN + 60);
+        assert_eq!(buf[0], flags, "after set_offload({offload:#x})");
+        assert_eq!(&buf[1..VNET_HDR_LEN], &[0; VNET_HDR_LEN - 1]);
+    }
 }
