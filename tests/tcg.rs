@@ -855,12 +855,14 @@ impl Coordinator {
         Self { port, ready, done }
     }
 
-    /// The guest's part, for `name`: once `server` (a command that listens)
-    /// runs in the background, say so, then wait for the host.
+    /// The guest's part, for `name`: once `server` (a command that listens
+    /// on port 8080) runs in the background and listens, say so, then wait
+    /// for the host.
     fn guest_script(&self, name: &str, server: &str) -> String {
         let p = self.port;
         format!(
-            "gw=$(ip route | awk '/^default/ {{print $3}}'); {server} & sleep 1; \
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); {server} & \
+             until netstat -ltn | grep -q ':8080 '; do sleep 0.2; done; \
              wget -qO- http://$gw:{p}/ready-{name}; \
              until wget -qO- http://$gw:{p}/done-{name} 2>/dev/null; do sleep 1; done"
         )
@@ -1010,5 +1012,10 @@ fn user_net_refuses_a_taken_port_before_booting() {
     );
     let out = kvmini(&["run", "--accel", "tcg", "--net", &fw]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!text(&out.stderr).contains("starting the guest"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("host port {port} is already in use")),
+        "{err}"
+    );
+    assert!(!err.contains("starting the guest"));
 }

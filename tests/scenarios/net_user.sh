@@ -30,6 +30,13 @@ echo guest-addr=$(ip -4 addr show eth0 | awk '/inet / {print $2}')
 echo guest-got-sha=$(wget -qO- http://10.77.0.2:8081/file | sha256sum | cut -c1-64)
 nc -l -p 8080 -e sh -c 'head -c 2097152 | sha256sum | cut -c1-64'
 echo guest-served=$?
+# Stay up until L1 has the answer: frames still on their way when the
+# guest powers off are lost.
+n=0
+until wget -qO- http://10.77.0.2:8081/done >/dev/null 2>&1 || [ $n -ge 120 ]; do
+    sleep 1
+    n=$((n + 1))
+done
 GUEST
 chmod 644 "$tmp"/*
 httpd -p 127.0.0.1:8081 -h "$tmp"
@@ -56,6 +63,7 @@ run_as_nobody sh -c 'echo runner-uid=$(id -u) runner-caps=$(awk "/^CapEff/ {prin
         sleep 1
     done
     echo "upload-answer=$(cat "$tmp/answer" 2>/dev/null)"
+    touch "$tmp/done"
 ) &
 uploader=$!
 set +e
@@ -63,6 +71,8 @@ run_as_nobody "$KVMINI" run --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" -
     --net user,forward=tcp:18080:8080 \
     --cmdline "quiet -- wget -qO- http://10.77.0.2:8081/g.sh | sh"
 rc=$?
+# Done already when the guest got its answer through; not if kvmini failed.
+kill $uploader 2>/dev/null
 wait $uploader
 rm -rf "$tmp"
 exit $rc

@@ -28,7 +28,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +44,9 @@ use crate::devices::bus::lock;
 /// The environment variable naming the passt binary (default: `passt` on
 /// `PATH`).
 pub const PASST_ENV: &str = "KVMINI_PASST";
+/// The largest frame passt takes from us (its limit; it quits on more).
+pub const PASST_MAX_FRAME: usize = 65535;
+
 /// Extra arguments for every passt kvmini starts, separated by whitespace
 /// (e.g. `--ipv4-only`; the emulated machine passes `--no-map-gw`, so
 /// that its guest's gateway is the real host's loopback, not its own).
@@ -203,16 +206,22 @@ pub fn preflight(forwards: &[PortForward]) -> Result<PathBuf, Error> {
 /// process, which is killed when this process dies.
 pub fn spawn(passt: &Path, forwards: &[PortForward]) -> Result<(UnixStream, Child), Error> {
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
+    // passt's end at 3 or above, where the child's stdio set-up (which runs
+    // before pre_exec) cannot clobber it.
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one (or
+    // -1), which OwnedFd then owns alone.
+    let theirs = unsafe {
+        let fd = libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(Error::Socket(io::Error::last_os_error()));
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(passt);
-    // Foreground, quiet, messages (warnings, errors) on our stderr.
-    cmd.args([
-        "--foreground",
-        "--quiet",
-        "--stderr",
-        "--fd",
-        &fd.to_string(),
-    ]);
+    // Foreground, quiet, messages (warnings, errors) on our stderr; the
+    // socket is always descriptor 3 in passt (see pre_exec below).
+    cmd.args(["--foreground", "--quiet", "--stderr", "--fd", "3"]);
     // As root passt drops to nobody anyway, warning each time unless told
     // to (numerically: a minimal /etc/passwd may have no nobody).
     // SAFETY: geteuid has no preconditions.
@@ -230,16 +239,32 @@ pub fn spawn(passt: &Path, forwards: &[PortForward]) -> Result<(UnixStream, Chil
         cmd.args(extra.to_string_lossy().split_whitespace());
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    // Its own process group: a Ctrl-C at the terminal is for kvmini (which
+    // may be shutting a guest down gracefully), not for the NIC.
+    cmd.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec and calls
-    // only async-signal-safe functions (fcntl, prctl) on a descriptor the
-    // child inherited.
+    // only async-signal-safe functions (dup2, fcntl, close_range, prctl) on
+    // descriptors of the child.
     unsafe {
         cmd.pre_exec(move || {
-            // Keep passt's end open across exec (std made it CLOEXEC).
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            // The socket at 3, inheritable (dup2 clears CLOEXEC; with fd
+            // already 3 clear it by hand).
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // passt goes when we go, however we go.
+            // Nothing else of ours: passt faces the guest and the network,
+            // and must not hold the VM's irqfds, ioeventfds or disks.
+            if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Killed if we die while it still runs as us; once it changed
+            // its user (as root) the kernel drops this, and passt then
+            // quits when its socket's other end closes (ours closes with
+            // us, however we go).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -270,7 +295,9 @@ struct RxState {
     prefix_have: usize,
     /// The frame's bytes so far (its length is known once `prefix` is).
     frame: Vec<u8>,
-    /// Bytes of an oversized frame still to be read and thrown away.
+    /// The frame is too large for the guest: its bytes are read and
+    /// thrown away, `discard` of them still to come.
+    oversized: bool,
     discard: usize,
 }
 
@@ -324,6 +351,27 @@ impl Passt {
     }
 }
 
+impl Passt {
+    /// Sends what `tx` holds; `WouldBlock` while some remains. A failed
+    /// socket loses it all (the stream would be out of step otherwise).
+    fn flush_locked(&self, tx: &mut Vec<u8>) -> io::Result<()> {
+        match write_some(&self.stream, tx) {
+            Ok(n) => {
+                tx.drain(..n);
+                if tx.is_empty() {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+            }
+            Err(e) => {
+                tx.clear();
+                Err(e)
+            }
+        }
+    }
+}
+
 impl AsRawFd for Passt {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.as_raw_fd()
@@ -364,7 +412,9 @@ impl FrameIo for Passt {
             rx.prefix_have += n;
             if rx.prefix_have == 4 {
                 let len = u32::from_be_bytes(rx.prefix) as usize;
-                if VNET_HDR_LEN + len > buf.len() || len > MAX_FRAME_LEN {
+                // Decided once, here: a frame is read whole or not at all.
+                rx.oversized = VNET_HDR_LEN + len > buf.len() || len > MAX_FRAME_LEN;
+                if rx.oversized {
                     rx.discard = len;
                 } else {
                     rx.frame.reserve(len);
@@ -372,7 +422,7 @@ impl FrameIo for Passt {
             }
         }
         let len = u32::from_be_bytes(rx.prefix) as usize;
-        if rx.discard > 0 || len > MAX_FRAME_LEN || VNET_HDR_LEN + len > buf.len() {
+        if rx.oversized {
             // Too large for the guest: read it away, then report its size
             // (larger than `buf`, so the device drops and counts it).
             let mut sink = [0u8; 4096];
@@ -381,7 +431,9 @@ impl FrameIo for Passt {
                 rx.discard -= read_some(&self.stream, &mut sink[..want])?;
             }
             rx.prefix_have = 0;
-            return Ok(VNET_HDR_LEN + len);
+            rx.oversized = false;
+            // Larger than the device's buffer: dropped and counted there.
+            return Ok(VNET_HDR_LEN + len.max(buf.len()));
         }
         while rx.frame.len() < len {
             let have = rx.frame.len();
@@ -408,26 +460,39 @@ impl FrameIo for Passt {
         let payload = frame.get(VNET_HDR_LEN..).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "frame shorter than its header")
         })?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+        // passt takes frames of at most 64 KiB - 1 and quits on a larger
+        // one: a guest with a larger MTU loses that frame, not its NIC.
+        if payload.len() > PASST_MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "frame of {} bytes, passt takes at most {PASST_MAX_FRAME}",
+                    payload.len()
+                ),
+            ));
+        }
+        let len = payload.len() as u32;
         let mut tx = lock(&self.tx);
         if !tx.is_empty() {
-            let n = write_some(&self.stream, &tx)?;
-            tx.drain(..n);
-            if !tx.is_empty() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
+            self.flush_locked(&mut tx)?;
         }
         tx.extend_from_slice(&len.to_be_bytes());
         tx.extend_from_slice(payload);
-        let n = write_some(&self.stream, &tx)?;
-        if n == 0 {
+        match write_some(&self.stream, &tx) {
             // Nothing of it went: the caller keeps the frame and retries.
-            tx.clear();
-            return Err(io::ErrorKind::WouldBlock.into());
+            Ok(0) => {
+                tx.clear();
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Ok(n) => {
+                tx.drain(..n);
+                Ok(frame.len())
+            }
+            Err(e) => {
+                tx.clear();
+                Err(e)
+            }
         }
-        tx.drain(..n);
-        Ok(frame.len())
     }
 
     fn set_offload(&self, flags: u32) -> io::Result<()> {
@@ -450,14 +515,7 @@ impl FrameIo for Passt {
     }
 
     fn flush(&self) -> io::Result<()> {
-        let mut tx = lock(&self.tx);
-        let n = write_some(&self.stream, &tx)?;
-        tx.drain(..n);
-        if tx.is_empty() {
-            Ok(())
-        } else {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
+        self.flush_locked(&mut lock(&self.tx))
     }
 }
 
