@@ -62,7 +62,8 @@ run_as_nobody sh -c 'echo runner-uid=$(id -u) runner-caps=$(awk "/^CapEff/ {prin
         [ $n -lt 200 ] || break
         sleep 1
     done
-    echo "upload-answer=$(cat "$tmp/answer" 2>/dev/null)"
+    # Printed after kvmini exits (below), not here: a line printed now
+    # would land in the middle of the guest's console output.
     touch "$tmp/done"
 ) &
 uploader=$!
@@ -74,5 +75,6 @@ rc=$?
 # Done already when the guest got its answer through; not if kvmini failed.
 kill $uploader 2>/dev/null
 wait $uploader
+echo "upload-answer=$(cat "$tmp/answer" 2>/dev/null)"
 rm -rf "$tmp"
 exit $rc
