@@ -94,6 +94,9 @@ pub enum Error {
     NoRoute,
     /// A forwarded host port is taken (or may not be bound).
     Port(PortForward, io::Error),
+    /// No user namespace may be made here, and passt sandboxes itself in
+    /// one (it exits at once without).
+    NoUserNamespace(io::Error),
     Socket(io::Error),
     Spawn(PathBuf, io::Error),
 }
@@ -119,6 +122,12 @@ impl fmt::Display for Error {
                 fw.host
             ),
             Self::Port(fw, e) => write!(f, "forward={fw}: cannot use host port {}: {e}", fw.host),
+            Self::NoUserNamespace(e) => write!(
+                f,
+                "passt sandboxes itself in a user namespace, and this host refuses to make one \
+                 ({e}): kvmini runs in a chroot, or user namespaces are disabled \
+                 (sysctl user.max_user_namespaces); run kvmini outside the chroot, or use a TAP"
+            ),
             Self::Socket(e) => write!(f, "cannot create the socket pair for passt: {e}"),
             Self::Spawn(p, e) => write!(f, "cannot start {}: {e}", p.display()),
         }
@@ -198,7 +207,30 @@ pub fn preflight(forwards: &[PortForward]) -> Result<PathBuf, Error> {
     for fw in forwards {
         TcpListener::bind((Ipv4Addr::UNSPECIFIED, fw.host)).map_err(|e| Error::Port(*fw, e))?;
     }
+    user_namespaces_allowed().map_err(Error::NoUserNamespace)?;
     Ok(passt)
+}
+
+/// Whether a process may make a user namespace here (passt needs one):
+/// a child tries, then runs `true`. The kernel refuses in a chroot and
+/// where user namespaces are disabled.
+pub fn user_namespaces_allowed() -> io::Result<()> {
+    let mut probe = Command::new("true");
+    probe
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls unshare(2), which is async-signal-safe.
+    unsafe {
+        probe.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    probe.status().map(|_| ())
 }
 
 /// Starts `passt` for one NIC with `forwards`, on a new socketpair:
