@@ -11,7 +11,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{elf, lflags, open_pty, print, HALT, RESET};
+use common::{
+    elf, lflags, open_pty, passt_can_run, print, refused_without_user_namespaces, sha256, HALT,
+    RESET,
+};
 
 /// One emulated machine at a time: several TCG machines on a small host
 /// would only slow each other down past any sensible timeout.
@@ -680,7 +683,7 @@ fn default_guest_shell_prompt_through_the_fallback() {
 fn user_net_through_the_fallback() {
     if !passt_can_run() {
         let out = kvmini(&["exec", "--accel", "emulated", "--net", "user", "--", "true"]);
-        return refused_without_user_namespaces("user_net_through_the_fallback", out);
+        return refused_without_user_namespaces("user_net_through_the_fallback", &out);
     }
     use std::io::Read;
     let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
@@ -770,50 +773,4 @@ fn user_net_through_the_fallback() {
         text(&out.stdout)
     );
     assert_eq!(said, "from-the-guest\n");
-}
-
-fn sha256(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    let out = c.wait_with_output().unwrap();
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Whether this host lets a process make a user namespace, which passt
-/// needs for its sandbox (not in a chroot, as in ../shared/fresh-machine).
-fn passt_can_run() -> bool {
-    use std::os::unix::process::CommandExt;
-    let mut probe = Command::new("true");
-    // SAFETY: unshare(2) only, between fork and exec.
-    unsafe {
-        probe.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    probe.status().is_ok()
-}
-
-/// Where passt cannot run, `--net user` must be refused before anything
-/// boots, saying why: asserted instead of the data path, and said loudly.
-fn refused_without_user_namespaces(test: &str, out: Output) {
-    // Past the harness's capture: seen even when the test passes.
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: NOT RUN as written: this host refuses user namespaces (a chroot?), \
-         so passt cannot run; checking the refusal instead"
-    );
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("user namespace"), "{err}");
 }

@@ -10,6 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{passt_can_run, refused_without_user_namespaces, sha256};
+
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// No single run may take longer than this; a hang fails the test.
@@ -708,23 +711,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// SHA-256 of `data` as `sha256sum` prints it (the guest's busybox has
-/// the same command).
-fn sha256(data: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    let out = c.wait_with_output().unwrap();
-    text(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn payload(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
     (0..len)
@@ -788,15 +774,8 @@ fn output_limited(mut c: Command, what: &str) -> Output {
 #[test]
 fn user_net_reaches_the_hosts_loopback_without_privileges() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !passt_can_run() {
-        let out = output_limited(
-            unprivileged_exec(&["--net".into(), "user".into(), "--".into(), "true".into()]),
-            "exec --net user without user namespaces",
-        );
-        return refused_without_user_namespaces(
-            "user_net_reaches_the_hosts_loopback_without_privileges",
-            out,
-        );
+    if passt_cannot_run_here("user_net_reaches_the_hosts_loopback_without_privileges") {
+        return;
     }
     let body = payload(1 << 20, 7);
     let want = sha256(&body);
@@ -917,15 +896,8 @@ fn talk(port: u16, input: &[u8]) -> Vec<u8> {
 #[test]
 fn user_net_forward_reaches_the_guest_both_ways() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !passt_can_run() {
-        let out = output_limited(
-            unprivileged_exec(&["--net".into(), "user".into(), "--".into(), "true".into()]),
-            "exec --net user without user namespaces",
-        );
-        return refused_without_user_namespaces(
-            "user_net_forward_reaches_the_guest_both_ways",
-            out,
-        );
+    if passt_cannot_run_here("user_net_forward_reaches_the_guest_both_ways") {
+        return;
     }
     let up = payload(512 << 10, 11);
     let up_hash = sha256(&up);
@@ -968,12 +940,8 @@ fn user_net_forward_reaches_the_guest_both_ways() {
 #[test]
 fn four_user_net_guests_at_once_do_not_clash() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !passt_can_run() {
-        let out = output_limited(
-            unprivileged_exec(&["--net".into(), "user".into(), "--".into(), "true".into()]),
-            "exec --net user without user namespaces",
-        );
-        return refused_without_user_namespaces("four_user_net_guests_at_once_do_not_clash", out);
+    if passt_cannot_run_here("four_user_net_guests_at_once_do_not_clash") {
+        return;
     }
     let mut ports = Vec::new();
     while ports.len() < 4 {
@@ -1047,33 +1015,17 @@ fn user_net_refuses_a_taken_port_before_booting() {
     assert!(!err.contains("starting the guest"));
 }
 
-/// Whether this host lets a process make a user namespace, which passt
-/// needs for its sandbox (not in a chroot, as in ../shared/fresh-machine).
-fn passt_can_run() -> bool {
-    use std::os::unix::process::CommandExt;
-    let mut probe = Command::new("true");
-    // SAFETY: unshare(2) only, between fork and exec.
-    unsafe {
-        probe.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+/// Where this host cannot run passt: checks that an unprivileged `exec
+/// --net user` is refused with the reason, and says the data path of
+/// `test` was not run. Returns whether that was the case.
+fn passt_cannot_run_here(test: &str) -> bool {
+    if passt_can_run() {
+        return false;
     }
-    probe.status().is_ok()
-}
-
-/// Where passt cannot run, `--net user` must be refused before anything
-/// boots, saying why: asserted instead of the data path, and said loudly.
-fn refused_without_user_namespaces(test: &str, out: Output) {
-    // Past the harness's capture: seen even when the test passes.
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: NOT RUN as written: this host refuses user namespaces (a chroot?), \
-         so passt cannot run; checking the refusal instead"
+    let out = output_limited(
+        unprivileged_exec(&["--net".into(), "user".into(), "--".into(), "true".into()]),
+        "exec --net user without user namespaces",
     );
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("user namespace"), "{err}");
+    refused_without_user_namespaces(test, &out);
+    true
 }

@@ -95,3 +95,55 @@ pub fn lflags(tty: &std::fs::File) -> libc::tcflag_t {
     assert_eq!(ret, 0, "tcgetattr: {}", std::io::Error::last_os_error());
     t.c_lflag
 }
+
+/// Whether this host lets a process make a user namespace, which passt
+/// (`--net user`) needs for its sandbox (not in a chroot, as in
+/// ../shared/fresh-machine).
+pub fn passt_can_run() -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut probe = std::process::Command::new("true");
+    // SAFETY: unshare(2) only, between fork and exec.
+    unsafe {
+        probe.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    probe.status().is_ok()
+}
+
+/// Where passt cannot run, `--net user` must be refused before anything
+/// boots, saying why: asserted instead of the data path, and said loudly.
+pub fn refused_without_user_namespaces(test: &str, out: &std::process::Output) {
+    use std::io::Write;
+    // Past the harness's capture: seen even when the test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: NOT RUN as written: this host refuses user namespaces (a chroot?), \
+         so passt cannot run; checking the refusal instead"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("user namespace"), "{err}");
+}
+
+/// SHA-256 of `data` as `sha256sum` prints it (the guest's busybox has the
+/// same command).
+pub fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
