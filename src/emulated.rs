@@ -409,7 +409,9 @@ fn run_inner(
         .iter()
         .any(|n| matches!(n.backend, NetBackend::User(_)));
     let l1_passt = if user_net {
-        let bin = passt::preflight(&forwards).map_err(EmulatedError::Passt)?;
+        // The same host ports and host checks as the NICs': launch::engine
+        // made them.
+        let bin = passt::find_passt().map_err(EmulatedError::Passt)?;
         Some(passt::spawn(&bin, &forwards).map_err(EmulatedError::Passt)?)
     } else {
         None

@@ -266,11 +266,12 @@ fn boot(
         console: &console_log,
         resets: &resets,
     };
-    // One passt per user-mode NIC, its socket handed to QEMU's netdev.
+    // One passt per user-mode NIC, its socket handed to QEMU's netdev
+    // (what the host must have for it, launch::engine checked).
     let mut passts = Vec::new();
     for n in &config.nets {
         if let NetBackend::User(forwards) = &n.backend {
-            let bin = passt::preflight(forwards).map_err(TcgError::Passt)?;
+            let bin = passt::find_passt().map_err(TcgError::Passt)?;
             passts.push(passt::spawn(&bin, forwards).map_err(TcgError::Passt)?);
         }
     }
