@@ -544,25 +544,19 @@ fn ext4_root_written_by_the_guest_is_clean_on_the_host() {
     );
 }
 
-/// The default guest kernel's release, from the config the build kept.
-fn default_kernel_release() -> String {
-    let config = artefact("resources/kernel/build.sh").join("config");
-    let text = std::fs::read_to_string(&config).unwrap();
-    // "# Linux/x86_64 6.12.117 Kernel Configuration"
-    text.lines()
-        .find_map(|l| l.strip_prefix("# Linux/x86_64 "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no release in {}", config.display()))
-        .to_string()
-}
-
 #[test]
 fn exec_returns_output_and_status_through_the_fallback() {
     // Issue 8's "done when": `kvmini exec -- uname -r` on a host without
     // hardware virtualization (auto picks the fallback here; forced so the
     // test means the same on every host).
     let out = kvmini(&["exec", "--accel", "emulated", "--", "uname", "-r"]);
-    assert_eq!(text(&out.stdout), format!("{}\n", default_kernel_release()));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}\n",
+            common::kernel_release(&artefact("resources/kernel/build.sh"))
+        )
+    );
     assert_eq!(out.status.code(), Some(0));
     let stderr = text(&out.stderr);
     assert!(!stderr.contains("@@KVMINI-EMU"), "report marker on stderr");

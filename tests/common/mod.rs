@@ -147,3 +147,18 @@ pub fn sha256(data: &[u8]) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The release (`uname -r`) of the kernel built in `kernel_dir` by
+/// resources/kernel/build.sh, from the config it kept. The source package
+/// (linux-source-6.12) moves with Debian's updates, so tests never name one.
+pub fn kernel_release(kernel_dir: &std::path::Path) -> String {
+    let config = kernel_dir.join("config");
+    let text = std::fs::read_to_string(&config)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", config.display()));
+    // "# Linux/x86_64 6.12.117 Kernel Configuration"
+    text.lines()
+        .find_map(|l| l.strip_prefix("# Linux/x86_64 "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no release in {}", config.display()))
+        .to_string()
+}
