@@ -6,7 +6,8 @@
 # as the issue states it, and `--timeout 40s`, by which fio has surely been
 # running for a while in the rig (the guest takes seconds to boot here).
 # Prints, per run, exec's status, its wall time (exec-ms, from
-# /proc/uptime), and when fio started (fio-at-ms).
+# /proc/uptime), when fio started (fio-at-ms), and from kvmini's debug log
+# when the VM had stopped (stopped-ms) and when it was released (ended-ms).
 [ -n "$GUEST_BENCH_INITRD" ] || { echo "GUEST_BENCH_INITRD is not set (run.sh carries it)"; exit 1; }
 img=/tmp/kvmini-fio.img
 dd if=/dev/zero of="$img" bs=1M count=64 2>/dev/null
@@ -45,6 +46,10 @@ for limit in 5 40; do
     t1=$(cs)
     echo "exec-rc-$limit=$(cat /tmp/kvmini-fio.rc)"
     echo "exec-ms-$limit=$(((t1 - t0) * 10))"
+    # kvmini's clock (debug log): all its threads stopped, then the VM
+    # released (memory, devices, the host kernel's teardown of the VM).
+    echo "stopped-ms-$limit=$(sed -n 's/.*the VM stopped \([0-9]*\) ms.*/\1/p' /tmp/kvmini-fio.err | tail -n 1)"
+    echo "ended-ms-$limit=$(sed -n 's/.*the VM ended \([0-9]*\) ms.*/\1/p' /tmp/kvmini-fio.err | tail -n 1)"
     # kvmini's messages (with its debug log: when the VM started, when the
     # limit stopped it).
     tail -n 12 /tmp/kvmini-fio.err

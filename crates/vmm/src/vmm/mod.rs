@@ -310,7 +310,11 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     ) {
         Err(Error::Initrd(_, arch::boot::BootError::InitrdInterrupted)) => {
             let limit = deadline.map_or(Duration::ZERO, |(limit, _)| limit);
-            log::debug!("the time limit ran out while the initrd was copied");
+            log::debug!(
+                "the time limit ran out while the initrd was copied ({} ms into the copy)",
+                loading.elapsed().as_millis()
+            );
+            log_stopped(extras.timeout_since);
             return Ok(VmExit::TimedOut(limit));
         }
         other => other?,
@@ -433,7 +437,22 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         return Err(Error::EventLoop(e));
     }
     let panic = lock(&panic_line).take();
+    log_stopped(extras.timeout_since);
     Ok(guest.verdict(reason, panic))
+}
+
+/// Says when every VM thread has stopped, on the time limit's clock: what
+/// follows is the VM's release (its memory, devices and KVM state, as the
+/// locals drop), which the host kernel can make slow on a loaded machine
+/// (seconds, in one CI run: `kvm_destroy_vm` waiting for SRCU grace
+/// periods). The caller's next line on that clock tells how long it took.
+fn log_stopped(clock: Option<Instant>) {
+    if let Some(since) = clock {
+        log::debug!(
+            "the VM stopped {} ms into the time limit's clock; releasing it",
+            since.elapsed().as_millis()
+        );
+    }
 }
 
 /// The VM's threads once started, in the order they are stopped.
