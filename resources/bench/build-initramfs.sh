@@ -2,13 +2,14 @@
 # Build the benchmark guest's initramfs: the normal guest tree (busybox +
 # resources/rootfs/init) plus fio and iperf3 from Debian, with exactly the
 # shared libraries they need (resolved from the ELF NEEDED entries, taken
-# from the same Debian packages, never from this host's /lib).
+# from the same Debian packages, never from this host's /lib), and
+# resources/bench/bench-fio as /usr/bin/bench-fio.
 #
 # Uncompressed cpio on purpose: the guest kernel would gunzip ~20 MB under
 # emulation in the rig on every boot; both VMMs load the same file.
 #
 # stdout: path of bench-initramfs.cpio (cached by content hash: this script,
-# tree.sh, init, and the Debian versions of busybox-static and every package
+# bench-fio, tree.sh, init, and the Debian versions of busybox-static and every package
 # fetched).
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
@@ -17,6 +18,8 @@ source "$RESOURCES_DIR/rootfs/tree.sh"
 TOOLS=(fio iperf3)
 # Executables copied into the guest's /usr/bin (from the packages above).
 BINARIES=(usr/bin/fio usr/bin/iperf3)
+# fio as the block benchmark runs it (see the script).
+BENCH_FIO=$RESOURCES_DIR/bench/bench-fio
 
 apt_install busybox-static cpio binutils
 apt_lists_ready() { apt-cache show --no-all-versions "${TOOLS[@]}" >/dev/null 2>&1; }
@@ -41,7 +44,7 @@ versions=$(apt-cache show --no-all-versions "${pkgs[@]}" |
     awk '/^Package:/ { p = $2 } /^Version:/ { print p "=" $2 }' | LC_ALL=C sort)
 
 cache=$(kvmini_cache_root)/bench-initramfs
-hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
+hash=$(content_hash "$0" "$BENCH_FIO" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
     "str:busybox-static $(pkg_version busybox-static)" "str:$versions")
 out=$cache/$hash/bench-initramfs.cpio
 if [[ -f $out ]]; then
@@ -110,6 +113,7 @@ while ((${#queue[@]})); do
         queue+=("$file")
     done < <(needed "$elf")
 done
+install -m 0755 "$BENCH_FIO" "$root/usr/bin/bench-fio"
 ldso=$(resolve ld-linux-x86-64.so.2) || die "ld-linux-x86-64.so.2 missing (libc6 not downloaded?)"
 cp "$ldso" "$root/lib64/ld-linux-x86-64.so.2"
 log "libraries: ${#seen[@]} ($(du -sh "$root/lib/x86_64-linux-gnu" | cut -f1))"

@@ -44,6 +44,10 @@ check blk-qemu-missing 1 blk.sh blk-rig-noqemu.log
 # 134"), so those runs count for nothing (not even launch to exit) and
 # Firecracker's figures are "missing", exit 1.
 check blk-fc-guest-failed 1 blk.sh blk-fc-rig.log
+# The same with fio run as bench-fio (5 rounds): Firecracker's figures all
+# there; one QEMU run ended after init without fio's output and counts for
+# nothing (4 runs in its cells), exit 0.
+check blk-fc-complete 0 blk.sh blk-fc5-rig.log
 # Boot and RSS run saved before the exec runs existed: every other figure
 # is there, exec's are "missing", exit 1.
 check boot-complete 1 boot.sh boot-rig.log

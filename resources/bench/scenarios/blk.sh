@@ -25,7 +25,7 @@ dd if=/dev/zero of="$img" bs=1M count="$BENCH_SIZE_MB" 2>/dev/null ||
 # Linux hands init at most 32 words after "--" (more panic the guest, and
 # kvmini refuses them): 29 here, so bs=4k is global and the QD1 jobs use
 # fio's default iodepth of 1.
-fio="fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
+fio="bench-fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
 fio="$fio --time_based --runtime=$BENCH_RUNTIME --ramp_time=$BENCH_RAMP --stonewall --bs=4k"
 fio="$fio --name=seq-read --rw=read --bs=1M --iodepth=4"
 fio="$fio --name=seq-write --rw=write --bs=1M --iodepth=4"
