@@ -1438,11 +1438,11 @@ fn stalled_reader_sigterm() {
 fn exec_timeout_fio() {
     // `exec --timeout` while fio keeps the disk busy at queue depth 256:
     // exit 124, within 2 s of the limit, not counting the VM's release
-    // after all of kvmini's threads stopped. That release is mostly the
-    // host kernel's teardown of the VM, which a guest does not hold up but
-    // a loaded host does: one CI run (initrd copy still going at 5 s)
-    // spent ~2 s in `kvm_destroy_vm`'s SRCU waits. It is printed, and
-    // bounded only as a hang.
+    // after all of kvmini's threads stopped: dropping the devices (a disk's
+    // fdatasync), unmapping guest RAM and the host kernel's teardown of the
+    // VM, which a guest does not hold up but a loaded host does: one CI run
+    // (initrd copy still going at 5 s) spent ~2 s in `kvm_destroy_vm`'s
+    // SRCU waits. It is printed, and bounded only as a hang.
     let c = scenario("exec_timeout_fio");
     c.rc(0);
     for limit in [5u64, 40] {
