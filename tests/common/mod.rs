@@ -98,20 +98,9 @@ pub fn lflags(tty: &std::fs::File) -> libc::tcflag_t {
 
 /// Whether this host lets a process make a user namespace, which passt
 /// (`--net user`) needs for its sandbox (not in a chroot, as in
-/// ../shared/fresh-machine).
+/// ../shared/fresh-machine): kvmini's own preflight probe.
 pub fn passt_can_run() -> bool {
-    use std::os::unix::process::CommandExt;
-    let mut probe = std::process::Command::new("true");
-    // SAFETY: unshare(2) only, between fork and exec.
-    unsafe {
-        probe.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    probe.status().is_ok()
+    kvmini_vmm::devices::virtio::net::passt::user_namespaces_allowed().is_ok()
 }
 
 /// Where passt cannot run, `--net user` must be refused before anything
