@@ -100,8 +100,33 @@ struct Attempt {
     outcome: Outcome,
 }
 
+impl Scenario {
+    /// How often run.sh revived L1's lost timer while it ran (its
+    /// `@@KVMINI-RIG-REVIVED` lines): the run went on, but says so.
+    fn revivals(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|l| l.contains("@@KVMINI-RIG-REVIVED "))
+            .count()
+    }
+}
+
 impl Attempt {
     fn describe(&self) -> String {
+        let (Outcome::Ran(s)
+        | Outcome::FrozeDuringKvmini(s, _)
+        | Outcome::FrozeWithoutKvmini(s, _)
+        | Outcome::FrozeTimerStuck(s, _)) = &self.outcome;
+        match s.revivals() {
+            0 => self.ending(),
+            n => format!(
+                "{} (L1's lost timer revived {n} time(s) meanwhile)",
+                self.ending()
+            ),
+        }
+    }
+
+    fn ending(&self) -> String {
         match &self.outcome {
             Outcome::Ran(s) if s.timed_out => format!("run {}: timed out", self.run),
             Outcome::Ran(s) => match s.rc {
@@ -563,7 +588,7 @@ fn frozen_l1_check(base: &Command, dir: &str, kvmini_running: bool) -> Result<()
             ))
         }
     }
-    // The heartbeat gap was sampled while it lasted (25 s in), and a
+    // The heartbeat gap was sampled while it lasted (12 s in), and a
     // working timer was not taken for a stuck one then either.
     if !stderr.contains("L1 (sampled) timer-stuck: no") {
         return Err(format!(
@@ -840,6 +865,29 @@ fn rig_parser_splits_scenarios() {
     assert!(m["b"].timed_out);
     assert_eq!(m["b"].rc, Some(137));
     assert_eq!(run.froze, None);
+}
+
+/// A scenario during which run.sh revived L1's lost timer is judged as
+/// any other (it ran to its end), and its attempt says so.
+#[test]
+fn revived_timer_is_said_not_judged() {
+    let console = lines(&[
+        "@@KVMINI-SCENARIO-BEGIN a",
+        "@@KVMINI-RIG-STALL l1-timer-stuck=yes sampled 12s into a heartbeat gap",
+        "[   40.1] @@KVMINI-RIG-REVIVED after 14s without a heartbeat: L1's lost timer ...",
+        "@@KVMINI-SCENARIO-END a rc=0 secs=50",
+        "@@KVMINI-SCENARIO-BEGIN b",
+        "@@KVMINI-SCENARIO-END b rc=1 secs=5",
+    ]);
+    let got: HashMap<String, Attempt> = attempts_of(parse_console(&console), 2, Path::new("x"))
+        .into_iter()
+        .collect();
+    assert!(matches!(&got["a"].outcome, Outcome::Ran(s) if s.rc == Some(0)));
+    assert_eq!(
+        got["a"].describe(),
+        "run 2: rc=0 (L1's lost timer revived 1 time(s) meanwhile)"
+    );
+    assert_eq!(got["b"].describe(), "run 2: rc=1");
 }
 
 fn lines(text: &[&str]) -> Vec<String> {
