@@ -7,7 +7,8 @@
 # runs ended with a triple fault (KVM_EXIT_SHUTDOWN), a stalled transfer
 # (killed after --run-timeout s), another failure, or a frozen L1 (the rig
 # stopped it: no heartbeat or a soft lockup; charged to the VMM whose run
-# was under way), and in how many runs the guest counted receive length
+# was under way), how often the rig revived L1's lost timer during a run
+# (run.sh: "@@KVMINI-RIG-REVIVED"), and in how many runs the guest counted receive length
 # errors (frames it found cut short: "rx error: N buffers ... missing").
 #
 #   resources/bench/net-load.sh [--runs N] [--chunk N] [--secs S] [--len BYTES] [--mem MIB]
@@ -90,6 +91,7 @@ summary() {
         }
         next
     }
+    /@@KVMINI-RIG-REVIVED / { who = (cur != "") ? cur : "(between runs)"; seen[who] = 1; revived[who]++; next }
     /@@NETLOAD-RIG rc=/ {
         rc = substr($0, index($0, "rc=") + 3) + 0
         if (rc != 0) {
@@ -107,8 +109,8 @@ summary() {
         return (n % 2) ? b[(n + 1) / 2] : (b[n / 2] + b[n / 2 + 1]) / 2
     }
     END {
-        printf "| %-14s | %5s | %5s | %13s | %17s | %14s | %10s | %16s | %12s | %14s |\n", "VMM", "runs", "ok", "triple faults", "stalled transfers", "other failures", "L1 freezes", "rx length errors", "up Mbit/s", "down Mbit/s"
-        printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------", "-------", "-------", "---------------", "-------------------", "----------------", "------------", "------------------", "--------------", "----------------"
+        printf "| %-14s | %5s | %5s | %13s | %17s | %14s | %10s | %13s | %16s | %12s | %14s |\n", "VMM", "runs", "ok", "triple faults", "stalled transfers", "other failures", "L1 freezes", "timer revived", "rx length errors", "up Mbit/s", "down Mbit/s"
+        printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "----------------", "-------", "-------", "---------------", "-------------------", "----------------", "------------", "---------------", "------------------", "--------------", "----------------"
         bad = 0; nv = 0
         for (v in seen) if (v == "kvmini") order[++nv] = v
         for (v in seen) if (v == "firecracker") order[++nv] = v
@@ -117,10 +119,10 @@ summary() {
         for (k = 1; k <= nv; k++) {
             v = order[k]
             rx = (rxruns[v] > 0) ? sprintf("%d/%d (%d)", rxbad[v], rxruns[v], rxsum[v]) : "-"
-            printf "| %-14s | %5d | %5d | %13d | %17d | %14d | %10d | %16s | %12s | %14s |\n", v, total[v], res[v, "ok"], res[v, "triple-fault"], res[v, "stall"], res[v, "fail"], freeze[v], rx, median(up, v, nu[v]), median(dn, v, nd[v])
+            printf "| %-14s | %5d | %5d | %13d | %17d | %14d | %10d | %13d | %16s | %12s | %14s |\n", v, total[v], res[v, "ok"], res[v, "triple-fault"], res[v, "stall"], res[v, "fail"], freeze[v], revived[v], rx, median(up, v, nu[v]), median(dn, v, nd[v])
             if (total[v] != res[v, "ok"] || freeze[v]) bad = 1
         }
-        printf "\nruns: guest boots (an L1 freeze ends its run); rx length errors: runs where the guest counted any / runs that reported (errors in all); rates: median of the ok runs (rig figures: only ratios mean something).\n"
+        printf "\nruns: guest boots (an L1 freeze ends its run); timer revived: L1 lost its timer interrupt during the run and the rig revived it (run.sh; not a failure of the run, counted because the VMM may provoke it); rx length errors: runs where the guest counted any / runs that reported (errors in all); rates: median of the ok runs (rig figures: only ratios mean something).\n"
         for (v in other_rig) printf "note: %d rig run(s) under %s ended with a status other than 0 or 75 (a rig timeout?)\n", other_rig[v], v
         exit bad
     }' "$@"

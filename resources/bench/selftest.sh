@@ -72,6 +72,10 @@ check net-load-fixed 0 net-load.sh net-load-rig.log
 check net-load-freeze 1 net-load.sh net-load-rig-freeze.log
 # A kvmini triple fault (before the fix), with its report: exit 1.
 check net-load-triple-fault 1 net-load.sh net-load-rig-triple-fault.log
+# Three L1s with run.sh's timer revival (2026-12-02): Firecracker's run 3
+# revived (counted, the run ok), its run 9 ended by a freeze; kvmini 9 ok:
+# exit 1.
+check net-load-revived 1 net-load.sh net-load-rig-revived.log
 
 echo "$pass passed, $fail failed"
 ((fail == 0))
