@@ -874,7 +874,7 @@ fn revived_timer_is_said_not_judged() {
     let console = lines(&[
         "@@KVMINI-SCENARIO-BEGIN a",
         "@@KVMINI-RIG-STALL l1-timer-stuck=yes sampled 12s into a heartbeat gap",
-        "[   40.1] @@KVMINI-RIG-REVIVED after 14s without a heartbeat: L1's lost timer ...",
+        "[   40.1] @@KVMINI-RIG-REVIVED after 14s without a heartbeat: L1's pending timer interrupt was taken after a key press",
         "@@KVMINI-SCENARIO-END a rc=0 secs=50",
         "@@KVMINI-SCENARIO-BEGIN b",
         "@@KVMINI-SCENARIO-END b rc=1 secs=5",

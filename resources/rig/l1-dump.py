@@ -1,8 +1,8 @@
 """Where a frozen L1 is: asks QEMU's monitor (a unix socket) twice, a
 second apart, for every vCPU's registers, and prints per vCPU whether it is
 halted, at which privilege level, and whether its RIP moved; then the
-first raw dump, the local APIC's state and a last line "timer-stuck: yes|no
-(...)" (see timer_stuck). (Debian's System.map is a stub, so no function
+first raw dump, the local APIC's state and the lines "timer-stuck: yes|no
+(...)" (see timer_stuck) and "timer-pending: yes|no|?" (see timer_pending). (Debian's System.map is a stub, so no function
 names.)
 
     python3 l1-dump.py MONITOR_SOCKET
@@ -90,10 +90,15 @@ def cpus(dump):
     return out
 
 
-def revive(path, tries=3):
-    """Up to `tries` key presses, each followed by the two-sample check;
+def revive(path, tries=3, limit=20):
+    """Up to `tries` key presses, each followed by the two-sample check,
+    within `limit` seconds in all (run.sh's watch loop waits meanwhile);
     prints each check's IRR and the verdict."""
+    deadline = time.time() + limit
     for n in range(1, tries + 1):
+        if time.time() > deadline:
+            print(f"revived: no (gave up after {limit} s and {n - 1} key press(es))")
+            return
         try:
             monitor(path, "sendkey shift")
             time.sleep(1)
@@ -106,15 +111,18 @@ def revive(path, tries=3):
         irr = re.search(r"^IRR\s+(.*)$", lapic2, re.M)
         verdict = timer_pending(lapic1, lapic2)
         print(f"key press {n}: IRR {irr.group(1).strip() if irr else '?'}; {verdict}")
-        if verdict == "timer-pending: no":
+        if verdict == "timer-pending: no":  # both samples read, not pending
             print(f"revived: yes (the timer interrupt was taken after {n} key press(es))")
             return
     print(f"revived: no (the timer interrupt stayed pending through {tries} key presses)")
 
 
 def main():
-    if sys.argv[1] == "--revive":
+    if len(sys.argv) == 3 and sys.argv[1] == "--revive":
         revive(sys.argv[2])
+        return
+    if len(sys.argv) != 2:
+        print("usage: l1-dump.py [--revive] MONITOR_SOCKET")
         return
     try:
         first, lapic1 = snapshot(sys.argv[1])
@@ -144,8 +152,9 @@ def timer_pending(lapic1, lapic2):
     of the emulator's failure, enough for run.sh to try a revival, which
     is harmless if nothing was stuck."""
     p1, p2 = timer_state(lapic1), timer_state(lapic2)
-    yes = p1 is not None and p2 is not None and p1[1] and p2[1]
-    return f"timer-pending: {'yes' if yes else 'no'}"
+    if p1 is None or p2 is None:
+        return "timer-pending: ? (no local APIC state)"
+    return f"timer-pending: {'yes' if p1[1] and p2[1] else 'no'}"
 
 
 def timer_state(lapic):
@@ -193,4 +202,7 @@ def timer_stuck(lapic1, lapic2, regs1, regs2):
             f"interrupts enabled {enabled(regs1)}, then {enabled(regs2)})")
 
 
-main()
+try:
+    main()
+except Exception as e:  # best effort: say what failed, never raise
+    print(f"l1-dump.py failed: {e!r}")

@@ -252,7 +252,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     -append "console=ttyS0 panic=-1 quiet rig_timeout=$per_timeout" \
     </dev/null >"$fifo" &
 qemu=$!
-broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no early_at=-1 revived_at=-1
+broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no early_at=-1 revived_at=-1 revived_gap=-1
 dump() { # dump FILE: where L1's vCPUs are (halted? spinning? in L1 or L2?)
     python3 "$RIG/l1-dump.py" "$tmp/monitor" >"$1" 2>&1 || true
 }
@@ -264,6 +264,7 @@ while :; do
         if [[ $line == *"watchdog: BUG: soft lockup"* ]]; then
             if ((revived_at >= 0 && SECONDS - revived_at <= 60)); then
                 log "L1 reports the stall its lost timer caused (revived $((SECONDS - revived_at))s ago), not a new one"
+                revived_at=-1 # one report excused per revival
             else
                 broken="L1's kernel reported a soft lockup (nested KVM under TCG)"
                 break
@@ -289,15 +290,21 @@ while :; do
         early_at=$beat_at
         log "no heartbeat from L1 for ${early}s: sampling its vCPUs now"
         dump "$tmp/early-dump"
-        grep '^timer-stuck:' "$tmp/early-dump" | sed 's/^/[run.sh] L1 (sampled) /' >&2
+        { grep '^timer-stuck:' "$tmp/early-dump" || echo "no verdict: $(tail -n 1 "$tmp/early-dump")"; } |
+            sed 's/^/[run.sh] L1 (sampled) /' >&2
         # What a stall that ends by itself looked like, for the record.
         grep -q '^timer-stuck: yes' "$tmp/early-dump" &&
             echo "@@KVMINI-RIG-STALL l1-timer-stuck=yes sampled ${early}s into a heartbeat gap"
         if grep -q -e '^timer-stuck: yes' -e '^timer-pending: yes' "$tmp/early-dump"; then
             python3 "$RIG/l1-dump.py" --revive "$tmp/monitor" >"$tmp/revive" 2>&1 || true
             sed 's/^/[run.sh] L1 /' "$tmp/revive" >&2
+            # Only a revival of the stuck timer proper (interrupts on in both
+            # samples) excuses L1's soft lockup report of this gap; with the
+            # timer merely pending, the CPU may have been spinning with
+            # interrupts off, which is no excuse.
             if grep -q '^revived: yes' "$tmp/revive"; then
-                revived_at=$SECONDS
+                revived_gap=$beat_at
+                ! grep -q '^timer-stuck: yes' "$tmp/early-dump" || revived_at=$SECONDS
                 echo "@@KVMINI-RIG-REVIVED after $((SECONDS - beat_at))s without a heartbeat: L1's pending timer interrupt was taken after a key press"
             fi
         fi
@@ -321,7 +328,11 @@ if [[ -n $broken ]]; then
         if ((early_at == beat_at)) && [[ -s $tmp/early-dump ]]; then
             log "L1's vCPUs ${early}s into the heartbeat gap that ended it:"
             sed 's/^/[run.sh] L1 (sampled) /' "$tmp/early-dump" >&2
-            grep -q '^timer-stuck: yes' "$tmp/early-dump" && stuck=yes
+            # A gap whose stuck timer was revived and still ended L1 was
+            # not ended by that timer: only the dump above can say so.
+            if ((revived_gap != beat_at)) && grep -q '^timer-stuck: yes' "$tmp/early-dump"; then
+                stuck=yes
+            fi
         fi
     else
         log "no python3 or no QEMU monitor socket: cannot show where L1's vCPUs were"
