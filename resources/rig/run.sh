@@ -253,6 +253,7 @@ timeout --kill-after=10 "$overall" qemu-system-x86_64 \
     </dev/null >"$fifo" &
 qemu=$!
 broken="" partial="" beat_size=0 beat_at=$SECONDS checked=-1 stuck=no early_at=-1 revived_at=-1 revived_gap=-1
+early_stuck=no # the early sample's verdict (timer-stuck: yes|no)
 dump() { # dump FILE: where L1's vCPUs are (halted? spinning? in L1 or L2?)
     python3 "$RIG/l1-dump.py" "$tmp/monitor" >"$1" 2>&1 || true
 }
@@ -290,12 +291,14 @@ while :; do
         early_at=$beat_at
         log "no heartbeat from L1 for ${early}s: sampling its vCPUs now"
         dump "$tmp/early-dump"
+        early_stuck=no
+        ! grep -q '^timer-stuck: yes' "$tmp/early-dump" || early_stuck=yes
         { grep '^timer-stuck:' "$tmp/early-dump" || echo "no verdict: $(tail -n 1 "$tmp/early-dump")"; } |
             sed 's/^/[run.sh] L1 (sampled) /' >&2
         # What a stall that ends by itself looked like, for the record.
-        grep -q '^timer-stuck: yes' "$tmp/early-dump" &&
+        [[ $early_stuck == no ]] ||
             echo "@@KVMINI-RIG-STALL l1-timer-stuck=yes sampled ${early}s into a heartbeat gap"
-        if grep -q -e '^timer-stuck: yes' -e '^timer-pending: yes' "$tmp/early-dump"; then
+        if [[ $early_stuck == yes ]] || grep -q '^timer-pending: yes' "$tmp/early-dump"; then
             python3 "$RIG/l1-dump.py" --revive "$tmp/monitor" >"$tmp/revive" 2>&1 || true
             sed 's/^/[run.sh] L1 /' "$tmp/revive" >&2
             # Only a revival of the stuck timer proper (interrupts on in both
@@ -304,7 +307,7 @@ while :; do
             # interrupts off, which is no excuse.
             if grep -q '^revived: yes' "$tmp/revive"; then
                 revived_gap=$beat_at
-                ! grep -q '^timer-stuck: yes' "$tmp/early-dump" || revived_at=$SECONDS
+                [[ $early_stuck == no ]] || revived_at=$SECONDS
                 echo "@@KVMINI-RIG-REVIVED after $((SECONDS - beat_at))s without a heartbeat: L1's pending timer interrupt was taken after a key press"
             fi
         fi
@@ -330,7 +333,7 @@ if [[ -n $broken ]]; then
             sed 's/^/[run.sh] L1 (sampled) /' "$tmp/early-dump" >&2
             # A gap whose stuck timer was revived and still ended L1 was
             # not ended by that timer: only the dump above can say so.
-            if ((revived_gap != beat_at)) && grep -q '^timer-stuck: yes' "$tmp/early-dump"; then
+            if ((revived_gap != beat_at)) && [[ $early_stuck == yes ]]; then
                 stuck=yes
             fi
         fi
