@@ -6,6 +6,13 @@
 //! VMM they have their own thread), so this is the batch budget at work.
 //! Before it, one `drain` served a re-posting guest for seconds (2.3-2.7 s
 //! for this SIGTERM stand-in, measured in the issue).
+//!
+//! The 50 ms are the loops' own CPU time (their thread CPU clocks), not
+//! wall time: the floods keep 6 threads busy, and on a 2-CPU machine that
+//! also runs the other tests a loop can wait on a run queue longer than
+//! its batch takes (CI once saw 51 ms of wall time where the loop's work
+//! took microseconds). Wall time is still bounded, at 1 s, well below the
+//! seconds an unbudgeted drain takes.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,7 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
 use super::console::HostSignals;
-use super::loop_thread::LoopThread;
+use super::loop_thread::{LoopThread, RunningLoop};
 use super::{Deadline, GracefulStop};
 use crate::devices::output::Output;
 use crate::devices::virtio::block::{Block, BlockConfig, RateLimit};
@@ -32,7 +39,10 @@ use crate::devices::virtio::{
 use crate::exit::{ExitSignal, VmExit};
 use crate::seccomp::{Seccomp, ThreadKind};
 
+/// What a loop may spend on a CPU before it serves the event or stops.
 const LIMIT: Duration = Duration::from_millis(50);
+/// What it may take by the wall clock, run-queue waits included.
+const WALL_LIMIT: Duration = Duration::from_secs(1);
 
 /// The two floods keep 6 threads busy: one test at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -49,6 +59,48 @@ fn wait_raised(exit: &ExitSignal, within: Duration) -> Duration {
     let n = unsafe { libc::poll(&mut pfd, 1, within.as_millis() as i32) };
     assert_eq!(n, 1, "not raised within {within:?}");
     start.elapsed()
+}
+
+/// The time a thread's CPU clock shows.
+fn cpu_time(clock: libc::clockid_t) -> io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Stops both loops; how long that took by the wall clock and on the
+/// busier loop's CPU (sampled until each loop ends: a thread's clock is
+/// gone once it exits, so the last sample before that counts).
+fn stop_loops(loops: [RunningLoop; 2]) -> (Duration, Duration) {
+    let clocks = loops.each_ref().map(|l| l.cpu_clock().unwrap());
+    let before = clocks.map(|c| cpu_time(c).unwrap());
+    let mut last = before;
+    let start = Instant::now();
+    for l in &loops {
+        l.stop();
+    }
+    while loops.iter().any(|l| !l.is_finished()) && start.elapsed() < Duration::from_secs(5) {
+        for (i, l) in loops.iter().enumerate() {
+            if !l.is_finished() {
+                if let Ok(t) = cpu_time(clocks[i]) {
+                    last[i] = t;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for l in loops {
+        l.join_within(Duration::from_secs(5)).unwrap();
+    }
+    let wall = start.elapsed();
+    let on_cpu = (0..2).map(|i| last[i] - before[i]).max().unwrap();
+    (wall, on_cpu)
 }
 
 /// A queue on the mock at `base`, sized for flooding.
@@ -220,23 +272,26 @@ fn sigterm_is_served_within_50ms_while_the_guest_floods() {
     let disk_loop = disk_loop.spawn(Seccomp::Off).unwrap();
     until_flooding(&f);
     // SIGTERM: what the handler does is write this eventfd.
+    let clock = event_loop.cpu_clock().unwrap();
+    let cpu_before = cpu_time(clock).unwrap();
     super::console::set_last_signal(libc::SIGTERM);
     sigterm.write(1).unwrap();
     let served = wait_raised(&exit, Duration::from_secs(5));
-    assert!(served < LIMIT, "SIGTERM served after {served:?}");
-    assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGTERM)));
-    let start = Instant::now();
-    event_loop.stop();
-    disk_loop.stop();
-    event_loop.join_within(Duration::from_secs(5)).unwrap();
-    let events_stopped = start.elapsed();
-    disk_loop.join_within(Duration::from_secs(5)).unwrap();
-    let stopped = start.elapsed();
+    let on_cpu = cpu_time(clock).unwrap() - cpu_before;
     assert!(
-        stopped < LIMIT,
-        "the loops stopped after {stopped:?} (event loop {events_stopped:?})"
+        on_cpu < LIMIT && served < WALL_LIMIT,
+        "SIGTERM served after {on_cpu:?} of the event loop's CPU time, {served:?} of wall time"
     );
-    eprintln!("SIGTERM served in {served:?}, loops stopped in {stopped:?}");
+    assert_eq!(exit.reason(), Some(VmExit::HostSignal(libc::SIGTERM)));
+    let (stopped, stop_cpu) = stop_loops([event_loop, disk_loop]);
+    assert!(
+        stop_cpu < LIMIT && stopped < WALL_LIMIT,
+        "the loops stopped after {stop_cpu:?} of CPU time, {stopped:?} of wall time"
+    );
+    eprintln!(
+        "SIGTERM served in {served:?} ({on_cpu:?} on the loop's CPU), \
+         loops stopped in {stopped:?} ({stop_cpu:?})"
+    );
 }
 
 #[test]
@@ -261,8 +316,14 @@ fn the_exec_deadline_is_served_within_50ms_while_the_guest_floods() {
         "the floods took longer than the deadline to start"
     );
     let posted: Vec<u64> = f.floods.iter().map(Flooder::posted).collect();
+    // The loop's CPU time from the deadline on (sampled when this thread
+    // wakes at the deadline, so never more than the loop really spent).
+    let clock = event_loop.cpu_clock().unwrap();
+    std::thread::sleep((start + limit).saturating_duration_since(Instant::now()));
+    let cpu_at_deadline = cpu_time(clock).unwrap();
     wait_raised(&exit, Duration::from_secs(5));
     let at = start.elapsed();
+    let on_cpu = cpu_time(clock).unwrap() - cpu_at_deadline;
     assert!(
         f.floods
             .iter()
@@ -271,19 +332,17 @@ fn the_exec_deadline_is_served_within_50ms_while_the_guest_floods() {
         "both floods went on until the deadline"
     );
     assert!(
-        at >= limit && at < limit + LIMIT,
-        "the deadline was served at {at:?}"
+        at >= limit && on_cpu < LIMIT && at < limit + WALL_LIMIT,
+        "the deadline was served at {at:?}, after {on_cpu:?} of the event loop's CPU time"
     );
     assert_eq!(exit.reason(), Some(VmExit::TimedOut(limit)));
-    let t = Instant::now();
-    event_loop.stop();
-    disk_loop.stop();
-    event_loop.join_within(Duration::from_secs(5)).unwrap();
-    disk_loop.join_within(Duration::from_secs(5)).unwrap();
+    let (stopped, stop_cpu) = stop_loops([event_loop, disk_loop]);
     assert!(
-        t.elapsed() < LIMIT,
-        "the loops stopped after {:?}",
-        t.elapsed()
+        stop_cpu < LIMIT && stopped < WALL_LIMIT,
+        "the loops stopped after {stop_cpu:?} of CPU time, {stopped:?} of wall time"
     );
-    eprintln!("deadline of {limit:?} served at {at:?}");
+    eprintln!(
+        "deadline of {limit:?} served at {at:?} ({on_cpu:?} on the loop's CPU), \
+         loops stopped in {stopped:?} ({stop_cpu:?})"
+    );
 }

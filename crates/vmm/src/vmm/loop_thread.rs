@@ -127,6 +127,24 @@ impl RunningLoop {
         self.stop.raise();
     }
 
+    /// The loop thread's own CPU clock (`CLOCK_THREAD_CPUTIME_ID` of that
+    /// thread): tests measure the loop's work with it, which a loaded
+    /// machine's scheduler cannot stretch as it stretches wall time.
+    #[cfg(test)]
+    pub fn cpu_clock(&self) -> std::io::Result<libc::clockid_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: `self` owns the handle, so the thread is not joined and
+        // its pthread_t is valid; `clock` is a valid out-pointer.
+        let r =
+            unsafe { libc::pthread_getcpuclockid(self.thread.handle().as_pthread_t(), &mut clock) };
+        if r == 0 {
+            Ok(clock)
+        } else {
+            Err(std::io::Error::from_raw_os_error(r))
+        }
+    }
+
     /// Whether the loop ended (stopped, or failed).
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
