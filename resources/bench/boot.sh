@@ -12,9 +12,12 @@
 #
 #   resources/bench/boot.sh [--kvmini PATH] [--repeats N] [--mem MIB]
 #                           [--kvmini-flags FLAGS] [--log FILE] [--host]
-#                           [--firecracker PATH | --no-firecracker]
+#                           [--firecracker PATH | --no-firecracker] [--smp N]
 #   resources/bench/boot.sh --parse CONSOLE_LOG
 #
+# --smp N    vCPUs of the rig's L1 (default 2, run.sh's; 1 as the e2e suite:
+#            an L1 with two froze in round 4 of two runs, see
+#            docs/benchmarks.md)
 # --firecracker PATH  also run Firecracker (default: ../shared/peers/
 #            firecracker/firecracker beside the checkout, when it is there;
 #            --no-firecracker: not); the table then has its column and the
@@ -29,7 +32,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-kvmini="" repeats=5 mem=128 log="" host=() parse="" kflags=""
+kvmini="" repeats=5 mem=128 log="" host=() parse="" kflags="" rig_args=()
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -40,12 +43,13 @@ while (($#)); do
     --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
     --no-firecracker) BENCH_FC=""; shift ;;
     --host) host=(--host); shift ;;
+    --smp) rig_args+=(--smp "$2"); shift 2 ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "boot.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
-for n in "$repeats" "$mem"; do
+for n in "$repeats" "$mem" ${rig_args[1]:+"${rig_args[1]}"}; do
     [[ $n =~ ^[0-9]+$ ]] || { echo "boot.sh: '$n' is not a whole number" >&2; exit 2; }
 done
 
@@ -83,4 +87,4 @@ BENCH_VMMS="$BENCH_VMMS"
 BENCH_KVMINI_FLAGS="$kflags"
 EOF2
 timeout=$(((repeats * 2 + 1) * nvmm * 240))
-bench_go boot "$repeats boot(s) and exec(s) per VMM and one RSS run each" "$timeout" "${host[@]}"
+bench_go boot "$repeats boot(s) and exec(s) per VMM and one RSS run each" "$timeout" "${host[@]}" "${rig_args[@]}"
