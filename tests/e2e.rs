@@ -669,10 +669,17 @@ impl Check<'_> {
         self.value(prefix, self.s.lines.iter())
     }
 
-    /// The rest of the last output line that starts with `prefix`: the
-    /// judged attempt of a scenario that tries again within itself.
-    fn after_last(&self, prefix: &str) -> String {
-        self.value(prefix, self.s.lines.iter().rev())
+    /// The rest of the first line starting with `prefix` after the last
+    /// line starting with `marker`: the judged attempt of a scenario that
+    /// tries again within itself, none of the earlier attempts' lines.
+    fn after_in_last(&self, marker: &str, prefix: &str) -> String {
+        let from = self
+            .s
+            .lines
+            .iter()
+            .rposition(|l| l.trim_start().starts_with(marker))
+            .unwrap_or_else(|| self.fail(&format!("no output line starts with {marker:?}")));
+        self.value(prefix, self.s.lines[from..].iter())
     }
 
     fn value<'l>(&self, prefix: &str, mut lines: impl Iterator<Item = &'l String>) -> String {
@@ -1476,9 +1483,9 @@ fn number(c: &Check, key: &str) -> u64 {
     parse_number(c, key, c.after(key))
 }
 
-/// [`number`] from the last line that starts with `key`.
-fn last_number(c: &Check, key: &str) -> u64 {
-    parse_number(c, key, c.after_last(key))
+/// [`number`] from the lines after the last one starting with `marker`.
+fn number_in_last(c: &Check, marker: &str, key: &str) -> u64 {
+    parse_number(c, key, c.after_in_last(marker, key))
 }
 
 fn parse_number(c: &Check, key: &str, got: String) -> u64 {
@@ -1507,23 +1514,26 @@ fn exec_timeout_fio() {
     // VM, which a guest does not hold up but a loaded host does: one CI run
     // (initrd copy still going at 5 s) spent ~2 s in `kvm_destroy_vm`'s
     // SRCU waits. It is printed, and bounded only as a hang.
-    // A late stop while L1 itself stood still (a ticker in L1 silent from
-    // before the bound until about when kvmini stopped; one CI run: the
+    // A late stop while L1 itself stood still (a ticker in L1 silent for
+    // 3 s or more, across the bound, until about when kvmini stopped; the
+    // exec ended with 124; one CI run: the
     // scenario's own `sleep 6.5` ended 3.5 s late while kvmini overran
     // `--timeout 5s` by 5.1 s) cannot judge kvmini: the scenario says so
-    // and tries again, 3 times at most; the last attempt of each limit is
-    // the one judged here.
+    // and tries again, 3 times at most; only the last attempt of each limit
+    // (the lines after its last `attempt-N=`) is judged here.
     let c = scenario("exec_timeout_fio");
     c.rc(0);
     for limit in [5u64, 40] {
-        let tries = last_number(&c, &format!("attempt-{limit}="));
+        let marker = format!("attempt-{limit}=");
+        let tries = number_in_last(&c, &marker, &marker);
         if tries > 1 {
             warn(&format!(
                 "exec_timeout_fio: --timeout {limit}s took {tries} attempts: L1 stood still \
                  past the bound in the earlier ones (@@KVMINI-L1-STALLED in the log)"
             ));
         }
-        let silent = c.after_last(&format!("l1-silent-{limit}="));
+        let key = |k: &str| format!("{k}-{limit}=");
+        let silent = c.after_in_last(&marker, &key("l1-silent"));
         if silent != "none" {
             c.fail(&format!(
                 "NOT RUN: --timeout {limit}s: in all {tries} attempts kvmini stopped late while \
@@ -1531,14 +1541,13 @@ fn exec_timeout_fio() {
                  kvmini's deadline could not be judged"
             ));
         }
-        let key = |k: &str| format!("{k}-{limit}=");
-        let rc = c.after_last(&key("exec-rc"));
+        let rc = c.after_in_last(&marker, &key("exec-rc"));
         if rc != "124" {
             c.fail(&format!("{}{rc}, expected 124", key("exec-rc")));
         }
-        let ms = last_number(&c, &key("exec-ms"));
-        let stopped = last_number(&c, &key("stopped-ms"));
-        let ended = last_number(&c, &key("ended-ms"));
+        let ms = number_in_last(&c, &marker, &key("exec-ms"));
+        let stopped = number_in_last(&c, &marker, &key("stopped-ms"));
+        let ended = number_in_last(&c, &marker, &key("ended-ms"));
         let release = ended.saturating_sub(stopped);
         eprintln!(
             "exec_timeout_fio: --timeout {limit}s: VM stopped at {stopped} ms, \
@@ -1560,7 +1569,7 @@ fn exec_timeout_fio() {
         }
     }
     // By 40 s fio surely ran (the guest boots in seconds).
-    let fio_at = last_number(&c, "fio-at-ms-40=");
+    let fio_at = number_in_last(&c, "attempt-40=", "fio-at-ms-40=");
     if fio_at >= 40_000 {
         c.fail(&format!("fio started only after {fio_at} ms"));
     }
