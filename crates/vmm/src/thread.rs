@@ -164,6 +164,23 @@ impl<T> VmmThread<T> {
     }
 }
 
+#[cfg(test)]
+/// The time a CPU clock shows (a thread's, from `pthread_getcpuclockid`,
+/// or `libc::CLOCK_THREAD_CPUTIME_ID` for the caller's): tests bound the
+/// work of a loop with it, which a loaded machine's scheduler cannot
+/// stretch as it stretches wall time.
+pub fn cpu_time(clock: libc::clockid_t) -> io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread.
 fn block_host_signals() {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,

@@ -38,6 +38,7 @@ use crate::devices::virtio::{
 };
 use crate::exit::{ExitSignal, VmExit};
 use crate::seccomp::{Seccomp, ThreadKind};
+use crate::thread::cpu_time;
 
 /// What a loop may spend on a CPU before it serves the event or stops.
 const LIMIT: Duration = Duration::from_millis(50);
@@ -59,19 +60,6 @@ fn wait_raised(exit: &ExitSignal, within: Duration) -> Duration {
     let n = unsafe { libc::poll(&mut pfd, 1, within.as_millis() as i32) };
     assert_eq!(n, 1, "not raised within {within:?}");
     start.elapsed()
-}
-
-/// The time a thread's CPU clock shows.
-fn cpu_time(clock: libc::clockid_t) -> io::Result<Duration> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer for the call.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// Stops both loops; how long that took by the wall clock and on the
