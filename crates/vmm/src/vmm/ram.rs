@@ -15,13 +15,22 @@
 //! vm-memory as a mapping it uses but does not own. [`GuestRam`] owns it:
 //! it unmaps it when nothing else holds the regions any more (every device
 //! and vCPU thread gone), and otherwise leaves it to the process's exit.
+//!
+//! Shared RAM ([`GuestRam::new_shared`], for vhost-user devices such as
+//! `--fs`): the regions are a memfd mapped `MAP_SHARED` at the same aligned
+//! addresses, and each region carries its file and offset, which the
+//! vhost-user backend maps in its own process. Linux backs such memory
+//! with huge pages only when the host's `shmem_enabled` says so (Debian:
+//! `never`), so private anonymous memory stays the default.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::ptr::null_mut;
 use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// The alignment of every region's host address: an x86 large page.
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -44,8 +53,32 @@ pub struct GuestRam {
 
 impl GuestRam {
     /// Maps `ranges` (guest address, length), each on a [`HUGE_PAGE`]
-    /// boundary of the host.
+    /// boundary of the host, as private anonymous memory.
     pub fn new(ranges: &[(GuestAddress, usize)]) -> io::Result<Self> {
+        Self::build(ranges, None)
+    }
+
+    /// Like [`Self::new`], but the memory is one memfd, mapped shared, and
+    /// every region knows its file and offset: a vhost-user backend can map
+    /// it too.
+    pub fn new_shared(ranges: &[(GuestAddress, usize)]) -> io::Result<Self> {
+        let total = ranges.iter().try_fold(0u64, |sum, &(_, len)| {
+            sum.checked_add(page_span(len)? as u64)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+        })?;
+        // SAFETY: the name is a NUL-terminated string; memfd_create only
+        // creates a new descriptor.
+        let fd = unsafe { libc::memfd_create(c"kvmini-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(total)?;
+        Self::build(ranges, Some(Arc::new(file)))
+    }
+
+    fn build(ranges: &[(GuestAddress, usize)], file: Option<Arc<File>>) -> io::Result<Self> {
         // Built up in place, so that on any error below its Drop unmaps
         // what was mapped so far (no region is shared with anyone yet).
         let mut ram = Self {
@@ -53,21 +86,28 @@ impl GuestRam {
             regions: Vec::with_capacity(ranges.len()),
             maps: Vec::with_capacity(ranges.len()),
         };
+        let mut offset = 0u64;
         for &(base, len) in ranges {
             let map = map_aligned(len)?;
             let addr = map.addr;
+            let span = map.len;
             ram.maps.push(map);
+            let mut builder = MmapRegionBuilder::new(len)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE);
+            if let Some(file) = &file {
+                map_file_over(addr, span, file, offset)?;
+                builder = builder
+                    .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+                    .with_file_offset(FileOffset::from_arc(file.clone(), offset));
+                offset += span as u64;
+            }
             // SAFETY: `addr..addr + len` is the mapping just made, readable
             // and writable, and it stays mapped until `Self::drop`, which
             // unmaps it only when no region built on it is left.
-            let mapping = unsafe {
-                MmapRegionBuilder::new(len)
-                    .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                    .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
-                    .with_raw_mmap_pointer(addr)
-            }
-            .build()
-            .map_err(|e| io::Error::other(format!("{e}")))?;
+            let mapping = unsafe { builder.with_raw_mmap_pointer(addr) }
+                .build()
+                .map_err(|e| io::Error::other(format!("{e}")))?;
             let region = GuestRegionMmap::new(mapping, base).ok_or_else(|| {
                 io::Error::other(format!("guest range at {:#x} wraps around", base.0))
             })?;
@@ -104,15 +144,43 @@ impl Drop for GuestRam {
     }
 }
 
+/// `len` rounded up to whole pages (a length that is not a multiple of
+/// 4 KiB still ends on a page boundary, so a mapping's tail can be unmapped).
+fn page_span(len: usize) -> io::Result<usize> {
+    len.checked_next_multiple_of(PAGE)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Replaces the mapping `[addr, addr + span)` (one of ours) with `file`
+/// from `offset` on, shared.
+fn map_file_over(addr: *mut u8, span: usize, file: &File, offset: u64) -> io::Result<()> {
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: MAP_FIXED over `[addr, addr + span)`, which is a mapping of
+    // ours that nothing refers to yet (no region is built on it): only it
+    // is replaced.
+    let got = unsafe {
+        libc::mmap(
+            addr.cast(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if got == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An anonymous private mapping of `len` bytes whose start is a multiple of
 /// [`HUGE_PAGE`]: `len + HUGE_PAGE` bytes are mapped, and the slack before
 /// and after the aligned part is unmapped again.
 fn map_aligned(len: usize) -> io::Result<Mapping> {
-    // The part kept, whole pages (a length that is not a multiple of 4 KiB
-    // still ends on a page boundary, so the tail can be unmapped).
-    let span = len
-        .checked_next_multiple_of(PAGE)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // The part kept, whole pages.
+    let span = page_span(len)?;
     let over = span
         .checked_add(HUGE_PAGE)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
@@ -214,6 +282,44 @@ mod tests {
         assert!(is_mapped(host));
         drop(ram);
         assert!(!is_mapped(host));
+    }
+
+    /// Shared RAM: aligned like private RAM, and what the guest writes is in
+    /// the memfd at the region's offset, where a backend process finds it.
+    #[test]
+    fn shared_regions_are_the_memfd_at_their_offsets() {
+        use std::os::unix::fs::FileExt;
+        let ranges = [
+            (GuestAddress(0), 2 * MIB + 4096),
+            (GuestAddress(1 << 32), 2 * MIB),
+        ];
+        let ram = GuestRam::new_shared(&ranges).unwrap();
+        let mem = ram.mem();
+        let mut offsets = Vec::new();
+        for region in mem.iter() {
+            let host = region.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
+            assert_eq!(host % HUGE_PAGE, 0);
+            let fo = region.file_offset().expect("a shared region has a file");
+            offsets.push(fo.start());
+        }
+        assert_eq!(offsets, [0, 2 * MIB as u64 + 4096]);
+        mem.write_obj(0x1234_5678u32, GuestAddress(2 * MIB as u64))
+            .unwrap();
+        mem.write_obj(0xabu8, GuestAddress((1 << 32) + 17)).unwrap();
+        let file = mem.iter().next().unwrap().file_offset().unwrap().file();
+        let mut word = [0u8; 4];
+        file.read_exact_at(&mut word, 2 * MIB as u64).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x1234_5678);
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 2 * MIB as u64 + 4096 + 17)
+            .unwrap();
+        assert_eq!(byte[0], 0xab);
+        // And the other way round: the backend's writes reach the guest.
+        file.write_all_at(&[0x5a], 100).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(100)).unwrap(), 0x5a);
+        // Private RAM has no file.
+        let private = GuestRam::new(&ranges[..1]).unwrap();
+        assert!(private.mem().iter().next().unwrap().file_offset().is_none());
     }
 
     /// Whether the page at `addr` is mapped (mincore fails with ENOMEM on
