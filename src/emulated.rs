@@ -711,6 +711,7 @@ mod tests {
                 },
             ],
             nets: vec![],
+            fs: vec![],
             shutdown_timeout: Duration::from_secs(7),
             seccomp: crate::config::Seccomp::Off,
         };

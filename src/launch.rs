@@ -45,8 +45,18 @@ pub enum Notice {
 /// forwarded ports): every engine runs passt here.
 pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> {
     crate::config::check_nets_available(&config.nets)?;
+    crate::config::check_fs_available(&config.fs)?;
     if config.accel.resolve(host_has_hw_virt())? {
         return Ok(Engine::Kvm);
+    }
+    if !config.fs.is_empty() {
+        // The software engines run the guest in another process (QEMU),
+        // which would have to share its RAM with virtiofsd itself.
+        return Err(ConfigError::FsUnavailable(
+            "virtio-fs needs kvmini's own VMM on /dev/kvm: not with --accel tcg or \
+             emulated, nor with --accel auto on a host without hardware virtualization"
+                .into(),
+        ));
     }
     if config.accel == Accel::Auto {
         let tell = match notice {

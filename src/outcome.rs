@@ -67,9 +67,12 @@ pub fn run_code(exit: &VmExit) -> u8 {
 /// host cannot run them.
 pub fn config_code(e: &ConfigError) -> u8 {
     match e {
-        ConfigError::NoHardwareVirt | ConfigError::NetUnavailable(_) => code::ERROR,
+        ConfigError::NoHardwareVirt
+        | ConfigError::NetUnavailable(_)
+        | ConfigError::FsUnavailable(_) => code::ERROR,
         ConfigError::Accel(_)
         | ConfigError::Disk(..)
+        | ConfigError::Fs(..)
         | ConfigError::Net(..)
         | ConfigError::TooManyDevices(_)
         | ConfigError::MemorySize(_)

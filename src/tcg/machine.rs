@@ -255,6 +255,7 @@ mod tests {
                 },
             ],
             nets: vec![],
+            fs: vec![],
             shutdown_timeout: Duration::from_secs(30),
             seccomp: Seccomp::On,
         }

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use kvmini_vmm::config::{
-    check_console, check_readable, parse_disk, parse_duration, parse_nets, parse_size, Accel,
-    ConfigError, ConsoleConfig, Seccomp, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEMORY,
+    check_console, check_readable, parse_disk, parse_duration, parse_fs, parse_nets, parse_size,
+    Accel, ConfigError, ConsoleConfig, Seccomp, VmConfig, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEMORY,
 };
 
 /// `--shutdown-timeout`'s default.
@@ -91,6 +91,18 @@ pub struct VmArgs {
     )]
     pub nets: Vec<String>,
 
+    /// A host directory shared live with the guest (virtio-fs; repeat for
+    /// more): `tag=TAG,socket=PATH[,mount=DIR]`, where PATH is the
+    /// vhost-user socket of a virtiofsd you started, e.g. `virtiofsd
+    /// --socket-path /tmp/vfs.sock --shared-dir ~/src --sandbox namespace`
+    /// (it serves one VM, then exits). The guest mounts it with `mount -t
+    /// virtiofs TAG DIR`; kvmini's own guests do that at boot, at DIR
+    /// (default /mnt/TAG). Writes, creates and deletes reach the host at
+    /// once. Needs KVM (not --accel tcg or emulated); guest RAM is then a
+    /// shared memfd, which virtiofsd maps.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,mount=DIR]")]
+    pub fs: Vec<String>,
+
     /// On SIGTERM (and `exec --timeout`), a guest that runs ACPI gets its
     /// power button pressed and this long to shut down (seconds, or with s,
     /// m); then it is killed. A second SIGTERM or SIGINT kills it at once;
@@ -120,6 +132,7 @@ impl Default for VmArgs {
             accel: "auto".into(),
             disks: Vec::new(),
             nets: Vec::new(),
+            fs: Vec::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT.into(),
             seccomp: "on".into(),
         }
@@ -207,6 +220,11 @@ impl VmArgs {
             .map(|d| parse_disk(d))
             .collect::<Result<Vec<_>, _>>()?;
         let nets = parse_nets(&self.nets, std::process::id())?;
+        let fs = self
+            .fs
+            .iter()
+            .map(|f| parse_fs(f))
+            .collect::<Result<Vec<_>, _>>()?;
         let shutdown_timeout = parse_duration(&self.shutdown_timeout)
             .ok_or_else(|| ConfigError::ShutdownTimeout(self.shutdown_timeout.clone()))?;
         let seccomp = Seccomp::parse(&self.seccomp)
@@ -231,6 +249,7 @@ impl VmArgs {
             accel,
             disks,
             nets,
+            fs,
             shutdown_timeout,
             seccomp,
         };
@@ -254,6 +273,7 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
         accel,
         disks,
         nets,
+        fs,
         shutdown_timeout,
         seccomp,
     } = config;
@@ -285,6 +305,9 @@ pub fn vm_args(config: &VmConfig) -> Vec<String> {
     }
     for n in nets {
         a.extend(["--net".into(), n.to_arg()]);
+    }
+    for f in fs {
+        a.extend(["--fs".into(), f.to_arg()]);
     }
     a
 }

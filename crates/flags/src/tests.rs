@@ -191,6 +191,10 @@ fn every_flag_at_once_round_trips() {
         accel: "kvm-any".into(),
         disks: vec!["path=/x,,y,readonly=on,iops=7,bw=9K".into()],
         nets: vec!["tap=t0,bw=3M".into()],
+        fs: vec![
+            "tag=src,socket=/run/a,,b.sock".into(),
+            "tag=out,socket=/tmp/o.sock,mount=/mnt/o-1".into(),
+        ],
         shutdown_timeout: "7s".into(),
         seccomp: "off".into(),
     };
@@ -202,7 +206,7 @@ fn every_flag_at_once_round_trips() {
 #[test]
 fn bad_values_are_refused_before_the_default_guest() {
     type Break = fn(&mut VmArgs);
-    let cases: [(&str, Break); 12] = [
+    let cases: [(&str, Break); 16] = [
         ("--memory", |a| a.memory = "1X".into()),
         ("--memory", |a| a.memory = "1.5G".into()),
         ("--cpus", |a| a.cpus = 0),
@@ -215,6 +219,14 @@ fn bad_values_are_refused_before_the_default_guest() {
         ("--disk", |a| a.disks = vec!["path=/a,iops=0".into()]),
         ("--net", |a| a.nets = vec!["tap=t0,bw=lots".into()]),
         ("--cmdline", |a| a.cmdline = Some("x".repeat(3000))),
+        ("--fs", |a| a.fs = vec!["socket=/s".into()]),
+        ("--fs", |a| a.fs = vec!["tag=a b,socket=/s".into()]),
+        ("--fs", |a| {
+            a.fs = vec!["tag=t,socket=/s,mount=/a/../etc".into()]
+        }),
+        ("--fs", |a| {
+            a.fs = vec!["tag=t,socket=/s".into(), "tag=t,socket=/u".into()]
+        }),
     ];
     for (flag, break_it) in cases {
         let mut a = VmArgs::default();

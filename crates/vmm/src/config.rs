@@ -80,6 +80,8 @@ pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
 
 use crate::arch::x86_64::layout;
 use crate::devices::rate_limiter::{parse_rate, RateLimit};
+/// One `--fs`: the virtio-fs device's own config type.
+pub use crate::devices::virtio::fs::{parse_fs, FsConfig};
 /// One `--net`: the network device's own config type.
 pub use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::net::{tap, MacAddr, NetBackend, PortForward};
@@ -268,6 +270,21 @@ pub fn check_nets_available(nets: &[NetConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What `fs` needs of this host now: each backend's socket is there.
+/// Checked before anything is built or booted.
+pub fn check_fs_available(fs: &[FsConfig]) -> Result<(), ConfigError> {
+    for f in fs {
+        crate::devices::virtio::fs::check_socket(&f.socket).map_err(|why| {
+            ConfigError::FsUnavailable(format!(
+                "tag {}: no vhost-user socket at {why} (start virtiofsd first: \
+                 virtiofsd --socket-path PATH --shared-dir DIR)",
+                f.tag
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// All `--net`s: no TAP, MAC or forwarded host port used twice.
 pub fn parse_nets(args: &[String], pid: u32) -> Result<Vec<NetConfig>, ConfigError> {
     let mut nets: Vec<NetConfig> = Vec::with_capacity(args.len());
@@ -324,6 +341,8 @@ pub struct VmConfig {
     pub accel: Accel,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// Shared host directories (virtio-fs over vhost-user).
+    pub fs: Vec<FsConfig>,
     /// How long a guest with ACPI gets to shut down after its power button
     /// was pressed (SIGTERM, `exec --timeout`).
     pub shutdown_timeout: Duration,
@@ -345,7 +364,15 @@ impl VmConfig {
     /// whether the devices fit (each needs its own IRQ and MMIO slot) and
     /// how much command line they take.
     pub fn virtio_devices(&self, consoles: usize) -> usize {
-        self.disks.len() + self.nets.len() + consoles
+        self.disks.len() + self.nets.len() + self.fs.len() + consoles
+    }
+
+    /// The words kvmini adds before `--` for the default guest's init:
+    /// DHCP for user-mode NICs, mounts for shares.
+    pub fn guest_words(&self) -> Vec<String> {
+        let mut words = dhcp_words(&self.nets);
+        words.extend(self.fs.iter().map(FsConfig::cmdline_word));
+        words
     }
 
     /// Checks what only the whole VM can tell: the devices fit, and the
@@ -356,7 +383,8 @@ impl VmConfig {
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
-        let words: usize = dhcp_words(&self.nets).iter().map(|w| w.len() + 1).sum();
+        crate::devices::virtio::fs::check_tags(&self.fs)?;
+        let words: usize = self.guest_words().iter().map(|w| w.len() + 1).sum();
         check_cmdline(&self.cmdline, devices, words)
     }
 }
@@ -402,6 +430,10 @@ pub enum ConfigError {
     /// A well-formed `--net user` this host cannot provide now (no passt, a
     /// forwarded port taken): not a usage error.
     NetUnavailable(String),
+    /// A malformed `--fs`.
+    Fs(String, String),
+    /// A well-formed `--fs` whose backend is not there now (no socket).
+    FsUnavailable(String),
     TooManyDevices(usize),
     MemorySize(String),
     MemoryTooSmall(u64),
@@ -437,9 +469,11 @@ impl fmt::Display for ConfigError {
             Self::Disk(s, why) => write!(f, "invalid --disk '{s}': {why}"),
             Self::Net(s, why) => write!(f, "invalid --net '{s}': {why}"),
             Self::NetUnavailable(why) => write!(f, "--net user: {why}"),
+            Self::Fs(s, why) => write!(f, "invalid --fs '{s}': {why}"),
+            Self::FsUnavailable(why) => write!(f, "--fs: {why}"),
             Self::TooManyDevices(n) => write!(
                 f,
-                "{n} disks and NICs is too many: at most {MAX_VIRTIO_DEVICES} virtio devices fit"
+                "{n} disks, NICs and shares is too many: at most {MAX_VIRTIO_DEVICES} virtio devices fit"
             ),
             Self::MemorySize(s) => write!(
                 f,

@@ -131,7 +131,9 @@ fn common(r: &mut Rules) -> Result<(), BackendError> {
 /// `vcpu<N>`: KVM_RUN, the error reports' reads of the vCPU, and what a
 /// guest's MMIO and port writes reach: eventfds (irqfds, queue kicks,
 /// exit), a disk's flush when the driver resets it, a NIC's offloads on
-/// activation and reset.
+/// activation and reset, and a virtio-fs device's vhost-user messages on
+/// activation and reset (`sendmsg`/`recvmsg` on the socket it connected
+/// before the filters were installed, descriptors passed with them).
 fn vcpu(r: &mut Rules) -> Result<(), BackendError> {
     allow_arg(
         r,
@@ -146,7 +148,10 @@ fn vcpu(r: &mut Rules) -> Result<(), BackendError> {
             TUNSETOFFLOAD,
         ],
     )?;
-    allow(r, &[libc::SYS_fdatasync]);
+    allow(
+        r,
+        &[libc::SYS_fdatasync, libc::SYS_sendmsg, libc::SYS_recvmsg],
+    );
     Ok(())
 }
 

@@ -11,10 +11,11 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::Error;
 use crate::arch::x86_64::acpi::{self, AcpiConfig, VirtioMmioDevice};
 use crate::arch::x86_64::{self as arch, boot, cpuid, layout, mptable};
-use crate::config::{DiskConfig, NetConfig, VmConfig};
+use crate::config::{DiskConfig, FsConfig, NetConfig, VmConfig};
 use crate::devices::output::Output;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
@@ -41,17 +42,25 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Allocates guest RAM: below the 32-bit MMIO gap, the rest above 4 GiB.
 /// Each region starts on a 2 MiB boundary of the host, so that KVM can use
 /// 2 MiB pages for it (see [`GuestRam`]).
+/// With a vhost-user device (`--fs`) the RAM is shared, for the backend
+/// to map.
 pub fn guest_memory(config: &VmConfig) -> Result<GuestRam, Error> {
-    GuestRam::new(&layout::ram_regions(config.memory_bytes))
-        .map_err(|e| Error::GuestMemory(e.to_string()))
+    let ranges = layout::ram_regions(config.memory_bytes);
+    if config.fs.is_empty() {
+        GuestRam::new(&ranges)
+    } else {
+        GuestRam::new_shared(&ranges)
+    }
+    .map_err(|e| Error::GuestMemory(e.to_string()))
 }
 
 /// Builds the kernel command line: the config's, plus what devices add.
 pub fn cmdline(config: &VmConfig) -> Result<Cmdline, Error> {
     let mut cmdline = Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE)
         .map_err(|e| Error::Cmdline(e.to_string()))?;
-    // Before `--`: the default guest's init configures these NICs by DHCP.
-    for word in crate::config::dhcp_words(&config.nets) {
+    // Before `--`: the default guest's init configures these NICs by DHCP
+    // and mounts these shares.
+    for word in config.guest_words() {
         cmdline
             .insert_str(word)
             .map_err(|e| Error::Cmdline(e.to_string()))?;
@@ -293,6 +302,17 @@ impl<'a> VirtioSlots<'a> {
         for net in nets {
             let dev = Net::new(net).map_err(Error::Net)?;
             let handler = Box::new(dev.event_handler().map_err(Error::Net)?);
+            self.add(Box::new(dev), handler)?;
+        }
+        Ok(())
+    }
+
+    /// One virtio-fs device per `--fs`, in order, each connected to its
+    /// vhost-user backend now.
+    pub fn add_fs(&mut self, fs: &[FsConfig]) -> Result<(), Error> {
+        for f in fs {
+            let dev = Fs::new(f).map_err(Error::Fs)?;
+            let handler = Box::new(dev.event_handler().map_err(Error::Fs)?);
             self.add(Box::new(dev), handler)?;
         }
         Ok(())

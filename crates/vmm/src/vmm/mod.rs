@@ -69,6 +69,7 @@ pub enum Error {
     TooManyDevices(u32),
     Disk(crate::devices::virtio::block::Error),
     Net(crate::devices::virtio::net::Error),
+    Fs(crate::devices::virtio::fs::FsError),
     IoEvent(kvm_ioctls::Error),
     EventLoop(event_manager::Error),
 }
@@ -107,6 +108,7 @@ impl fmt::Display for Error {
             Self::Disk(e) => write!(f, "{e}"),
             // So do the TAP errors.
             Self::Net(e) => write!(f, "{e}"),
+            Self::Fs(e) => write!(f, "{e}"),
             Self::IoEvent(e) => write!(f, "cannot register an ioeventfd: {e}"),
         }
     }
@@ -285,6 +287,7 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
     );
     virtio.add_disks(&config.disks)?;
     virtio.add_nets(&config.nets)?;
+    virtio.add_fs(&config.fs)?;
     virtio.add_consoles(&consoles)?;
     let placed = virtio.placed();
     let disk_threads = virtio.take_disk_threads();

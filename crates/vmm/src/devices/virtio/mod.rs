@@ -12,6 +12,7 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
