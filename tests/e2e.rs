@@ -404,6 +404,8 @@ fn run_batch() -> Result<Batch, String> {
     let bench_initrd = build_artefact("resources/bench/build-initramfs.sh")?;
     // Debian 12 with its own kernel and initrd (the debian_* scenarios).
     let debian = build_artefact("resources/debian/build.sh")?;
+    // virtio-fs's backend for --fs (the fs_* scenarios).
+    let virtiofsd = build_artefact("resources/virtiofsd/build.sh")?;
     let kvmini = build_static_kvmini()?;
     let host = match std::env::var("KVMINI_E2E_MODE").as_deref() {
         Ok("host") => true,
@@ -439,6 +441,7 @@ fn run_batch() -> Result<Batch, String> {
         .env("GUEST_EXT4", &ext4)
         .env("GUEST_BENCH_INITRD", &bench_initrd)
         .env("GUEST_DEBIAN", &debian)
+        .env("VIRTIOFSD", &virtiofsd)
         // L1 records every kvmini start, so a freeze can be told apart.
         .arg("--track-kvmini");
     // Before the scenarios, and on their own (two L1s at once would slow
@@ -1233,6 +1236,33 @@ fn net_ping_tcp() {
 /// `--net user` (passt) on kvmini's own virtio-net, run by a user without
 /// privileges: DHCP, a fetch from L1's loopback through the gateway
 /// address, an upload into the guest through a forward.
+/// `--fs`: the guest's changes reach the host's directory while it runs.
+#[test]
+fn fs_live() {
+    let c = scenario("fs_live");
+    c.rc(0).shows("kvmini-guest: exit status 0");
+    expect(&c, "guest-mounted=", "1");
+    let (got, seeded) = (sha(&c, "guest-seed-sha="), sha(&c, "host-seed-sha="));
+    if got != seeded {
+        c.fail(&format!("the guest read {got}, L1 seeded {seeded}"));
+    }
+    expect(&c, "guest-changed=", "0");
+    // Written, renamed (file and directory) and deleted, all seen by L1
+    // before the VM ended; the guest then saw L1's answer.
+    expect(
+        &c,
+        "host-while-running=",
+        "yes new=from-guest old=gone moved=inner tmp=gone",
+    );
+    expect(&c, "guest-saw-ack=", "acked");
+    expect(&c, "kvmini-rc=", "0");
+    expect(&c, "virtiofsd-rc=", "0");
+    // exec --fs: stopped by its --timeout (124), its changes on L1.
+    c.shows("exec-wrote-it");
+    expect(&c, "exec-rc=", "124");
+    expect(&c, "host-after-exec=", "from-exec new=gone");
+}
+
 #[test]
 fn net_user() {
     let c = scenario("net_user");

@@ -72,6 +72,10 @@ if ! grep -qw -e vmx -e svm /proc/cpuinfo; then
     step_done
 fi
 
+step "virtio-fs backend (virtiofsd from crates.io; ~2 min cold, then cached)"
+resources/virtiofsd/build.sh
+step_done
+
 step "benchmark scripts' self-check"
 resources/bench/selftest.sh
 step_done

@@ -44,7 +44,7 @@ versions=$(apt-cache show --no-all-versions "${pkgs[@]}" |
     awk '/^Package:/ { p = $2 } /^Version:/ { print p "=" $2 }' | LC_ALL=C sort)
 
 cache=$(kvmini_cache_root)/bench-initramfs
-hash=$(content_hash "$0" "$BENCH_FIO" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
+hash=$(content_hash "$0" "$BENCH_FIO" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" "$RESOURCES_DIR/rootfs/shares" \
     "str:busybox-static $(pkg_version busybox-static)" "str:$versions")
 out=$cache/$hash/bench-initramfs.cpio
 if [[ -f $out ]]; then

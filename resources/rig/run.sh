@@ -37,6 +37,10 @@
 # resources/bench/build-initramfs.sh), carried into L1 as
 # /opt/guest/bench-initramfs.cpio for `kvmini bench`'s block and network
 # workloads; scenarios get its path in GUEST_BENCH_INITRD. Unset: not carried.
+# VIRTIOFSD (optional): a virtiofsd binary (resources/virtiofsd/build.sh),
+# carried into L1 with its libraries as /usr/libexec/virtiofsd; scenarios
+# get its path in VIRTIOFSD (the host's binary with --host). Unset: not
+# carried.
 # stdout: the console, with @@KVMINI-* markers (see scenario-runner.sh).
 # Never hangs: QEMU runs under an overall timeout.
 # Exit 75 (EX_TEMPFAIL): L1 froze or broke and was stopped; the last stdout
@@ -88,6 +92,7 @@ if ((host)); then
     apt_install busybox-static
     export KVMINI GUEST_VMLINUX GUEST_BZIMAGE GUEST_INITRD GUEST_EXT4
     [[ -z ${GUEST_BENCH_INITRD:-} ]] || export GUEST_BENCH_INITRD
+    [[ -z ${VIRTIOFSD:-} ]] || export VIRTIOFSD
     if [[ -n ${GUEST_DEBIAN:-} ]]; then
         export GUEST_DEBIAN_KERNEL=$GUEST_DEBIAN/vmlinuz GUEST_DEBIAN_INITRD=$GUEST_DEBIAN/initrd.img
         export GUEST_DEBIAN_DISK=$GUEST_DEBIAN/rootfs.ext4
@@ -165,6 +170,13 @@ copy_with_libs "$root" "$(command -v crun)"
 rm -f "$root"/{bin,sbin,usr/bin,usr/sbin}/setpriv
 copy_with_libs "$root" "$(command -v passt)" "$(command -v setpriv)"
 [[ ! -x /usr/bin/passt.avx2 ]] || copy_with_libs "$root" /usr/bin/passt.avx2
+if [[ -n ${VIRTIOFSD:-} ]]; then
+    [[ -x $VIRTIOFSD ]] || die "VIRTIOFSD names no executable: $VIRTIOFSD"
+    mkdir -p "$root/usr/libexec"
+    copy_with_libs "$root" "$VIRTIOFSD"
+    # At a fixed path in L1, whatever the host's path was.
+    [[ $VIRTIOFSD == /usr/libexec/virtiofsd ]] || mv "$root$VIRTIOFSD" "$root/usr/libexec/virtiofsd"
+fi
 install -m 0755 "$RIG/l1-init" "$root/init"
 cp "$RIG/scenario-runner.sh" "$root/opt/rig/"
 if ((track)); then

@@ -9,7 +9,7 @@ source "$RESOURCES_DIR/rootfs/tree.sh"
 SIZE=${KVMINI_EXT4_SIZE:-32M}
 apt_install busybox-static e2fsprogs
 cache=$(kvmini_cache_root)/ext4
-hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
+hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" "$RESOURCES_DIR/rootfs/shares" \
     "str:busybox-static $(pkg_version busybox-static) e2fsprogs $(pkg_version e2fsprogs) $SIZE")
 out=$cache/$hash/rootfs.ext4
 if [[ -f $out ]]; then

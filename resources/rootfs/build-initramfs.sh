@@ -8,6 +8,7 @@ source "$RESOURCES_DIR/rootfs/tree.sh"
 apt_install busybox-static cpio
 cache=$(kvmini_cache_root)/initramfs
 hash=$(content_hash "$0" "$RESOURCES_DIR/rootfs/tree.sh" "$RESOURCES_DIR/rootfs/init" "$RESOURCES_DIR/rootfs/dhcp" \
+    "$RESOURCES_DIR/rootfs/shares" \
     "str:busybox-static $(pkg_version busybox-static)")
 out=$cache/$hash/initramfs.cpio.gz
 if [[ -f $out ]]; then

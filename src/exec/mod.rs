@@ -59,6 +59,8 @@ pub mod code {
 const EXEC_INIT: &str = include_str!("../../resources/rootfs/exec-init");
 /// The DHCP client script for user-mode NICs, appended as `/kvmini/dhcp`.
 const DHCP_SCRIPT: &str = include_str!("../../resources/rootfs/dhcp");
+/// Mounts `--fs` shares, appended as `/kvmini/shares`.
+const SHARES_SCRIPT: &str = include_str!("../../resources/rootfs/shares");
 
 /// Kernel parameters every exec guest gets (after run's defaults): our init,
 /// and a quiet kernel (each console byte costs a VM exit; panics still show).
@@ -291,6 +293,11 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             path: "kvmini/dhcp",
             mode: 0o755,
             data: DHCP_SCRIPT.as_bytes(),
+        },
+        cpio::Entry::File {
+            path: "kvmini/shares",
+            mode: 0o755,
+            data: SHARES_SCRIPT.as_bytes(),
         },
         cpio::Entry::File {
             path: "kvmini/job",
