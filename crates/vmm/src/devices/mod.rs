@@ -4,6 +4,7 @@
 
 pub mod acpi;
 pub mod bus;
+pub mod child;
 pub mod events;
 pub mod legacy;
 pub mod output;

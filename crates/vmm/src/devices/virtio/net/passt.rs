@@ -28,7 +28,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::io::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -138,29 +138,7 @@ impl std::error::Error for Error {}
 
 /// The passt binary: `$KVMINI_PASST`, else `passt` on `PATH`.
 pub fn find_passt() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os(PASST_ENV) {
-        let p = PathBuf::from(p);
-        return if is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(Error::NotFound(format!(
-                "{PASST_ENV}={} is not an executable file",
-                p.display()
-            )))
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("passt"))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| Error::NotFound("none is on PATH".into()))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    crate::devices::child::find_program(PASST_ENV, "passt", &[]).map_err(Error::NotFound)
 }
 
 /// Whether `/proc/net/route` or `/proc/net/ipv6_route` lists a default
@@ -238,21 +216,9 @@ pub fn user_namespaces_allowed() -> io::Result<()> {
 /// process, which is killed when this process dies.
 pub fn spawn(passt: &Path, forwards: &[PortForward]) -> Result<(UnixStream, Child), Error> {
     let (ours, theirs) = UnixStream::pair().map_err(Error::Socket)?;
-    // passt's end at 3 or above, where the child's stdio set-up (which runs
-    // before pre_exec) cannot clobber it.
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one (or
-    // -1), which OwnedFd then owns alone.
-    let theirs = unsafe {
-        let fd = libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
-        if fd < 0 {
-            return Err(Error::Socket(io::Error::last_os_error()));
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
-    let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(passt);
     // Foreground, quiet, messages (warnings, errors) on our stderr; the
-    // socket is always descriptor 3 in passt (see pre_exec below).
+    // socket is always descriptor 3 in passt (see spawn_with_fd3).
     cmd.args(["--foreground", "--quiet", "--stderr", "--fd", "3"]);
     // As root passt drops to nobody anyway, warning each time unless told
     // to (numerically: a minimal /etc/passwd may have no nobody).
@@ -271,40 +237,7 @@ pub fn spawn(passt: &Path, forwards: &[PortForward]) -> Result<(UnixStream, Chil
         cmd.args(extra.to_string_lossy().split_whitespace());
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
-    // Its own process group: a Ctrl-C at the terminal is for kvmini (which
-    // may be shutting a guest down gracefully), not for the NIC.
-    cmd.process_group(0);
-    // SAFETY: the closure runs in the child between fork and exec and calls
-    // only async-signal-safe functions (dup2, fcntl, close_range, prctl) on
-    // descriptors of the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The socket at 3, inheritable (dup2 clears CLOEXEC; with fd
-            // already 3 clear it by hand).
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Nothing else of ours: passt faces the guest and the network,
-            // and must not hold the VM's irqfds, ioeventfds or disks.
-            if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Killed if we die while it still runs as us; once it changed
-            // its user (as root) the kernel drops this, and passt then
-            // quits when its socket's other end closes (ours closes with
-            // us, however we go).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
+    let child = crate::devices::child::spawn_with_fd3(&mut cmd, &theirs)
         .map_err(|e| Error::Spawn(passt.to_path_buf(), e))?;
     drop(theirs);
     log::debug!(
