@@ -7,9 +7,10 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use crate::arch::x86_64::cpuid::host_has_hw_virt;
-use crate::config::{Accel, ConfigError, VmConfig};
+use crate::config::{Accel, ConfigError, FsConfig, VmConfig};
 use crate::emulated::{self, EmulatedError};
 use crate::exit::VmExit;
+use crate::guest::{self, GuestError};
 use crate::outcome;
 use crate::tcg::{self, TcgError};
 use crate::vmm;
@@ -74,6 +75,22 @@ pub fn engine(config: &VmConfig, notice: Notice) -> Result<Engine, ConfigError> 
         Accel::Emulated => Engine::Emulated,
         Accel::Auto | Accel::Tcg | Accel::Kvm | Accel::KvmAny => Engine::Tcg,
     })
+}
+
+/// Makes sure a virtiofsd is there when `fs` has `dir=` shares: the
+/// host's (`$KVMINI_VIRTIOFSD`, PATH, /usr/libexec), else one built from
+/// crates.io on first use and cached (resources/virtiofsd/build.sh,
+/// progress on stderr), as the default guest is.
+pub fn provide_virtiofsd(fs: &[FsConfig]) -> Result<(), GuestError> {
+    use crate::devices::virtio::fs::{find_virtiofsd, set_virtiofsd};
+    if !fs.iter().any(FsConfig::runs_virtiofsd) {
+        return Ok(());
+    }
+    if let Err(why) = find_virtiofsd() {
+        log::info!("{why}: providing virtiofsd");
+        set_virtiofsd(guest::build_artefact("virtiofsd/build.sh")?);
+    }
+    Ok(())
 }
 
 const FALLBACK_NOTICE: &str =

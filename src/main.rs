@@ -82,6 +82,9 @@ fn run(args: RunArgs) -> u8 {
         Err(FlagsError::Config(e)) => return fail(&e, config_code(&e)),
         Err(FlagsError::DefaultGuest(e)) => return fail(&e, code::ERROR),
     };
+    if let Err(e) = launch::provide_virtiofsd(&config.fs) {
+        return fail(&e, code::ERROR);
+    }
     match launch::run(&config, engine) {
         Ok(code) => code,
         Err(e) => fail(&e, e.code()),

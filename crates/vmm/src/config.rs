@@ -81,7 +81,7 @@ pub use crate::devices::virtio::block::BlockConfig as DiskConfig;
 use crate::arch::x86_64::layout;
 use crate::devices::rate_limiter::{parse_rate, RateLimit};
 /// One `--fs`: the virtio-fs device's own config type.
-pub use crate::devices::virtio::fs::{parse_fs, FsConfig};
+pub use crate::devices::virtio::fs::{parse_fs, FsBackend, FsConfig};
 /// One `--net`: the network device's own config type.
 pub use crate::devices::virtio::net::NetConfig;
 use crate::devices::virtio::net::{tap, MacAddr, NetBackend, PortForward};
@@ -121,7 +121,8 @@ pub fn kv_escape(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
+/// `on`/`off` (and their synonyms) for `key`.
+pub fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
@@ -270,17 +271,29 @@ pub fn check_nets_available(nets: &[NetConfig]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What `fs` needs of this host now: each backend's socket is there.
+/// What `fs` needs of this host now: each backend's socket, or each
+/// shared directory, is there (virtiofsd itself is the caller's to find).
 /// Checked before anything is built or booted.
 pub fn check_fs_available(fs: &[FsConfig]) -> Result<(), ConfigError> {
+    use crate::devices::virtio::fs::{check_socket, FsBackend};
     for f in fs {
-        crate::devices::virtio::fs::check_socket(&f.socket).map_err(|why| {
-            ConfigError::FsUnavailable(format!(
-                "tag {}: no vhost-user socket at {why} (start virtiofsd first: \
-                 virtiofsd --socket-path PATH --shared-dir DIR)",
-                f.tag
-            ))
-        })?;
+        match &f.backend {
+            FsBackend::Socket(socket) => check_socket(socket).map_err(|why| {
+                ConfigError::FsUnavailable(format!(
+                    "tag {}: no vhost-user socket at {why} (start virtiofsd first: \
+                     virtiofsd --socket-path PATH --shared-dir DIR)",
+                    f.tag
+                ))
+            })?,
+            FsBackend::Dir { path, .. } if !path.is_dir() => {
+                return Err(ConfigError::FsUnavailable(format!(
+                    "tag {}: {} is not a directory",
+                    f.tag,
+                    path.display()
+                )))
+            }
+            FsBackend::Dir { .. } => {}
+        }
     }
     Ok(())
 }

@@ -224,7 +224,7 @@ fn virtio_fs_activation_and_signals_under_the_filters() {
     in_child(
         "seccomp::guest_paths::virtio_fs_activation_and_signals_under_the_filters",
         || {
-            use crate::devices::virtio::fs::{testing::Backend, Fs, FsConfig};
+            use crate::devices::virtio::fs::{testing::Backend, Fs, FsBackend, FsConfig};
             use crate::vmm::ram::GuestRam;
             use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
             let backend = Backend::start();
@@ -232,7 +232,7 @@ fn virtio_fs_activation_and_signals_under_the_filters() {
             let mem = ram.mem().clone();
             let mut fs = Fs::new(&FsConfig {
                 tag: "t".into(),
-                socket: backend.socket.clone(),
+                backend: FsBackend::Socket(backend.socket.clone()),
                 mount: None,
             })
             .unwrap();

@@ -21,6 +21,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,25 +55,45 @@ const PROTOCOL_FEATURES: u64 = 1 << 30;
 const WANTED_PROTOCOL: VhostUserProtocolFeatures =
     VhostUserProtocolFeatures::REPLY_ACK.union(VhostUserProtocolFeatures::MQ);
 
-/// One `--fs`: a virtio-fs device whose backend listens on `socket`.
+/// One `--fs`: a virtio-fs device and where its backend comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
     /// What the guest mounts: `mount -t virtiofs TAG DIR`.
     pub tag: String,
-    /// The vhost-user socket of a running virtiofsd.
-    pub socket: PathBuf,
+    pub backend: FsBackend,
     /// Where kvmini's guests mount it (default `/mnt/TAG`).
     pub mount: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsBackend {
+    /// The vhost-user socket of a virtiofsd the user runs.
+    Socket(PathBuf),
+    /// kvmini runs virtiofsd on this host directory, sandboxed, for the
+    /// life of the VM; `readonly`: the guest cannot change anything.
+    Dir { path: PathBuf, readonly: bool },
+}
+
 impl FsConfig {
+    /// Whether kvmini starts a virtiofsd for it (`dir=`).
+    pub fn runs_virtiofsd(&self) -> bool {
+        matches!(self.backend, FsBackend::Dir { .. })
+    }
+
     /// The flag value that gives this config back.
     pub fn to_arg(&self) -> String {
-        let mut s = format!(
-            "tag={},socket={}",
-            kv_escape(&self.tag),
-            kv_escape(&self.socket.display().to_string())
-        );
+        let mut s = format!("tag={}", kv_escape(&self.tag));
+        match &self.backend {
+            FsBackend::Socket(p) => {
+                s.push_str(&format!(",socket={}", kv_escape(&p.display().to_string())))
+            }
+            FsBackend::Dir { path, readonly } => {
+                s.push_str(&format!(",dir={}", kv_escape(&path.display().to_string())));
+                if *readonly {
+                    s.push_str(",ro=on");
+                }
+            }
+        }
         if let Some(m) = &self.mount {
             s.push_str(&format!(",mount={}", kv_escape(m)));
         }
@@ -96,42 +117,81 @@ fn plain(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_.-".contains(c)
 }
 
-/// Parses `--fs tag=TAG,socket=PATH[,mount=DIR]`.
+/// Whether `tag` can name a share: 1 to [`TAG_MAX`] plain characters.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= TAG_MAX && tag.chars().all(plain)
+}
+
+/// Whether `dir` can be a share's guest mount point: an absolute path of
+/// plain names (it travels on the kernel command line and through the
+/// guest's shell).
+pub fn valid_mount(dir: &str) -> bool {
+    dir.starts_with('/')
+        && dir.len() > 1
+        && dir
+            .split('/')
+            .skip(1)
+            .all(|part| !part.is_empty() && part != "." && part != ".." && part.chars().all(plain))
+}
+
+/// Parses `--fs tag=TAG,(socket=PATH | dir=PATH[,ro=on])[,mount=DIR]`.
 pub fn parse_fs(s: &str) -> Result<FsConfig, ConfigError> {
     let err = |why: String| ConfigError::Fs(s.to_string(), why);
-    let (mut tag, mut socket, mut mount) = (None, None, None);
-    for (k, v) in parse_kv(s, &["tag", "socket", "mount"]).map_err(err)? {
+    let (mut tag, mut socket, mut dir, mut ro, mut mount) = (None, None, None, None, None);
+    for (k, v) in parse_kv(s, &["tag", "socket", "dir", "ro", "mount"]).map_err(err)? {
         match k.as_str() {
             "tag" => tag = Some(v),
             "socket" => socket = Some(PathBuf::from(v)),
+            "dir" => dir = Some(PathBuf::from(v)),
+            "ro" => ro = Some(crate::config::parse_on_off(&k, &v).map_err(err)?),
             _ => mount = Some(v),
         }
     }
     let tag = tag.ok_or_else(|| err("tag=TAG is required (the name the guest mounts)".into()))?;
-    if tag.is_empty() || tag.len() > TAG_MAX || !tag.chars().all(plain) {
+    if !valid_tag(&tag) {
         return Err(err(format!(
             "the tag must be 1 to {TAG_MAX} letters, digits, '_', '.' or '-'"
         )));
     }
-    let socket = socket.ok_or_else(|| {
-        err("socket=PATH is required: the vhost-user socket of a running virtiofsd".into())
-    })?;
-    if socket.as_os_str().is_empty() {
-        return Err(err("empty socket path".into()));
-    }
-    if let Some(m) = &mount {
-        let ok = m.starts_with('/')
-            && m.len() > 1
-            && m.split('/').skip(1).all(|part| {
-                !part.is_empty() && part != "." && part != ".." && part.chars().all(plain)
-            });
-        if !ok {
-            return Err(err(format!(
-                "mount={m}: an absolute guest path of plain names (letters, digits, '_', '.', '-')"
-            )));
+    let backend = match (socket, dir) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "give socket=PATH (a virtiofsd you run) or dir=PATH (kvmini runs one), not both"
+                    .into(),
+            ))
         }
+        (None, None) => {
+            return Err(err(
+                "dir=PATH (a host directory) or socket=PATH (a running virtiofsd) is required"
+                    .into(),
+            ))
+        }
+        (Some(p), None) if ro.is_some() => {
+            return Err(err(format!(
+                "ro= goes with dir=; for socket={} start virtiofsd with --readonly",
+                p.display()
+            )))
+        }
+        (Some(p), None) if p.as_os_str().is_empty() => return Err(err("empty socket path".into())),
+        (Some(p), None) => FsBackend::Socket(p),
+        (None, Some(p)) if p.as_os_str().is_empty() => {
+            return Err(err("empty directory path".into()))
+        }
+        (None, Some(path)) => FsBackend::Dir {
+            path,
+            readonly: ro.unwrap_or(false),
+        },
+    };
+    if let Some(m) = mount.as_deref().filter(|m| !valid_mount(m)) {
+        return Err(err(format!(
+            "mount={m}: an absolute guest path of plain names (letters, digits, '_', '.', '-')"
+        )));
     }
-    Ok(FsConfig { tag, socket, mount })
+    Ok(FsConfig {
+        tag,
+        backend,
+        mount,
+    })
 }
 
 /// Checks that no two `--fs` share a tag (the guest could mount only one).
@@ -151,7 +211,10 @@ pub fn check_tags(fs: &[FsConfig]) -> Result<(), ConfigError> {
 #[derive(Debug)]
 pub enum FsError {
     Connect(PathBuf, std::io::Error),
-    Backend(PathBuf, vhost::Error),
+    Backend(PathBuf, String),
+    /// No virtiofsd to start for a `dir=` share.
+    NoVirtiofsd(String),
+    Start(PathBuf, std::io::Error),
     /// The backend lacks something virtio-fs needs.
     Unsupported(PathBuf, &'static str),
     EventFd(std::io::Error),
@@ -167,7 +230,13 @@ impl std::fmt::Display for FsError {
                 p.display(),
                 p.display()
             ),
-            Self::Backend(p, e) => write!(f, "vhost-user backend at {}: {e}", p.display()),
+            Self::Backend(p, e) => write!(f, "vhost-user backend {}: {e}", p.display()),
+            Self::NoVirtiofsd(why) => write!(
+                f,
+                "--fs dir= needs virtiofsd, and {why}: install it (`cargo install virtiofsd`, \
+                 which needs libseccomp-dev and libcap-ng-dev) or name it in {VIRTIOFSD_ENV}"
+            ),
+            Self::Start(p, e) => write!(f, "cannot start {}: {e}", p.display()),
             Self::Unsupported(p, what) => {
                 write!(f, "vhost-user backend at {}: {what}", p.display())
             }
@@ -179,7 +248,12 @@ impl std::fmt::Display for FsError {
 impl std::error::Error for FsError {}
 
 pub struct Fs {
+    /// The backend's socket, or the virtiofsd kvmini started: for messages.
     socket: PathBuf,
+    /// The virtiofsd kvmini started (`dir=`). Never waited for here (the
+    /// device may be dropped on a vCPU thread, whose filter has no wait4):
+    /// it exits when our end of its socket closes, or with kvmini.
+    _helper: Option<Child>,
     frontend: Frontend,
     /// What the backend offers, vhost-user's own bit removed.
     features: u64,
@@ -196,38 +270,73 @@ pub struct Fs {
 }
 
 impl Fs {
-    /// Connects to the backend of `config` and learns its features.
+    /// Connects to the backend of `config` (starting virtiofsd first for a
+    /// `dir=` share) and learns its features.
     pub fn new(config: &FsConfig) -> Result<Self, FsError> {
-        let path = &config.socket;
-        let backend = |e| FsError::Backend(path.clone(), e);
-        let stream = UnixStream::connect(path).map_err(|e| FsError::Connect(path.clone(), e))?;
+        let (path, stream, helper) = match &config.backend {
+            FsBackend::Socket(path) => {
+                let stream =
+                    UnixStream::connect(path).map_err(|e| FsError::Connect(path.clone(), e))?;
+                (path.clone(), stream, None)
+            }
+            FsBackend::Dir { path, readonly } => {
+                let bin = find_virtiofsd().map_err(FsError::NoVirtiofsd)?;
+                let (stream, child) = start_virtiofsd(&bin, path, *readonly)
+                    .map_err(|e| FsError::Start(bin.clone(), e))?;
+                (bin, stream, Some(child))
+            }
+        };
+        Self::over(config, path, stream, helper)
+    }
+
+    fn over(
+        config: &FsConfig,
+        path: PathBuf,
+        stream: UnixStream,
+        mut helper: Option<Child>,
+    ) -> Result<Self, FsError> {
+        // A backend that fails here is most often a virtiofsd that could
+        // not start (its own message is on stderr): say that it exited.
+        let backend = |e: vhost::Error, helper: &mut Option<Child>| {
+            let exited = helper
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .map(|status| format!(" (virtiofsd exited: {status}; its message is above)"))
+                .unwrap_or_default();
+            FsError::Backend(path.clone(), format!("{e}{exited}"))
+        };
         stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
             .map_err(|e| FsError::Connect(path.clone(), e))?;
         let mut frontend = Frontend::from_stream(stream, QUEUES as u64);
-        frontend.set_owner().map_err(backend)?;
-        let offered = frontend.get_features().map_err(backend)?;
+        let mut setup = || -> Result<(u64, bool), vhost::Error> {
+            frontend.set_owner()?;
+            let offered = frontend.get_features()?;
+            let protocol = offered & PROTOCOL_FEATURES != 0;
+            if protocol {
+                let theirs = frontend.get_protocol_features()?;
+                let ours = theirs & WANTED_PROTOCOL;
+                frontend.set_protocol_features(ours)?;
+                if ours.contains(VhostUserProtocolFeatures::MQ)
+                    && frontend.get_queue_num()? < QUEUES as u64
+                {
+                    return Err(vhost::Error::VhostUserProtocol(
+                        vhost::vhost_user::Error::InvalidParam,
+                    ));
+                }
+                if ours.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                    frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                }
+            }
+            Ok((offered, protocol))
+        };
+        let (offered, protocol) = setup().map_err(|e| backend(e, &mut helper))?;
         if offered & feature(VIRTIO_F_VERSION_1) == 0 {
             return Err(FsError::Unsupported(
                 path.clone(),
                 "it does not offer VIRTIO_F_VERSION_1",
             ));
-        }
-        let protocol = offered & PROTOCOL_FEATURES != 0;
-        if protocol {
-            let theirs = frontend.get_protocol_features().map_err(backend)?;
-            let ours = theirs & WANTED_PROTOCOL;
-            frontend.set_protocol_features(ours).map_err(backend)?;
-            if ours.contains(VhostUserProtocolFeatures::MQ) {
-                let n = frontend.get_queue_num().map_err(backend)?;
-                if n < QUEUES as u64 {
-                    return Err(FsError::Unsupported(path.clone(), "it has too few queues"));
-                }
-            }
-            if ours.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
         }
         let mut cfg = [0u8; TAG_MAX + 4];
         cfg[..config.tag.len()].copy_from_slice(config.tag.as_bytes());
@@ -235,8 +344,9 @@ impl Fs {
         cfg[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(FsError::EventFd);
         Ok(Self {
-            socket: path.clone(),
+            socket: path,
             frontend,
+            _helper: helper,
             features: offered & !PROTOCOL_FEATURES,
             protocol,
             config: cfg,
@@ -347,10 +457,7 @@ impl VirtioDevice for Fs {
         drop(slot);
         self.start(&mem, acked_features, &queues).map_err(|e| {
             self.reset();
-            ActivateError::Backend(format!(
-                "vhost-user backend at {}: {e}",
-                self.socket.display()
-            ))
+            ActivateError::Backend(format!("vhost-user backend {}: {e}", self.socket.display()))
         })
     }
 
@@ -407,6 +514,69 @@ impl MutEventSubscriber for FsHandler {
     }
 }
 
+/// Names the virtiofsd binary to start for `dir=` shares.
+pub const VIRTIOFSD_ENV: &str = "KVMINI_VIRTIOFSD";
+
+/// A virtiofsd the caller provided ([`set_virtiofsd`]).
+static PROVIDED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Uses `path` as virtiofsd from now on (the kvmini binary builds one on
+/// first use when the host has none).
+pub fn set_virtiofsd(path: PathBuf) {
+    let _ = PROVIDED.set(path);
+}
+
+/// The virtiofsd for `dir=` shares: the one provided, else
+/// `$KVMINI_VIRTIOFSD`, `virtiofsd` on PATH or /usr/libexec/virtiofsd
+/// (where Debian 13 and Fedora install it).
+pub fn find_virtiofsd() -> Result<PathBuf, String> {
+    if let Some(p) = PROVIDED.get() {
+        return Ok(p.clone());
+    }
+    crate::devices::child::find_program(VIRTIOFSD_ENV, "virtiofsd", &["/usr/libexec/virtiofsd"])
+}
+
+/// Starts `bin` serving `dir` in its namespace sandbox (virtiofsd's
+/// default and recommended one: the directory is its whole view of the
+/// host) and returns kvmini's end of its socket. The listening socket is
+/// made here and handed over as descriptor 3: kvmini connects before
+/// virtiofsd runs and removes the socket's name at once, so no other
+/// process can reach the backend, and there is no start-up race.
+fn start_virtiofsd(bin: &Path, dir: &Path, readonly: bool) -> std::io::Result<(UnixStream, Child)> {
+    use std::os::unix::net::UnixListener;
+    let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix(
+        std::env::temp_dir().join("kvmini-virtiofsd."),
+    )
+    .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let name = tmp.as_path().join("socket");
+    let listener = UnixListener::bind(&name)?;
+    let stream = UnixStream::connect(&name)?;
+    drop(tmp);
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--fd",
+        "3",
+        "--sandbox",
+        "namespace",
+        "--log-level",
+        "error",
+    ])
+    .arg("--shared-dir")
+    .arg(dir);
+    if readonly {
+        cmd.arg("--readonly");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    let child = crate::devices::child::spawn_with_fd3(&mut cmd, &listener)?;
+    log::debug!(
+        "virtiofsd started (pid {}) on {}{}",
+        child.id(),
+        dir.display(),
+        if readonly { ", read-only" } else { "" }
+    );
+    Ok((stream, child))
+}
+
 /// Whether `path` could be a vhost-user socket now (for an early, clear
 /// error before the VM is built).
 pub fn check_socket(path: &Path) -> Result<(), String> {
@@ -458,6 +628,11 @@ pub(crate) mod testing {
     }
 
     impl Backend {
+        /// The directory it serves.
+        pub fn shared(&self) -> PathBuf {
+            self._dir.as_path().join("shared")
+        }
+
         pub fn start() -> Self {
             let bin = virtiofsd();
             let dir = TempDir::new_with_prefix("/tmp/kvmini-fs-test").unwrap();
@@ -506,7 +681,7 @@ mod tests {
     fn flags_parse_and_round_trip() {
         let f = parse_fs("tag=src,socket=/run/a,,b.sock").unwrap();
         assert_eq!(f.tag, "src");
-        assert_eq!(f.socket, PathBuf::from("/run/a,b.sock"));
+        assert_eq!(f.backend, FsBackend::Socket(PathBuf::from("/run/a,b.sock")));
         assert_eq!(f.mount, None);
         assert_eq!(f.cmdline_word(), "kvmini.fs=src:/mnt/src");
         assert_eq!(parse_fs(&f.to_arg()).unwrap(), f);
@@ -514,13 +689,28 @@ mod tests {
         assert_eq!(f.cmdline_word(), "kvmini.fs=a.b-c_1:/w/x.y");
         assert_eq!(parse_fs(&f.to_arg()).unwrap(), f);
         assert!(parse_fs(&format!("tag={},socket=s", "t".repeat(TAG_MAX))).is_ok());
+        let f = parse_fs("tag=w,dir=/src/a,,b,ro=on,mount=/w").unwrap();
+        assert_eq!(
+            f.backend,
+            FsBackend::Dir {
+                path: "/src/a,b".into(),
+                readonly: true
+            }
+        );
+        assert_eq!(parse_fs(&f.to_arg()).unwrap(), f);
+        let f = parse_fs("tag=w,dir=.").unwrap();
+        assert_eq!(f.to_arg(), "tag=w,dir=.");
     }
 
     #[test]
     fn bad_flags_say_what_is_wrong() {
         for (arg, why) in [
             ("socket=/s", "tag=TAG is required"),
-            ("tag=t", "socket=PATH is required"),
+            ("tag=t", "dir=PATH (a host directory) or socket=PATH"),
+            ("tag=t,socket=/s,dir=/d", "not both"),
+            ("tag=t,socket=/s,ro=on", "start virtiofsd with --readonly"),
+            ("tag=t,dir=/d,ro=maybe", "ro=maybe: use on or off"),
+            ("tag=t,dir=", "empty directory path"),
             ("tag=t,socket=", "empty socket path"),
             ("tag=,socket=/s", "the tag must be"),
             ("tag=a:b,socket=/s", "the tag must be"),
@@ -530,7 +720,7 @@ mod tests {
             ("tag=t,socket=/s,mount=/a/../b", "an absolute guest path"),
             ("tag=t,socket=/s,mount=/a//b", "an absolute guest path"),
             ("tag=t,socket=/s,mount=/a;b", "an absolute guest path"),
-            ("tag=t,socket=/s,ro=on", "unknown key 'ro'"),
+            ("tag=t,socket=/s,rw=on", "unknown key 'rw'"),
         ] {
             let e = parse_fs(arg).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains("--fs"), "{arg}: {e}");
@@ -556,6 +746,10 @@ mod tests {
         assert!(e.contains("not a socket"), "{e}");
         let f = parse_fs("tag=t,socket=/nonexistent/vfs.sock").unwrap();
         let e = Fs::new(&f).err().expect("no backend there").to_string();
+        assert!(e.contains("start virtiofsd first"), "{e}");
+        let e = crate::config::check_fs_available(&[f])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("start virtiofsd first"), "{e}");
     }
 
@@ -593,104 +787,279 @@ mod tests {
         assert_eq!(events.run_with_timeout(0).unwrap(), 0);
     }
 
-    /// The whole data path against a real virtiofsd, no KVM needed: the
-    /// backend maps the shared guest RAM it was handed, reads a FUSE_INIT
-    /// request from the request queue after the kick, writes its answer
-    /// into guest memory and signals, which becomes the VRING interrupt.
-    /// Then a reset stops the queues.
+    /// A guest's FUSE client in miniature: requests go on the request
+    /// queue of an activated [`Fs`], one chain each, and the answer is
+    /// waited for through the interrupt, as a driver would.
+    struct Client {
+        mem: GuestMemoryMmap,
+        _ram: crate::vmm::ram::GuestRam,
+        fs: Fs,
+        requests: virtio_queue::mock::MockSplitQueue<'static, GuestMemoryMmap>,
+        events: event_manager::EventManager<Box<dyn MutEventSubscriber + Send>>,
+        irq: Arc<Interrupt>,
+        sent: u16,
+    }
+
+    /// Request and reply buffers, and the queues, in guest memory.
+    const REQ: u64 = 0x10_0000;
+    const REPLY: u64 = 0x11_0000;
+
+    impl Client {
+        /// `config`'s device, activated on fresh shared RAM, after FUSE_INIT.
+        fn start(config: &FsConfig) -> Self {
+            use event_manager::SubscriberOps;
+            use virtio_queue::mock::MockSplitQueue;
+            let ram =
+                crate::vmm::ram::GuestRam::new_shared(&[(GuestAddress(0), 16 << 20)]).unwrap();
+            let mem = ram.mem().clone();
+            // The mock queue borrows the memory for as long as it lives;
+            // the test keeps both to its end (a leaked clone of the
+            // handle, not of the memory).
+            let leaked: &'static GuestMemoryMmap = Box::leak(Box::new(mem.clone()));
+            let mut fs = Fs::new(config).unwrap();
+            let hiprio = MockSplitQueue::create(leaked, GuestAddress(0x1_0000), 16);
+            let requests = MockSplitQueue::create(leaked, GuestAddress(0x2_0000), 16);
+            let queues = vec![
+                hiprio.create_queue::<Queue>().unwrap(),
+                requests.create_queue::<Queue>().unwrap(),
+            ];
+            let irq = Arc::new(Interrupt::new().unwrap());
+            let mut events = event_manager::EventManager::new().unwrap();
+            events.add_subscriber(
+                Box::new(fs.event_handler().unwrap()) as Box<dyn MutEventSubscriber + Send>
+            );
+            fs.activate(
+                mem.clone(),
+                feature(VIRTIO_F_VERSION_1),
+                queues,
+                irq.clone(),
+            )
+            .unwrap();
+            let mut c = Self {
+                mem,
+                _ram: ram,
+                fs,
+                requests,
+                events,
+                irq,
+                sent: 0,
+            };
+            // FUSE_INIT, protocol 7.38: init_in is major, minor, then zeros.
+            let mut init = [0u8; 64];
+            init[0..4].copy_from_slice(&7u32.to_le_bytes());
+            init[4..8].copy_from_slice(&38u32.to_le_bytes());
+            let (err, out) = c.call(26, 0, &init);
+            assert_eq!(err, 0, "FUSE_INIT refused");
+            assert_eq!(u32::from_le_bytes(out[0..4].try_into().unwrap()), 7);
+            c
+        }
+
+        /// Sends FUSE request `opcode` on inode `node` with `body`; returns
+        /// the reply's error (0 or -errno) and its body.
+        fn call(&mut self, opcode: u32, node: u64, body: &[u8]) -> (i32, Vec<u8>) {
+            use crate::devices::virtio::{
+                VIRTIO_MMIO_INT_VRING, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+            };
+            use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+            use vm_memory::Bytes;
+            let unique = 0x100 + u64::from(self.sent);
+            let mut msg = vec![0u8; 40];
+            msg[0..4].copy_from_slice(&(40 + body.len() as u32).to_le_bytes());
+            msg[4..8].copy_from_slice(&opcode.to_le_bytes());
+            msg[8..16].copy_from_slice(&unique.to_le_bytes());
+            msg[16..24].copy_from_slice(&node.to_le_bytes());
+            msg.extend_from_slice(body);
+            self.mem.write_slice(&msg, GuestAddress(REQ)).unwrap();
+            let first = 2 * (self.sent % 8);
+            self.requests
+                .add_desc_chains(
+                    &[
+                        RawDescriptor::from(Descriptor::new(
+                            REQ,
+                            msg.len() as u32,
+                            VRING_DESC_F_NEXT,
+                            first + 1,
+                        )),
+                        RawDescriptor::from(Descriptor::new(REPLY, 4096, VRING_DESC_F_WRITE, 0)),
+                    ],
+                    first,
+                )
+                .unwrap();
+            self.sent += 1;
+            self.fs.queue_events()[1].write(1).unwrap();
+            let used = self.requests.used_addr().0;
+            let t0 = std::time::Instant::now();
+            while self.mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap() != self.sent {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "no answer from virtiofsd"
+                );
+                self.events.run_with_timeout(100).unwrap();
+            }
+            // The answer came with the interrupt.
+            while self.irq.status() & VIRTIO_MMIO_INT_VRING == 0 {
+                assert!(t0.elapsed() < Duration::from_secs(10), "no interrupt");
+                self.events.run_with_timeout(100).unwrap();
+            }
+            self.irq.ack(VIRTIO_MMIO_INT_VRING);
+            let slot = u64::from((self.sent - 1) % 16);
+            let written = self
+                .mem
+                .read_obj::<u32>(GuestAddress(used + 4 + 8 * slot + 4))
+                .unwrap() as usize;
+            let mut out = vec![0u8; written];
+            self.mem.read_slice(&mut out, GuestAddress(REPLY)).unwrap();
+            assert!(written >= 16, "reply of {written} bytes");
+            assert_eq!(
+                u32::from_le_bytes(out[0..4].try_into().unwrap()) as usize,
+                written
+            );
+            assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), unique);
+            let err = i32::from_le_bytes(out[4..8].try_into().unwrap());
+            (err, out[16..].to_vec())
+        }
+
+        /// FUSE_LOOKUP of `name` in directory `node`: the error, and the
+        /// entry's (inode number on the host, mode) when found.
+        fn lookup(&mut self, node: u64, name: &str) -> (i32, Option<(u64, u32)>) {
+            let mut body = name.as_bytes().to_vec();
+            body.push(0);
+            let (err, out) = self.call(1, node, &body);
+            let field = |at: usize, n: usize| {
+                out.get(at..at + n).map(|b| {
+                    let mut v = [0u8; 8];
+                    v[..n].copy_from_slice(b);
+                    u64::from_le_bytes(v)
+                })
+            };
+            // fuse_entry_out: nodeid, generation, 2 valid times (u64), 2
+            // nsec (u32), then fuse_attr: ino, size, blocks, 3 times (u64),
+            // 3 nsec (u32), mode.
+            let entry = (err == 0)
+                .then(|| Some((field(40, 8)?, field(100, 4)? as u32)))
+                .flatten();
+            (err, entry)
+        }
+
+        /// FUSE_MKDIR of `name` in the root: the reply's error.
+        fn mkdir(&mut self, name: &str) -> i32 {
+            let mut body = Vec::new();
+            body.extend_from_slice(&0o755u32.to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            self.call(9, 1, &body).0
+        }
+    }
+
+    /// The whole data path against a real virtiofsd the "user" started, no
+    /// KVM needed: the backend maps the shared guest RAM it was handed,
+    /// reads requests from the request queue after each kick, writes its
+    /// answers into guest memory and signals, which becomes the VRING
+    /// interrupt. Then a reset stops the queues.
     #[test]
-    fn a_fuse_request_through_a_real_virtiofsd() {
-        use crate::devices::virtio::{
-            VIRTIO_MMIO_INT_VRING, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-        };
-        use crate::vmm::ram::GuestRam;
-        use event_manager::{EventManager, SubscriberOps};
-        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-        use virtio_queue::mock::MockSplitQueue;
-        use vm_memory::Bytes;
-
+    fn fuse_requests_through_a_virtiofsd_on_a_socket() {
         let backend = testing::Backend::start();
-        let sock = backend.socket.clone();
-
-        let ram = GuestRam::new_shared(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let mem = ram.mem().clone();
         let config = FsConfig {
             tag: "t".into(),
-            socket: sock.clone(),
+            backend: FsBackend::Socket(backend.socket.clone()),
             mount: None,
         };
-        let mut fs = Fs::new(&config).unwrap();
-        assert_ne!(fs.avail_features() & feature(VIRTIO_F_VERSION_1), 0);
+        let mut c = Client::start(&config);
+        assert_ne!(c.fs.avail_features() & feature(VIRTIO_F_VERSION_1), 0);
         assert_eq!(
-            fs.avail_features() & PROTOCOL_FEATURES,
+            c.fs.avail_features() & PROTOCOL_FEATURES,
             0,
             "a vhost-user bit offered to the guest"
         );
-        assert_eq!(&fs.config_space()[..2], b"t\0");
+        assert_eq!(&c.fs.config_space()[..2], b"t\0");
+        assert_eq!(c.mkdir("made"), 0);
+        assert!(backend.shared().join("made").is_dir());
+        c.fs.reset();
+        assert!(crate::sync::lock(&c.fs.interrupt).is_none());
+    }
 
-        // FUSE_INIT (opcode 26, protocol 7.38): in-header and init_in,
-        // then room for the out-header and init_out.
-        let (req, reply) = (0x10_0000u64, 0x11_0000u64);
-        let mut msg = [0u8; 40 + 64];
-        msg[0..4].copy_from_slice(&(40u32 + 64).to_le_bytes());
-        msg[4..8].copy_from_slice(&26u32.to_le_bytes());
-        msg[8..16].copy_from_slice(&0x5eed_u64.to_le_bytes());
-        msg[40..44].copy_from_slice(&7u32.to_le_bytes());
-        msg[44..48].copy_from_slice(&38u32.to_le_bytes());
-        mem.write_slice(&msg, GuestAddress(req)).unwrap();
-        let hiprio = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
-        let requests = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
-        requests
-            .add_desc_chains(
-                &[
-                    RawDescriptor::from(Descriptor::new(
-                        req,
-                        msg.len() as u32,
-                        VRING_DESC_F_NEXT,
-                        1,
-                    )),
-                    RawDescriptor::from(Descriptor::new(reply, 256, VRING_DESC_F_WRITE, 0)),
-                ],
-                0,
-            )
-            .unwrap();
-        let queues = vec![
-            hiprio.create_queue::<Queue>().unwrap(),
-            requests.create_queue::<Queue>().unwrap(),
-        ];
+    /// A hostile guest kernel speaks FUSE itself: it still cannot name a
+    /// host file outside the share. `..` of the share's root is the root,
+    /// a name with a `/` is refused, and a symlink (even one the host put
+    /// there, pointing out) is an entry of its own, never followed by the
+    /// backend: the guest resolves its target in its own file system.
+    #[test]
+    fn a_guest_cannot_name_host_files_outside_the_share() {
+        use std::os::unix::fs::MetadataExt;
+        let backend = testing::Backend::start();
+        let shared = backend.shared();
+        let outside = shared.parent().unwrap().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "host only").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), shared.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../outside", shared.join("up")).unwrap();
+        let root_ino = std::fs::metadata(&shared).unwrap().ino();
+        let secret_ino = std::fs::metadata(outside.join("secret")).unwrap().ino();
+        let outside_ino = std::fs::metadata(&outside).unwrap().ino();
+        let mut c = Client::start(&FsConfig {
+            tag: "t".into(),
+            backend: FsBackend::Socket(backend.socket.clone()),
+            mount: None,
+        });
+        match c.lookup(1, "..") {
+            (0, Some((ino, _))) => assert_eq!(ino, root_ino, "'..' of the root left the share"),
+            (0, None) => panic!("no entry in a successful reply"),
+            (err, _) => assert!(err < 0),
+        }
+        for name in ["../outside", "../outside/secret", "up/secret", "/etc"] {
+            let (err, entry) = c.lookup(1, name);
+            assert!(err < 0, "lookup of {name:?} gave {entry:?}");
+        }
+        for link in ["abs", "up"] {
+            let (err, entry) = c.lookup(1, link);
+            let (ino, mode) = entry.unwrap_or_else(|| panic!("{link}: error {err}"));
+            assert_eq!(mode & libc::S_IFMT, libc::S_IFLNK, "{link} was followed");
+            assert!(ino != secret_ino && ino != outside_ino);
+        }
+        // Nothing changed outside.
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "host only"
+        );
+    }
 
-        let irq = Arc::new(Interrupt::new().unwrap());
-        let mut events = EventManager::<Box<dyn MutEventSubscriber + Send>>::new().unwrap();
-        events.add_subscriber(Box::new(fs.event_handler().unwrap()));
-        fs.activate(
-            mem.clone(),
-            feature(VIRTIO_F_VERSION_1),
-            queues,
-            irq.clone(),
-        )
-        .unwrap();
-        fs.queue_events()[1].write(1).unwrap();
+    /// `dir=`: kvmini starts virtiofsd itself, on the directory, in its
+    /// namespace sandbox; `ro=on` makes it refuse every change.
+    #[test]
+    fn dir_shares_start_their_own_virtiofsd() {
+        set_virtiofsd(testing::virtiofsd());
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/kvmini-fs-dir").unwrap();
+        let mut c = Client::start(&FsConfig {
+            tag: "w".into(),
+            backend: FsBackend::Dir {
+                path: dir.as_path().to_path_buf(),
+                readonly: false,
+            },
+            mount: None,
+        });
+        assert_eq!(c.mkdir("made"), 0);
+        assert!(dir.as_path().join("made").is_dir());
+        let mut ro = Client::start(&FsConfig {
+            tag: "r".into(),
+            backend: FsBackend::Dir {
+                path: dir.as_path().to_path_buf(),
+                readonly: true,
+            },
+            mount: None,
+        });
+        assert_eq!(ro.mkdir("refused"), -libc::EROFS);
+        assert!(!dir.as_path().join("refused").exists());
+        // The helper ends with its socket: gone once the device is.
+        let pid = c.fs._helper.as_ref().unwrap().id();
+        drop(c);
         let t0 = std::time::Instant::now();
-        while irq.status() & VIRTIO_MMIO_INT_VRING == 0 {
+        while std::path::Path::new(&format!("/proc/{pid}/exe")).exists() {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "no answer from virtiofsd"
+                "virtiofsd {pid} stayed"
             );
-            events.run_with_timeout(100).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let used = requests.used_addr().0;
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 1);
-        let written = mem.read_obj::<u32>(GuestAddress(used + 8)).unwrap();
-        assert!(written >= 16 + 8, "reply of {written} bytes");
-        let mut out = [0u8; 24];
-        mem.read_slice(&mut out, GuestAddress(reply)).unwrap();
-        let field = |at: usize| u32::from_le_bytes(out[at..at + 4].try_into().unwrap());
-        assert_eq!(field(0), written, "out-header length");
-        assert_eq!(field(4), 0, "FUSE error");
-        assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), 0x5eed);
-        assert_eq!(field(16), 7, "FUSE major version");
-        fs.reset();
-        // A second activation after the reset is accepted again.
-        assert!(crate::sync::lock(&fs.interrupt).is_none());
     }
 }
