@@ -85,11 +85,23 @@ pub struct ExecArgs {
     pub timeout: Option<String>,
 
     /// Make host directory HOST visible at GUEST (an absolute path) inside
-    /// the VM; `:ro` makes it read-only. What the command creates, changes,
-    /// renames and deletes under a writable share is applied to HOST when
-    /// it finishes. Repeatable.
+    /// the VM; `:ro` makes it read-only. Repeatable. On KVM the share is
+    /// live (virtio-fs, with a virtiofsd kvmini starts, sandboxed to HOST):
+    /// what the command creates, changes, renames and deletes reaches HOST
+    /// as it happens, also when it fails or times out. Elsewhere (--accel
+    /// tcg or emulated), or with `--share-via image`, HOST is copied into a
+    /// disk image and the command's changes are applied to HOST only when
+    /// it finishes. See --share-via.
     #[arg(long = "share", value_name = "HOST:GUEST[:ro]")]
     pub shares: Vec<String>,
+
+    /// How --share reaches the guest. `auto`: live through virtio-fs where
+    /// the VM runs on KVM (virtiofsd from the host, or built on first use
+    /// and cached) and every GUEST is a plain path (letters, digits, `_`,
+    /// `.`, `-`), else `image`. `virtio-fs`: live, or an error saying why
+    /// not. `image`: a copy in a disk image, changes applied at the end.
+    #[arg(long, value_name = "auto|virtio-fs|image", default_value = "auto")]
+    pub share_via: String,
 
     /// Set an environment variable for the command: `NAME=VALUE`, or `NAME`
     /// to pass this process's value. Repeatable. The command starts with

@@ -1263,6 +1263,40 @@ fn fs_live() {
     expect(&c, "host-after-exec=", "from-exec new=gone");
 }
 
+/// `exec --share` on KVM: live (virtio-fs), confined to the share.
+#[test]
+fn exec_share_live() {
+    let c = scenario("exec_share_live");
+    c.rc(0);
+    expect(&c, "changed=", "0");
+    expect(&c, "exec-rc=", "0");
+    expect(&c, "host-new=", "from-exec old=gone");
+    // The guest's `..` of the share is its own /, without L1's files.
+    expect(&c, "guest-dotdot=", "/ 0");
+    // Symlinks are resolved in the guest: L1's canary is out of reach.
+    expect(&c, "guest-host-abs=", "unreadable");
+    expect(&c, "guest-host-up=", "unreadable");
+    expect(&c, "host-hard=", "from-exec links=2");
+    c.shows("hard-inside=ok");
+    expect(&c, "hard-out=", "refused");
+    expect(&c, "host-guest-abs=", "/etc/hostname");
+    expect(&c, "host-outside=", "unchanged");
+    expect(&c, "host-outside-files=", "canary");
+    // Read-only: the write fails in the guest, nothing reaches L1.
+    let ro = c.after("ro-write-rc=");
+    if ro == "0" || ro.is_empty() {
+        c.fail(&format!(
+            "ro-write-rc={ro}: the read-only share took a write"
+        ));
+    }
+    expect(&c, "ro-exec-rc=", "0");
+    expect(&c, "host-ro=", "refused");
+    c.shows("wrote-late");
+    expect(&c, "timeout-rc=", "124");
+    expect(&c, "host-late=", "late");
+    expect(&c, "image-rc=", "0 host-img=via-image");
+}
+
 #[test]
 fn net_user() {
     let c = scenario("net_user");

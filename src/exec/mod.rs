@@ -82,6 +82,8 @@ pub enum ExecError {
     Config(ConfigError),
     Guest(GuestError),
     Share(ShareError),
+    /// `--share-via`: a bad value, or virtio-fs asked for where it cannot be.
+    ShareVia(String),
     Capture(CaptureError),
     Io(PathBuf, io::Error),
     Vmm(vmm::Error),
@@ -113,6 +115,7 @@ impl fmt::Display for ExecError {
             Self::Config(e) => write!(f, "{e}"),
             Self::Guest(e) => write!(f, "{e}"),
             Self::Share(e) => write!(f, "{e}"),
+            Self::ShareVia(why) => write!(f, "--share-via: {why}"),
             Self::Capture(e) => write!(f, "{e}"),
             Self::Io(p, e) => write!(f, "cannot write '{}': {e} (check TMPDIR)", p.display()),
             Self::Vmm(e) => write!(f, "{e}"),
@@ -192,12 +195,13 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         return Err(ExecError::Workdir(args.workdir.clone()));
     }
     let env = parse_env(&args.env)?;
-    let shares = args
+    let mut shares = args
         .shares
         .iter()
         .map(|s| ShareSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(ExecError::Share)?;
+    let share_via = ShareVia::parse(&args.share_via)?;
     // Every flag is checked, and the engine chosen (`--accel kvm` refused
     // where it cannot run), before anything is built or packed.
     let vm_args = exec_vm_args(&args.vm);
@@ -222,6 +226,14 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
             FlagsError::Config(e) => ExecError::Config(e),
             FlagsError::DefaultGuest(e) => ExecError::Guest(e),
         })?;
+    if live_shares(share_via, engine, &shares)? {
+        // The shares are --fs devices now (counted in `added` so far), with
+        // their kernel command-line words.
+        let n = shares.len();
+        vm.fs
+            .extend(shares.drain(..).enumerate().map(|(i, s)| s.into_fs(i)));
+        vm.check(added - n).map_err(ExecError::Config)?;
+    }
     // --timeout counts from here: packing shares and preparing the VM are
     // part of the command's time (building the default guest on first use
     // is not).
@@ -376,6 +388,71 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         since.elapsed().as_millis()
     );
     Ok(outcome.code())
+}
+
+/// `--share-via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShareVia {
+    Auto,
+    VirtioFs,
+    Image,
+}
+
+impl ShareVia {
+    fn parse(s: &str) -> Result<Self, ExecError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "virtio-fs" => Ok(Self::VirtioFs),
+            "image" => Ok(Self::Image),
+            _ => Err(ExecError::ShareVia(format!(
+                "'{s}' is not auto, virtio-fs or image"
+            ))),
+        }
+    }
+}
+
+/// Whether `shares` go to the guest live, through virtio-fs (and then a
+/// virtiofsd is there): see `--share-via`. Says which, at info level.
+fn live_shares(via: ShareVia, engine: Engine, shares: &[ShareSpec]) -> Result<bool, ExecError> {
+    if shares.is_empty() || via == ShareVia::Image {
+        return Ok(false);
+    }
+    let why_not = if engine != Engine::Kvm {
+        Some("virtio-fs needs kvmini's own VMM on KVM, not --accel tcg or emulated".to_string())
+    } else {
+        shares
+            .iter()
+            .find(|s| !crate::devices::virtio::fs::valid_mount(&s.guest))
+            .map(|s| {
+                format!(
+                    "GUEST {} is not a plain path (letters, digits, '_', '.', '-')",
+                    s.guest
+                )
+            })
+    };
+    let fs: Vec<_> = shares
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, s)| s.into_fs(i))
+        .collect();
+    let provided = match why_not {
+        Some(why) => Err(why),
+        None => launch::provide_virtiofsd(&fs).map_err(|e| e.to_string()),
+    };
+    match (provided, via) {
+        (Ok(()), _) => {
+            log::info!("--share: live through virtio-fs");
+            Ok(true)
+        }
+        (Err(why), ShareVia::VirtioFs) => Err(ExecError::ShareVia(format!(
+            "cannot share through virtio-fs: {why}"
+        ))),
+        (Err(why), _) => {
+            log::info!("--share: copied in disk images ({why})");
+            Ok(false)
+        }
+    }
 }
 
 /// The VM flags with exec's kernel parameters in front of the user's.
@@ -561,6 +638,37 @@ pub fn exec_init() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// --share-via's choice where no virtiofsd has to be found: image when
+    /// asked, off KVM, or for a GUEST the kernel command line cannot carry;
+    /// `virtio-fs` there is an error that says why.
+    #[test]
+    fn share_via_falls_back_or_says_why() {
+        let plain = ShareSpec {
+            host: "/tmp".into(),
+            guest: "/w/x-1.d".into(),
+            readonly: false,
+        };
+        let odd = ShareSpec {
+            guest: "/w w".into(),
+            ..plain.clone()
+        };
+        let live = |via, engine, s: &[ShareSpec]| live_shares(via, engine, s);
+        assert!(!live(ShareVia::Image, Engine::Kvm, std::slice::from_ref(&plain)).unwrap());
+        assert!(!live(ShareVia::Auto, Engine::Tcg, std::slice::from_ref(&plain)).unwrap());
+        assert!(!live(ShareVia::Auto, Engine::Kvm, &[plain.clone(), odd.clone()]).unwrap());
+        assert!(!live(ShareVia::VirtioFs, Engine::Kvm, &[]).unwrap());
+        let e = live(ShareVia::VirtioFs, Engine::Emulated, &[plain])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--share-via") && e.contains("KVM"), "{e}");
+        let e = live(ShareVia::VirtioFs, Engine::Kvm, &[odd])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/w w is not a plain path"), "{e}");
+        assert!(ShareVia::parse("nfs").is_err());
+        assert_eq!(ShareVia::parse("virtio-fs").unwrap(), ShareVia::VirtioFs);
+    }
 
     #[test]
     fn durations() {

@@ -1,4 +1,5 @@
-# --share: the guest reads a host file and changes the share as a process
+# --share --share-via image (the copy kept on KVM hosts too; exec_share_live
+# has the live one): the guest reads a host file and changes the share as a process
 # with write access could: creates files (text and binary, in new
 # directories), changes, deletes, renames (a file and a directory), chmods,
 # replaces a directory by a file; all of it reaches the host. A read-only
@@ -17,7 +18,7 @@ echo x >$rw/dirfile/x
 echo "echo hi" >$rw/script.sh && chmod 644 $rw/script.sh
 echo "read-only-content" >/tmp/share-ro/keep.txt
 "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 128M \
-    --share $rw:/mnt/rw --share /tmp/share-ro:/mnt/ro:ro -w /mnt/rw -- \
+    --share-via image --share $rw:/mnt/rw --share /tmp/share-ro:/mnt/ro:ro -w /mnt/rw -- \
     sh -c 'echo "guest read: $(cat input.txt)"; mkdir -p out/deeper && echo written-by-guest > out/deeper/result.txt &&
         printf "\000\001\377\r\n" > out/bin; echo changed > input.txt;
         rm del.txt; mv old-name.txt new-name.txt; mv olddir newdir; chmod 755 script.sh;

@@ -1,4 +1,5 @@
-# --share against a hostile guest (issue 13). Three runs on one share:
+# --share --share-via image against a hostile guest (issue 13; the live
+# share has its own in exec_share_live). Three runs on one share:
 # 1. plant symlinks: at the old predictable temporary names, a directory
 #    replaced by a symlink to outside, links to /, .. and the share's parent;
 # 2. write through what was planted, and replace it;
@@ -19,7 +20,7 @@ canary_hash() {
 before=$(canary_hash)
 run() {
     "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 128M \
-        --share $a/share:/mnt/s -w /mnt/s -- sh -c "$1"
+        --share-via image --share $a/share:/mnt/s -w /mnt/s -- sh -c "$1"
 }
 run 'i=1; while [ $i -le 300 ]; do ln -s /tmp/attack/victim .kvmini-copy.$i; i=$((i + 1)); done
     rm -r d && ln -s /tmp/attack/canary/.ssh d; ln -s / root; ln -s .. up; ln -s /tmp/attack esc

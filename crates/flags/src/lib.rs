@@ -92,15 +92,22 @@ pub struct VmArgs {
     pub nets: Vec<String>,
 
     /// A host directory shared live with the guest (virtio-fs; repeat for
-    /// more): `tag=TAG,socket=PATH[,mount=DIR]`, where PATH is the
-    /// vhost-user socket of a virtiofsd you started, e.g. `virtiofsd
-    /// --socket-path /tmp/vfs.sock --shared-dir ~/src --sandbox namespace`
-    /// (it serves one VM, then exits). The guest mounts it with `mount -t
-    /// virtiofs TAG DIR`; kvmini's own guests do that at boot, at DIR
-    /// (default /mnt/TAG). Writes, creates and deletes reach the host at
-    /// once. Needs KVM (not --accel tcg or emulated); guest RAM is then a
-    /// shared memfd, which virtiofsd maps.
-    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH[,mount=DIR]")]
+    /// more): `tag=TAG,dir=PATH[,ro=on][,mount=DIR]`. kvmini runs
+    /// virtiofsd on PATH for the VM's life, in its namespace sandbox (PATH
+    /// is all of the host it sees); `ro=on`: the guest cannot change it.
+    /// virtiofsd comes from KVMINI_VIRTIOFSD, PATH or /usr/libexec, else is
+    /// built from crates.io on first use and cached (needs cargo). Or
+    /// `tag=TAG,socket=PATH[,mount=DIR]`: the vhost-user socket of a
+    /// virtiofsd you started (`virtiofsd --socket-path PATH --shared-dir
+    /// DIR`; it serves one VM). kvmini's own guests mount TAG at boot at
+    /// DIR (default /mnt/TAG); others: `mount -t virtiofs TAG DIR`. Writes,
+    /// creates and deletes reach the host at once. Needs KVM (not --accel
+    /// tcg or emulated); guest RAM is then a shared memfd, which virtiofsd
+    /// maps.
+    #[arg(
+        long = "fs",
+        value_name = "tag=TAG,dir=PATH[,ro=on] | tag=TAG,socket=PATH"
+    )]
     pub fs: Vec<String>,
 
     /// On SIGTERM (and `exec --timeout`), a guest that runs ACPI gets its

@@ -194,6 +194,7 @@ fn every_flag_at_once_round_trips() {
         fs: vec![
             "tag=src,socket=/run/a,,b.sock".into(),
             "tag=out,socket=/tmp/o.sock,mount=/mnt/o-1".into(),
+            "tag=w,dir=/x,,y,ro=on,mount=/w".into(),
         ],
         shutdown_timeout: "7s".into(),
         seccomp: "off".into(),

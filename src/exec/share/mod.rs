@@ -152,6 +152,20 @@ impl fmt::Display for ShareError {
 impl std::error::Error for ShareError {}
 
 impl ShareSpec {
+    /// The live share (virtio-fs) for this spec, the `n`th: kvmini starts
+    /// virtiofsd on HOST, and the guest mounts it at GUEST.
+    pub fn into_fs(self, n: usize) -> crate::config::FsConfig {
+        use crate::config::{FsBackend, FsConfig};
+        FsConfig {
+            tag: format!("kvmini-share{n}"),
+            backend: FsBackend::Dir {
+                path: self.host,
+                readonly: self.readonly,
+            },
+            mount: Some(self.guest),
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, ShareError> {
         let err = |why| ShareError::Syntax(s.to_string(), why);
         let (rest, readonly) = match s.rsplit_once(':') {
