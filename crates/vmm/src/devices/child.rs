@@ -75,7 +75,15 @@ pub fn spawn_with_fd3(cmd: &mut Command, sock: &impl AsRawFd) -> io::Result<Chil
             } else if libc::dup2(fd, 3) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) < 0 {
+            // Close-on-exec rather than closed: std's own pipe, which
+            // tells the parent that exec failed, must live until the exec.
+            if libc::syscall(
+                libc::SYS_close_range,
+                4u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
@@ -87,4 +95,42 @@ pub fn spawn_with_fd3(cmd: &mut Command, sock: &impl AsRawFd) -> io::Result<Chil
     let child = cmd.spawn();
     drop(theirs);
     child
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+
+    /// A helper that cannot be started is an error here, not a silent
+    /// child exit.
+    #[test]
+    fn a_failed_exec_is_reported() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut cmd = Command::new("/nonexistent/helper");
+        let e = spawn_with_fd3(&mut cmd, &a).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// The helper has our socket at 3 and nothing of ours above it.
+    #[test]
+    fn the_socket_is_fd_3_and_nothing_else_leaks() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let _other = std::fs::File::open("/dev/null").unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ls /proc/self/fd; readlink /proc/self/fd/3"])
+            .stdout(Stdio::piped());
+        let out = spawn_with_fd3(&mut cmd, &a)
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines: Vec<&str> = text.lines().collect();
+        let target = lines.pop().unwrap();
+        assert!(target.starts_with("socket:"), "{text}");
+        // 0-2, 3, and the descriptor ls has open on /proc/self/fd.
+        let fds: Vec<u32> = lines.iter().map(|l| l.parse().unwrap()).collect();
+        assert!(fds.iter().filter(|&&f| f > 3).count() <= 1, "{fds:?}");
+    }
 }
