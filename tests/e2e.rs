@@ -1233,9 +1233,6 @@ fn net_ping_tcp() {
     );
 }
 
-/// `--net user` (passt) on kvmini's own virtio-net, run by a user without
-/// privileges: DHCP, a fetch from L1's loopback through the gateway
-/// address, an upload into the guest through a forward.
 /// `--fs`: the guest's changes reach the host's directory while it runs.
 #[test]
 fn fs_live() {
@@ -1280,6 +1277,9 @@ fn exec_share_live() {
     c.shows("hard-inside=ok");
     expect(&c, "hard-out=", "refused");
     expect(&c, "host-guest-abs=", "/etc/hostname");
+    // kvmini as root: the guest's files are the share owner's, no devices.
+    expect(&c, "mknod=", "refused");
+    expect(&c, "host-owner=", "1000:1000 null=absent");
     expect(&c, "host-outside=", "unchanged");
     expect(&c, "host-outside-files=", "canary");
     // Read-only: the write fails in the guest, nothing reaches L1.
@@ -1297,6 +1297,9 @@ fn exec_share_live() {
     expect(&c, "image-rc=", "0 host-img=via-image");
 }
 
+/// `--net user` (passt) on kvmini's own virtio-net, run by a user without
+/// privileges: DHCP, a fetch from L1's loopback through the gateway
+/// address, an upload into the guest through a forward.
 #[test]
 fn net_user() {
     let c = scenario("net_user");

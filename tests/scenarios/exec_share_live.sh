@@ -4,7 +4,9 @@
 # writes; a --timeout that fires after a write leaves the write on L1.
 # The guest cannot reach L1's files outside the share: not through `..`,
 # nor a symlink L1 put in the share pointing out, nor absolute symlinks
-# or hard links it makes itself. Compared by tests/e2e.rs.
+# or hard links it makes itself; what it makes belongs to the share's
+# owner (kvmini runs as root here), and device nodes are refused.
+# Compared by tests/e2e.rs.
 # kvmini-scenario-timeout: 240
 if [ -z "$VIRTIOFSD" ] || [ ! -x "$VIRTIOFSD" ]; then
     echo "NOT RUN: no virtiofsd in L1 (VIRTIOFSD='$VIRTIOFSD')"
@@ -25,6 +27,9 @@ echo canary >"$outside/canary"
 echo old >"$share/old"
 ln -s "$outside/canary" "$share/host-abs"
 ln -s ../outside "$share/host-up"
+# A user's tree (kvmini runs as root here): what the guest makes must be
+# that user's, and it must not make device nodes.
+chown -R 1000:1000 "$share"
 before=$(cat /etc/hostname 2>/dev/null; sha256sum "$outside/canary" | cut -c1-64)
 exec_vm() {
     in_mount_ns "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" \
@@ -39,11 +44,13 @@ exec_vm --share "$share:/w" -- sh -c '
     ln -s /etc/hostname /w/guest-abs && echo pwned >>/w/guest-abs
     ln /w/new /w/hard && echo hard-inside=ok
     ln /etc/passwd /w/hard-out 2>/dev/null && echo hard-out=made || echo hard-out=refused
+    mknod /w/null c 1 3 2>/dev/null && echo mknod=made || echo mknod=refused
     true'
 echo "exec-rc=$?"
 echo "host-new=$(cat "$share/new" 2>/dev/null) old=$([ -e "$share/old" ] && echo there || echo gone)"
 echo "host-hard=$(cat "$share/hard" 2>/dev/null) links=$(stat -c %h "$share/new")"
 echo "host-guest-abs=$(readlink "$share/guest-abs")"
+echo "host-owner=$(stat -c %u:%g "$share/new") null=$([ -e "$share/null" ] && echo there || echo absent)"
 after=$(cat /etc/hostname 2>/dev/null; sha256sum "$outside/canary" | cut -c1-64)
 [ "$before" = "$after" ] && echo "host-outside=unchanged" || echo "host-outside=CHANGED"
 echo "host-outside-files=$(ls "$outside" | tr '\n' ' ')"

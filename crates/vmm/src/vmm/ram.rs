@@ -68,13 +68,31 @@ impl GuestRam {
         })?;
         // SAFETY: the name is a NUL-terminated string; memfd_create only
         // creates a new descriptor.
-        let fd = unsafe { libc::memfd_create(c"kvmini-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"kvmini-guest-ram".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(total)?;
+        // Its size is final: a backend that truncated it would make the
+        // VMM's own accesses to guest memory fault (SIGBUS).
+        // SAFETY: F_ADD_SEALS on a descriptor we own; no memory involved.
+        let sealed = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if sealed < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Self::build(ranges, Some(Arc::new(file)))
     }
 
@@ -317,6 +335,9 @@ mod tests {
         // And the other way round: the backend's writes reach the guest.
         file.write_all_at(&[0x5a], 100).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(100)).unwrap(), 0x5a);
+        // Nobody can change its size, nor unseal it.
+        assert!(file.set_len(0).is_err());
+        assert!(file.set_len(64 << 20).is_err());
         // Private RAM has no file.
         let private = GuestRam::new(&ranges[..1]).unwrap();
         assert!(private.mem().iter().next().unwrap().file_offset().is_none());

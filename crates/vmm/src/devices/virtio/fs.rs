@@ -14,10 +14,12 @@
 //! the status register right, so they cannot be irqfds themselves.
 //!
 //! The backend is trusted no more than it must be: every reply is checked
-//! by the `vhost` crate, a backend that does not answer within
+//! by the `vhost` crate; a reply that does not come within
 //! [`REPLY_TIMEOUT`] fails the activation (the driver sees
-//! DEVICE_NEEDS_RESET) rather than holding a vCPU, and a backend that goes
-//! away leaves the guest's requests unanswered, never the VMM stopped.
+//! DEVICE_NEEDS_RESET), and the device never speaks to that backend again
+//! (a vCPU waits at most that long once); a backend that goes away leaves
+//! the guest's requests unanswered, never the VMM stopped. The guest is
+//! offered only the ring features kvmini knows ([`GUEST_FEATURES`]).
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,10 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{kv_escape, parse_kv, ConfigError};
-use crate::devices::virtio::{feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{
+    feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
+};
 
 /// Device ID of virtio-fs (virtio 1.2, 5).
 pub const TYPE_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
@@ -44,11 +49,20 @@ pub const TAG_MAX: usize = 36;
 const QUEUES: usize = 2;
 /// Entries per queue: as deep as the guest's FUSE layer makes use of.
 pub const QUEUE_SIZE: u16 = 1024;
-/// How long one vhost-user request may wait for the backend's reply.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one vhost-user request may wait for the backend's reply. A
+/// backend that misses it is not spoken to again (a late reply would be
+/// read as the next request's): the device stays broken until the VM ends.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit in the feature word,
 /// never offered to the guest.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// What the guest may be offered of the backend's features: the ring
+/// layouts kvmini's transport knows. Anything else (vhost-user's own
+/// bits such as VHOST_F_LOG_ALL, which would start virtiofsd's migration
+/// walk of the whole share) is never passed on.
+const GUEST_FEATURES: u64 = feature(VIRTIO_F_VERSION_1)
+    | feature(VIRTIO_F_RING_INDIRECT_DESC)
+    | feature(VIRTIO_F_RING_EVENT_IDX);
 /// The protocol features kvmini uses when the backend has them: replies to
 /// every request (so that a refused memory table or ring fails activation
 /// there and then) and more than one queue.
@@ -117,9 +131,16 @@ fn plain(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_.-".contains(c)
 }
 
-/// Whether `tag` can name a share: 1 to [`TAG_MAX`] plain characters.
+/// Whether `tag` can name a share: 1 to [`TAG_MAX`] plain characters, not
+/// `.` or `..` (the default mount point is /mnt/TAG) and not starting with
+/// `-` (the guest's `mount` would take it for an option).
 pub fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty() && tag.len() <= TAG_MAX && tag.chars().all(plain)
+    !tag.is_empty()
+        && tag.len() <= TAG_MAX
+        && tag.chars().all(plain)
+        && tag != "."
+        && tag != ".."
+        && !tag.starts_with('-')
 }
 
 /// Whether `dir` can be a share's guest mount point: an absolute path of
@@ -150,7 +171,8 @@ pub fn parse_fs(s: &str) -> Result<FsConfig, ConfigError> {
     let tag = tag.ok_or_else(|| err("tag=TAG is required (the name the guest mounts)".into()))?;
     if !valid_tag(&tag) {
         return Err(err(format!(
-            "the tag must be 1 to {TAG_MAX} letters, digits, '_', '.' or '-'"
+            "the tag must be 1 to {TAG_MAX} letters, digits, '_', '.' or '-', not . or .., \
+             not starting with -"
         )));
     }
     let backend = match (socket, dir) {
@@ -267,6 +289,8 @@ pub struct Fs {
     interrupt: Arc<Mutex<Option<Arc<Interrupt>>>>,
     /// Queues handed to the backend, to stop on reset.
     started: usize,
+    /// A request to the backend failed: it is not spoken to again.
+    broken: bool,
 }
 
 impl Fs {
@@ -347,13 +371,14 @@ impl Fs {
             socket: path,
             frontend,
             _helper: helper,
-            features: offered & !PROTOCOL_FEATURES,
+            features: offered & GUEST_FEATURES,
             protocol,
             config: cfg,
             queue_evts: [evt()?, evt()?],
             call_evts: [evt()?, evt()?],
             interrupt: Arc::new(Mutex::new(None)),
             started: 0,
+            broken: false,
         })
     }
 
@@ -368,6 +393,12 @@ impl Fs {
             calls,
             interrupt: self.interrupt.clone(),
         })
+    }
+
+    /// Queue `i`'s call eventfd, as the backend signals it (tests).
+    #[cfg(test)]
+    pub fn call_event(&self, i: usize) -> &EventFd {
+        &self.call_evts[i]
     }
 
     /// Hands the queues to the backend and starts them.
@@ -453,9 +484,16 @@ impl VirtioDevice for Fs {
         if slot.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
+        if self.broken {
+            return Err(ActivateError::Backend(format!(
+                "vhost-user backend {} failed earlier",
+                self.socket.display()
+            )));
+        }
         *slot = Some(interrupt);
         drop(slot);
         self.start(&mem, acked_features, &queues).map_err(|e| {
+            self.broken = true;
             self.reset();
             ActivateError::Backend(format!("vhost-user backend {}: {e}", self.socket.display()))
         })
@@ -463,13 +501,19 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         crate::sync::lock(&self.interrupt).take();
-        for i in 0..std::mem::take(&mut self.started) {
+        let started = std::mem::take(&mut self.started);
+        if self.broken {
+            return;
+        }
+        for i in 0..started {
             // GET_VRING_BASE stops the ring in the backend.
             if let Err(e) = self.frontend.get_vring_base(i) {
+                self.broken = true;
                 log::warn!(
                     "virtio-fs: the backend at {} did not stop queue {i}: {e}",
                     self.socket.display()
                 );
+                return;
             }
         }
     }
@@ -566,6 +610,7 @@ fn start_virtiofsd(bin: &Path, dir: &Path, readonly: bool) -> std::io::Result<(U
     if readonly {
         cmd.arg("--readonly");
     }
+    cmd.args(root_confinement(dir)?);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     let child = crate::devices::child::spawn_with_fd3(&mut cmd, &listener)?;
     log::debug!(
@@ -575,6 +620,28 @@ fn start_virtiofsd(bin: &Path, dir: &Path, readonly: bool) -> std::io::Result<(U
         if readonly { ", read-only" } else { "" }
     );
     Ok((stream, child))
+}
+
+/// virtiofsd's extra arguments when kvmini runs as root (else none: it
+/// then runs as the user, who owns what the guest makes). As root it would
+/// keep CHOWN, MKNOD, SETFCAP and FSETID, and a guest's root could leave
+/// set-uid-root programs, device nodes or file capabilities in the share:
+/// more than a process with write access to the directory could. So every
+/// guest user and group becomes the directory's owner and group on the
+/// host (whatever the guest makes belongs to them, as if they had made
+/// it), and device nodes and file capabilities are refused.
+fn root_confinement(dir: &Path) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(Vec::new());
+    }
+    let owner = std::fs::metadata(dir)?;
+    Ok(vec![
+        "--modcaps=-mknod:-setfcap".into(),
+        format!("--translate-uid=squash-guest:0:{}:4294967295", owner.uid()),
+        format!("--translate-gid=squash-guest:0:{}:4294967295", owner.gid()),
+    ])
 }
 
 /// Whether `path` could be a vhost-user socket now (for an early, clear
@@ -715,6 +782,8 @@ mod tests {
             ("tag=,socket=/s", "the tag must be"),
             ("tag=a:b,socket=/s", "the tag must be"),
             ("tag=a b,socket=/s", "the tag must be"),
+            ("tag=..,socket=/s", "the tag must be"),
+            ("tag=-oremount,socket=/s", "the tag must be"),
             ("tag=t,socket=/s,mount=rel", "an absolute guest path"),
             ("tag=t,socket=/s,mount=/", "an absolute guest path"),
             ("tag=t,socket=/s,mount=/a/../b", "an absolute guest path"),
@@ -941,6 +1010,19 @@ mod tests {
             (err, entry)
         }
 
+        /// FUSE_MKNOD of character device 1:3 (/dev/null's numbers), mode
+        /// 0666, named `name` in the root: the reply's error.
+        fn mknod(&mut self, name: &str) -> i32 {
+            let mut body = Vec::new();
+            body.extend_from_slice(&(libc::S_IFCHR | 0o666).to_le_bytes());
+            body.extend_from_slice(&((1u32 << 8) | 3).to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+            self.call(8, 1, &body).0
+        }
+
         /// FUSE_MKDIR of `name` in the root: the reply's error.
         fn mkdir(&mut self, name: &str) -> i32 {
             let mut body = Vec::new();
@@ -968,9 +1050,9 @@ mod tests {
         let mut c = Client::start(&config);
         assert_ne!(c.fs.avail_features() & feature(VIRTIO_F_VERSION_1), 0);
         assert_eq!(
-            c.fs.avail_features() & PROTOCOL_FEATURES,
+            c.fs.avail_features() & !GUEST_FEATURES,
             0,
-            "a vhost-user bit offered to the guest"
+            "a feature outside the allow-list offered to the guest"
         );
         assert_eq!(&c.fs.config_space()[..2], b"t\0");
         assert_eq!(c.mkdir("made"), 0);
@@ -1022,6 +1104,38 @@ mod tests {
             std::fs::read_to_string(outside.join("secret")).unwrap(),
             "host only"
         );
+    }
+
+    /// kvmini as root: what the guest's root makes in a `dir=` share
+    /// belongs to the directory's owner, and device nodes are refused (a
+    /// guest must not leave root-owned or device files in a user's tree).
+    #[test]
+    fn as_root_guest_files_belong_to_the_directorys_owner() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "NOT RUN: needs root (kvmini confines virtiofsd only as root)"
+        );
+        set_virtiofsd(testing::virtiofsd());
+        let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/kvmini-fs-own").unwrap();
+        std::os::unix::fs::chown(dir.as_path(), Some(4242), Some(4343)).unwrap();
+        let mut c = Client::start(&FsConfig {
+            tag: "w".into(),
+            backend: FsBackend::Dir {
+                path: dir.as_path().to_path_buf(),
+                readonly: false,
+            },
+            mount: None,
+        });
+        // The client's requests come from uid 0, gid 0.
+        assert_eq!(c.mkdir("made"), 0);
+        let made = std::fs::metadata(dir.as_path().join("made")).unwrap();
+        assert_eq!((made.uid(), made.gid()), (4242, 4343));
+        let err = c.mknod("null");
+        assert!(err < 0, "a device node was made");
+        assert!(!dir.as_path().join("null").exists());
     }
 
     /// `dir=`: kvmini starts virtiofsd itself, on the directory, in its
