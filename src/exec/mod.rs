@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::tempdir::TempDir;
 
 use crate::cli::ExecArgs;
-use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, VmConfig};
+use crate::config::{self, ConfigError, ConsoleConfig, DiskConfig, FsConfig, VmConfig};
 use crate::devices::virtio::block::guest_device;
+use crate::devices::virtio::fs::Fs;
 use crate::emulated::{self, EmulatedError};
 use crate::exit::VmExit;
 use crate::guest::{self, GuestError};
@@ -220,19 +221,18 @@ fn run(args: ExecArgs) -> Result<u8, ExecError> {
         Notice::TerminalOnly
     };
     let engine = launch::engine(&checked, notice).map_err(ExecError::Config)?;
+    let live = live_shares(share_via, engine, &shares, &checked, added - shares.len())?;
     let mut vm = vm_args
         .to_config(console.clone(), added, host_memory, guest::default_guest)
         .map_err(|e| match e {
             FlagsError::Config(e) => ExecError::Config(e),
             FlagsError::DefaultGuest(e) => ExecError::Guest(e),
         })?;
-    if live_shares(share_via, engine, &shares)? {
-        // The shares are --fs devices now (counted in `added` so far), with
-        // their kernel command-line words.
-        let n = shares.len();
-        vm.fs
-            .extend(shares.drain(..).enumerate().map(|(i, s)| s.into_fs(i)));
-        vm.check(added - n).map_err(ExecError::Config)?;
+    if let Some(fs) = live {
+        // The shares are --fs devices now (live_shares checked that they
+        // and their kernel command-line words fit).
+        shares.clear();
+        vm.fs.extend(fs);
     }
     // --timeout counts from here: packing shares and preparing the VM are
     // part of the command's time (building the default guest on first use
@@ -411,46 +411,64 @@ impl ShareVia {
     }
 }
 
-/// Whether `shares` go to the guest live, through virtio-fs (and then a
-/// virtiofsd is there): see `--share-via`. Says which, at info level.
-fn live_shares(via: ShareVia, engine: Engine, shares: &[ShareSpec]) -> Result<bool, ExecError> {
+/// The live shares (virtio-fs) `shares` become, or `None` for images: see
+/// `--share-via`. `checked` is the VM as checked so far, with `consoles`
+/// other added devices: the shares' kernel command-line words must fit it
+/// too. Decided before anything is built (but a virtiofsd, on first use):
+/// each share's virtiofsd is started and asked for its features once, so
+/// one that cannot run here (no user namespaces for its sandbox, say)
+/// means images, not a failed run. Says which, at info level.
+fn live_shares(
+    via: ShareVia,
+    engine: Engine,
+    shares: &[ShareSpec],
+    checked: &VmConfig,
+    consoles: usize,
+) -> Result<Option<Vec<FsConfig>>, ExecError> {
     if shares.is_empty() || via == ShareVia::Image {
-        return Ok(false);
+        return Ok(None);
     }
-    let why_not = if engine != Engine::Kvm {
-        Some("virtio-fs needs kvmini's own VMM on KVM, not --accel tcg or emulated".to_string())
-    } else {
-        shares
-            .iter()
-            .find(|s| !crate::devices::virtio::fs::valid_mount(&s.guest))
-            .map(|s| {
-                format!(
-                    "GUEST {} is not a plain path (letters, digits, '_', '.', '-')",
-                    s.guest
-                )
-            })
-    };
-    let fs: Vec<_> = shares
+    let fs: Vec<FsConfig> = shares
         .iter()
         .cloned()
         .enumerate()
         .map(|(i, s)| s.into_fs(i))
         .collect();
-    let provided = match why_not {
-        Some(why) => Err(why),
-        None => launch::provide_virtiofsd(&fs).map_err(|e| e.to_string()),
+    let usable = || -> Result<(), String> {
+        if engine != Engine::Kvm {
+            return Err(
+                "virtio-fs needs kvmini's own VMM on KVM, not --accel tcg or emulated".into(),
+            );
+        }
+        if let Some(s) = shares
+            .iter()
+            .find(|s| !crate::devices::virtio::fs::valid_mount(&s.guest))
+        {
+            return Err(format!(
+                "GUEST {} is not a plain path (letters, digits, '_', '.', '-')",
+                s.guest
+            ));
+        }
+        let mut vm = checked.clone();
+        vm.fs.extend(fs.iter().cloned());
+        vm.check(consoles).map_err(|e| e.to_string())?;
+        launch::provide_virtiofsd(&fs).map_err(|e| e.to_string())?;
+        for f in &fs {
+            Fs::new(f).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     };
-    match (provided, via) {
+    match (usable(), via) {
         (Ok(()), _) => {
             log::info!("--share: live through virtio-fs");
-            Ok(true)
+            Ok(Some(fs))
         }
         (Err(why), ShareVia::VirtioFs) => Err(ExecError::ShareVia(format!(
             "cannot share through virtio-fs: {why}"
         ))),
         (Err(why), _) => {
             log::info!("--share: copied in disk images ({why})");
-            Ok(false)
+            Ok(None)
         }
     }
 }
@@ -640,8 +658,9 @@ mod tests {
     use super::*;
 
     /// --share-via's choice where no virtiofsd has to be found: image when
-    /// asked, off KVM, or for a GUEST the kernel command line cannot carry;
-    /// `virtio-fs` there is an error that says why.
+    /// asked, off KVM, for a GUEST the kernel command line cannot carry, or
+    /// when the shares' words would not fit it; `virtio-fs` there is an
+    /// error that says why.
     #[test]
     fn share_via_falls_back_or_says_why() {
         let plain = ShareSpec {
@@ -653,16 +672,39 @@ mod tests {
             guest: "/w w".into(),
             ..plain.clone()
         };
-        let live = |via, engine, s: &[ShareSpec]| live_shares(via, engine, s);
-        assert!(!live(ShareVia::Image, Engine::Kvm, std::slice::from_ref(&plain)).unwrap());
-        assert!(!live(ShareVia::Auto, Engine::Tcg, std::slice::from_ref(&plain)).unwrap());
-        assert!(!live(ShareVia::Auto, Engine::Kvm, &[plain.clone(), odd.clone()]).unwrap());
-        assert!(!live(ShareVia::VirtioFs, Engine::Kvm, &[]).unwrap());
-        let e = live(ShareVia::VirtioFs, Engine::Emulated, &[plain])
+        let vm = VmArgs::default()
+            .check(ConsoleConfig::None, EXEC_CONSOLES, None)
+            .unwrap();
+        let full = VmArgs {
+            cmdline: Some("x".repeat(1850)),
+            ..VmArgs::default()
+        }
+        .check(ConsoleConfig::None, EXEC_CONSOLES, None)
+        .unwrap();
+        let live = |via, engine, s: &[ShareSpec], vm: &VmConfig| {
+            live_shares(via, engine, s, vm, EXEC_CONSOLES).map(|l| l.is_some())
+        };
+        let one = std::slice::from_ref(&plain);
+        assert!(!live(ShareVia::Image, Engine::Kvm, one, &vm).unwrap());
+        assert!(!live(ShareVia::Auto, Engine::Tcg, one, &vm).unwrap());
+        assert!(!live(
+            ShareVia::Auto,
+            Engine::Kvm,
+            &[plain.clone(), odd.clone()],
+            &vm
+        )
+        .unwrap());
+        assert!(!live(ShareVia::VirtioFs, Engine::Kvm, &[], &vm).unwrap());
+        assert!(!live(ShareVia::Auto, Engine::Kvm, one, &full).unwrap());
+        let e = live(ShareVia::VirtioFs, Engine::Kvm, one, &full)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cmdline"), "{e}");
+        let e = live(ShareVia::VirtioFs, Engine::Emulated, one, &vm)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--share-via") && e.contains("KVM"), "{e}");
-        let e = live(ShareVia::VirtioFs, Engine::Kvm, &[odd])
+        let e = live(ShareVia::VirtioFs, Engine::Kvm, &[odd], &vm)
             .unwrap_err()
             .to_string();
         assert!(e.contains("/w w is not a plain path"), "{e}");
