@@ -6,7 +6,7 @@
 #   bench_vm --vmm kvmini|kvmini-exec|qemu|firecracker [--mem MIB] [--cpus N]
 #            [--kernel VMLINUX] [--initrd CPIO] [--kparams "KERNEL PARAMS"]
 #            [--disk IMG[,readonly=on]]... [--net TAP|user] [--mac MAC]
-#            -- GUEST COMMAND...
+#            [--fs DIR] [--share-via auto|image] -- GUEST COMMAND...
 #
 # The guest command runs under resources/rootfs/init (sh -c), whose
 # "kvmini-guest: exit status N" closes the guest's output. The console goes
@@ -15,6 +15,12 @@
 # passt) and QEMU (a passt started here, on a socket path, with
 # `kvmini.dhcp=eth0` added as kvmini adds it); not for Firecracker, which
 # has none. KVMINI_PASST_ARGS, if set, goes to both passts.
+# `--fs DIR`: host directory DIR as virtio-fs tag `bench`, mounted by the
+# guest's init at /mnt/t: kvmini runs its own virtiofsd (`--fs dir=`);
+# QEMU gets a virtiofsd started here ($VIRTIOFSD, the same binary, on a
+# socket; guest RAM a shared memfd, as vhost-user needs); kvmini-exec
+# shares DIR at /mnt/t with `--share` (`--share-via` passed on). Not for
+# Firecracker, which has no virtio-fs.
 # Both VMMs get: the same kernel, initramfs and command line
 # (console=ttyS0 reboot=k panic=1 KPARAMS -- COMMAND), the same RAM and vCPUs,
 # and the same disk images as virtio-blk over virtio-mmio (/dev/vda, ...).
@@ -55,7 +61,7 @@ bench_qemu_mmio() {
 bench_vm() {
     _vmm="" _mem=512 _cpus=1 _kernel=${GUEST_VMLINUX:-} _initrd=${GUEST_INITRD:-} _kparams=""
     _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio="" _kvmini_net="" _qemu_net="" _tap="" _mac=""
-    _fc_drives=""
+    _fc_drives="" _fs="" _share_via=auto
     while [ $# -gt 0 ]; do
         case $1 in
         --vmm) _vmm=$2; shift 2 ;;
@@ -84,6 +90,8 @@ bench_vm() {
             ;;
         --net) _tap=$2; shift 2 ;;
         --mac) _mac=$2; shift 2 ;;
+        --fs) _fs=$2; shift 2 ;;
+        --share-via) _share_via=$2; shift 2 ;;
         --) shift; break ;;
         *) echo "bench_vm: unknown option $1" >&2; return 2 ;;
         esac
@@ -118,6 +126,29 @@ bench_vm() {
         _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0${_mac:+,mac=$_mac}"
         _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk)"
     fi
+    _kvmini_fs="" _exec_fs="" _qemu_fs="" _vfsd=""
+    if [ -n "$_fs" ]; then
+        _kvmini_fs="--fs tag=bench,dir=$_fs,mount=/mnt/t"
+        _exec_fs="--share $_fs:/mnt/t --share-via $_share_via"
+        if [ "$_vmm" = qemu ]; then
+            [ -n "${VIRTIOFSD:-}" ] || { echo "bench_vm: VIRTIOFSD is not set" >&2; return 2; }
+            _vsock=$(mktemp -u "${TMPDIR:-/tmp}/kvmini-bench-vfs.XXXXXX")
+            "$VIRTIOFSD" --socket-path "$_vsock" --shared-dir "$_fs" --sandbox namespace \
+                --log-level error &
+            _vfsd=$!
+            _n=0
+            while [ ! -S "$_vsock" ] && [ $_n -lt 100 ]; do sleep 0.1; _n=$((_n + 1)); done
+            [ -S "$_vsock" ] || { echo "bench_vm: virtiofsd did not make $_vsock" >&2; kill $_vfsd; return 1; }
+            _qemu_fs="-object memory-backend-memfd,id=ram,size=${_mem}M,share=on"
+            _qemu_fs="$_qemu_fs -chardev socket,id=vfs,path=$_vsock"
+            _qemu_fs="$_qemu_fs -device vhost-user-fs-device,chardev=vfs,tag=bench"
+            # QEMU's next transport: after the disks and the NIC, if any.
+            _qdev=$_ndisk
+            [ -z "$_qemu_net" ] || _qdev=$((_qdev + 1))
+            _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_qdev) kvmini.fs=bench:/mnt/t"
+        fi
+        [ "$_vmm" != firecracker ] || { echo "bench_vm: firecracker has no virtio-fs" >&2; return 2; }
+    fi
     _initrd_kvmini="" _initrd_qemu=""
     if [ -n "$_initrd" ]; then
         _initrd_kvmini="--initrd $_initrd" _initrd_qemu="-initrd $_initrd"
@@ -128,7 +159,7 @@ bench_vm() {
         # own virtio_mmio.device= parameters before "--".
         # shellcheck disable=SC2086 # word lists built above (paths have no spaces)
         "$KVMINI" run ${BENCH_KVMINI_FLAGS:-} --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
-            $_kvmini_disks $_kvmini_net --cmdline "$_kparams -- $*"
+            $_kvmini_disks $_kvmini_net $_kvmini_fs --cmdline "$_kparams -- $*"
         ;;
     kvmini-exec)
         # `kvmini exec`: the guest runs the command under kvmini's exec init
@@ -136,7 +167,7 @@ bench_vm() {
         # over virtio-consoles instead of the serial console.
         # shellcheck disable=SC2086
         "$KVMINI" exec ${BENCH_KVMINI_FLAGS:-} --kernel "$_kernel" $_initrd_kvmini --memory "${_mem}M" --cpus "$_cpus" \
-            $_kvmini_disks -- sh -c "$*"
+            $_kvmini_disks $_exec_fs -- sh -c "$*"
         ;;
     qemu)
         [ -n "${QEMU:-}" ] || { echo "bench_vm: QEMU is not set (run.sh --with-qemu)" >&2; return 2; }
@@ -150,12 +181,17 @@ bench_vm() {
         # each a VM exit; ~200 s in the rig) before falling back to a BIOS
         # reset. kvmini has an i8042 for exactly this reset.
         # shellcheck disable=SC2086
-        "$QEMU" -M microvm,acpi=off,auto-kernel-cmdline=off -accel kvm -cpu host \
+        "$QEMU" -M microvm,acpi=off,auto-kernel-cmdline=off${_vfsd:+,memory-backend=ram} -accel kvm -cpu host \
             -m "$_mem" -smp "$_cpus" -nodefaults -no-user-config -display none -no-reboot \
             -serial stdio -device i8042 -global virtio-mmio.force-legacy=false \
-            -kernel "$_kernel" $_initrd_qemu $_qemu_disks $_qemu_net \
+            -kernel "$_kernel" $_initrd_qemu $_qemu_disks $_qemu_net $_qemu_fs \
             -append "console=ttyS0 reboot=k panic=1 $_kparams$_qemu_mmio -- $*" </dev/null
         _qrc=$?
+        if [ -n "$_vfsd" ]; then
+            kill "$_vfsd" 2>/dev/null
+            wait "$_vfsd" 2>/dev/null
+            rm -f "$_vsock"
+        fi
         if [ -n "$_passt" ]; then
             kill "$_passt" 2>/dev/null
             wait "$_passt" 2>/dev/null
