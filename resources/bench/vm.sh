@@ -58,6 +58,14 @@ bench_qemu_mmio() {
     printf 'virtio_mmio.device=512@0x%x:%d' $((0xfeb00e00 - _i * 512)) $((12 - _i))
 }
 
+# bench_wait_socket NAME SOCKET PID: waits up to 10 s for helper NAME
+# (process PID) to make SOCKET; kills it and says so if it does not.
+bench_wait_socket() {
+    _w=0
+    while [ ! -S "$2" ] && [ $_w -lt 100 ]; do sleep 0.1; _w=$((_w + 1)); done
+    [ -S "$2" ] || { echo "bench_vm: $1 did not make $2" >&2; kill "$3"; return 1; }
+}
+
 bench_vm() {
     _vmm="" _mem=512 _cpus=1 _kernel=${GUEST_VMLINUX:-} _initrd=${GUEST_INITRD:-} _kparams=""
     _ndisk=0 _kvmini_disks="" _qemu_disks="" _qemu_mmio="" _kvmini_net="" _qemu_net="" _tap="" _mac=""
@@ -109,9 +117,7 @@ bench_vm() {
             [ "$(id -u)" != 0 ] || _runas="--runas 65534:65534"
             passt --foreground --quiet --one-off --socket "$_sock" $_runas ${KVMINI_PASST_ARGS:-} &
             _passt=$!
-            _n=0
-            while [ ! -S "$_sock" ] && [ $_n -lt 100 ]; do sleep 0.1; _n=$((_n + 1)); done
-            [ -S "$_sock" ] || { echo "bench_vm: passt did not make $_sock" >&2; kill $_passt; return 1; }
+            bench_wait_socket passt "$_sock" "$_passt" || return 1
             _qemu_net="-netdev stream,id=n0,server=off,addr.type=unix,addr.path=$_sock"
             _qemu_net="$_qemu_net -device virtio-net-device,netdev=n0${_mac:+,mac=$_mac}"
             _qemu_mmio="$_qemu_mmio $(bench_qemu_mmio $_ndisk) kvmini.dhcp=eth0"
@@ -136,9 +142,7 @@ bench_vm() {
             "$VIRTIOFSD" --socket-path "$_vsock" --shared-dir "$_fs" --sandbox namespace \
                 --log-level error &
             _vfsd=$!
-            _n=0
-            while [ ! -S "$_vsock" ] && [ $_n -lt 100 ]; do sleep 0.1; _n=$((_n + 1)); done
-            [ -S "$_vsock" ] || { echo "bench_vm: virtiofsd did not make $_vsock" >&2; kill $_vfsd; return 1; }
+            bench_wait_socket virtiofsd "$_vsock" "$_vfsd" || return 1
             _qemu_fs="-object memory-backend-memfd,id=ram,size=${_mem}M,share=on"
             _qemu_fs="$_qemu_fs -chardev socket,id=vfs,path=$_vsock"
             _qemu_fs="$_qemu_fs -device vhost-user-fs-device,chardev=vfs,tag=bench"

@@ -33,17 +33,22 @@ until [ -e ack ] || [ $n -ge 1200 ]; do
 done
 echo "guest-saw-ack=$(cat ack 2>/dev/null)"
 GUEST
+# start_virtiofsd SOCKET: a virtiofsd serving the share there (its pid in
+# $vfsd), once the socket is there. chroot sandbox: the namespace one
+# needs pivot_root, which the kernel refuses while the root is L1's
+# initramfs.
+start_virtiofsd() {
+    "$VIRTIOFSD" --socket-path "$1" --shared-dir "$share" --sandbox chroot \
+        --cache auto --log-level error &
+    vfsd=$!
+    n=0
+    until [ -S "$1" ] || [ $n -ge 100 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+}
 sock=/tmp/fs_live.sock
-# chroot sandbox: the namespace one needs pivot_root, which the kernel
-# refuses while the root is L1's initramfs.
-"$VIRTIOFSD" --socket-path "$sock" --shared-dir "$share" --sandbox chroot \
-    --cache auto --log-level error &
-vfsd=$!
-n=0
-until [ -S "$sock" ] || [ $n -ge 100 ]; do
-    sleep 0.1
-    n=$((n + 1))
-done
+start_virtiofsd "$sock"
 set +e
 "$KVMINI" run --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 256M \
     --fs "tag=work,socket=$sock,mount=/mnt/work" \
@@ -81,20 +86,13 @@ fi
 
 # exec: served by a new virtiofsd (each serves one VM).
 sock2=/tmp/fs_live2.sock
-"$VIRTIOFSD" --socket-path "$sock2" --shared-dir "$share" --sandbox chroot \
-    --cache auto --log-level error &
-vfsd2=$!
-n=0
-until [ -S "$sock2" ] || [ $n -ge 100 ]; do
-    sleep 0.1
-    n=$((n + 1))
-done
+start_virtiofsd "$sock2"
 "$KVMINI" exec --kernel "$GUEST_VMLINUX" --initrd "$GUEST_INITRD" --memory 128M \
     --fs "tag=work,socket=$sock2,mount=/w" --timeout 15s \
     -- sh -c 'rm /w/new && echo from-exec >/w/exec-wrote && echo exec-wrote-it && sleep 600'
 echo "exec-rc=$?"
 echo "host-after-exec=$(cat "$share/exec-wrote" 2>/dev/null) new=$([ -e "$share/new" ] && echo there || echo gone)"
-kill $vfsd2 2>/dev/null
-wait $vfsd2 2>/dev/null
+kill $vfsd 2>/dev/null
+wait $vfsd 2>/dev/null
 rm -rf "$share" "$share.console"
 exit $rc

@@ -37,7 +37,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{kv_escape, parse_kv, ConfigError};
 use crate::devices::virtio::{
-    feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
+    activation, feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 
@@ -474,16 +474,7 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUES,
-                got: queues.len(),
-            });
-        }
-        let mut slot = crate::sync::lock(&self.interrupt);
-        if slot.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
+        let (queues, mut slot) = activation::<_, QUEUES>(queues, &self.interrupt)?;
         if self.broken {
             return Err(ActivateError::Backend(format!(
                 "vhost-user backend {} failed earlier",
