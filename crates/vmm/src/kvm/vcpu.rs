@@ -50,6 +50,9 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
     pub exit: Arc<ExitSignal>,
+    /// The filter it runs under: [`ThreadKind::VcpuVhostUser`] in a VM
+    /// with a vhost-user device, else [`ThreadKind::Vcpu`].
+    pub kind: ThreadKind,
 }
 
 /// A running vCPU thread.
@@ -64,20 +67,15 @@ impl Vcpu {
     pub fn spawn(self, seccomp: Seccomp) -> Result<VcpuHandle, thread::Error> {
         install_kick_handler().map_err(thread::Error::Spawn)?;
         let index = self.index;
-        let thread = thread::spawn(
-            format!("vcpu{index}"),
-            ThreadKind::Vcpu,
-            seccomp,
-            move || {
-                // Exit counts only feed a debug-level line.
-                let mut history = if log::log_enabled!(log::Level::Debug) {
-                    ExitHistory::counting()
-                } else {
-                    ExitHistory::default()
-                };
-                self.run(&mut history)
-            },
-        )?;
+        let thread = thread::spawn(format!("vcpu{index}"), self.kind, seccomp, move || {
+            // Exit counts only feed a debug-level line.
+            let mut history = if log::log_enabled!(log::Level::Debug) {
+                ExitHistory::counting()
+            } else {
+                ExitHistory::default()
+            };
+            self.run(&mut history)
+        })?;
         Ok(VcpuHandle { index, thread })
     }
 

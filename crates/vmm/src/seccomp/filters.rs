@@ -57,6 +57,13 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     common(&mut r)?;
     match kind {
         ThreadKind::Vcpu => vcpu(&mut r)?,
+        ThreadKind::VcpuVhostUser => {
+            vcpu(&mut r)?;
+            // A virtio-fs device's vhost-user messages on activation and
+            // reset (descriptors attached), on the socket it connected
+            // before the filters were installed. Only VMs with one.
+            allow(&mut r, &[libc::SYS_sendmsg, libc::SYS_recvmsg]);
+        }
         ThreadKind::EventLoop => event_loop(&mut r)?,
         ThreadKind::DiskIo => disk_io(&mut r)?,
         ThreadKind::Writer => writer(&mut r)?,
@@ -131,9 +138,7 @@ fn common(r: &mut Rules) -> Result<(), BackendError> {
 /// `vcpu<N>`: KVM_RUN, the error reports' reads of the vCPU, and what a
 /// guest's MMIO and port writes reach: eventfds (irqfds, queue kicks,
 /// exit), a disk's flush when the driver resets it, a NIC's offloads on
-/// activation and reset, and a virtio-fs device's vhost-user messages on
-/// activation and reset (`sendmsg`/`recvmsg` on the socket it connected
-/// before the filters were installed, descriptors passed with them).
+/// activation and reset.
 fn vcpu(r: &mut Rules) -> Result<(), BackendError> {
     allow_arg(
         r,
@@ -148,10 +153,7 @@ fn vcpu(r: &mut Rules) -> Result<(), BackendError> {
             TUNSETOFFLOAD,
         ],
     )?;
-    allow(
-        r,
-        &[libc::SYS_fdatasync, libc::SYS_sendmsg, libc::SYS_recvmsg],
-    );
+    allow(r, &[libc::SYS_fdatasync]);
     Ok(())
 }
 
@@ -213,6 +215,19 @@ mod tests {
         #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
         let libc_value = libc::TUNSETOFFLOAD as u64;
         assert_eq!(TUNSETOFFLOAD, libc_value);
+    }
+
+    /// Only the vCPUs of a VM with a vhost-user device may send or receive
+    /// messages (with descriptors) on a socket.
+    #[test]
+    fn only_vhost_user_vcpus_may_send_messages() {
+        for kind in ThreadKind::ALL {
+            let r = rules(kind).unwrap();
+            let may = kind == ThreadKind::VcpuVhostUser;
+            for call in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
+                assert_eq!(r.contains_key(&call), may, "{kind:?}: {call}");
+            }
+        }
     }
 
     #[test]

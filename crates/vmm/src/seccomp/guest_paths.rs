@@ -242,7 +242,7 @@ fn virtio_fs_activation_and_signals_under_the_filters() {
                 .collect();
             let last = irqs[1].clone();
             let watch = last.clone();
-            let fs = on_thread(ThreadKind::Vcpu, move || {
+            let fs = on_thread(ThreadKind::VcpuVhostUser, move || {
                 let v1 = feature(VIRTIO_F_VERSION_1);
                 for irq in irqs {
                     let queues = vec![queue(&mem, 0x1_0000), queue(&mem, 0x2_0000)];

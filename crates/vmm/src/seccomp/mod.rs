@@ -64,6 +64,9 @@ impl Seccomp {
 pub enum ThreadKind {
     /// `vcpu<N>`: KVM_RUN and the port/MMIO exits it dispatches.
     Vcpu,
+    /// `vcpu<N>` of a VM with a vhost-user device (`--fs`): also the
+    /// device's messages to its backend on activation and reset.
+    VcpuVhostUser,
     /// `event-loop`: virtio-net, virtio-console, console input.
     EventLoop,
     /// `disk<N>`: one disk's requests.
@@ -73,11 +76,18 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [Self; 4] = [Self::Vcpu, Self::EventLoop, Self::DiskIo, Self::Writer];
+    pub const ALL: [Self; 5] = [
+        Self::Vcpu,
+        Self::VcpuVhostUser,
+        Self::EventLoop,
+        Self::DiskIo,
+        Self::Writer,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Vcpu => "vcpu",
+            Self::VcpuVhostUser => "vcpu-vhost-user",
             Self::EventLoop => "event-loop",
             Self::DiskIo => "disk-io",
             Self::Writer => "writer",
@@ -90,6 +100,7 @@ impl ThreadKind {
             Self::EventLoop => 2,
             Self::DiskIo => 3,
             Self::Writer => 4,
+            Self::VcpuVhostUser => 5,
         }
     }
 }
@@ -203,13 +214,12 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
             .cast::<i32>()
             .read_unaligned()
     };
-    let kind = match THREAD_KIND.with(Cell::get) {
-        1 => "vcpu",
-        2 => "event-loop",
-        3 => "disk-io",
-        4 => "writer",
-        _ => "unfiltered",
-    };
+    // A walk over a constant array: nothing allocates in the handler.
+    let index = THREAD_KIND.with(Cell::get);
+    let kind = ThreadKind::ALL
+        .iter()
+        .find(|k| k.index() == index)
+        .map_or("unfiltered", |k| k.name());
     let mut msg = Message::new();
     msg.push(b"kvmini: error: seccomp: a thread of kind ");
     msg.push(kind.as_bytes());

@@ -329,7 +329,8 @@ impl<'a> VirtioSlots<'a> {
     }
 }
 
-/// Creates and configures every vCPU (not yet running).
+/// Creates and configures every vCPU (not yet running), each to run under
+/// `kind`'s filter.
 #[allow(clippy::too_many_arguments)]
 pub fn create_vcpus(
     kvm: &Kvm,
@@ -340,6 +341,7 @@ pub fn create_vcpus(
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: &Arc<ExitSignal>,
+    kind: ThreadKind,
 ) -> Result<Vec<Vcpu>, Error> {
     let max = kvm.get_max_vcpus();
     if usize::from(count) > max {
@@ -366,6 +368,7 @@ pub fn create_vcpus(
                 mmio: mmio.clone(),
                 mem: mem.clone(),
                 exit: exit.clone(),
+                kind,
             })
         })
         .collect()

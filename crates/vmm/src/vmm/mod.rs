@@ -344,6 +344,12 @@ pub fn run_with(config: &VmConfig, extras: Extras) -> Result<VmExit, Error> {
         Arc::new(legacy.pio),
         Arc::new(mmio),
         &exit,
+        // sendmsg/recvmsg only where a vhost-user device needs them.
+        if config.fs.is_empty() {
+            ThreadKind::Vcpu
+        } else {
+            ThreadKind::VcpuVhostUser
+        },
     )?;
 
     // The control loop, on this thread: the VM's exit, host signals, the
