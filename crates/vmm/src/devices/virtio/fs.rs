@@ -847,6 +847,18 @@ mod tests {
         assert_eq!(events.run_with_timeout(0).unwrap(), 0);
     }
 
+    /// A `dir=` share of `path`, tagged `tag`.
+    fn dir_share(tag: &str, path: &Path, readonly: bool) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            backend: FsBackend::Dir {
+                path: path.to_path_buf(),
+                readonly,
+            },
+            mount: None,
+        }
+    }
+
     /// A guest's FUSE client in miniature: requests go on the request
     /// queue of an activated [`Fs`], one chain each, and the answer is
     /// waited for through the interrupt, as a driver would.
@@ -1112,14 +1124,7 @@ mod tests {
         set_virtiofsd(testing::virtiofsd());
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/kvmini-fs-own").unwrap();
         std::os::unix::fs::chown(dir.as_path(), Some(4242), Some(4343)).unwrap();
-        let mut c = Client::start(&FsConfig {
-            tag: "w".into(),
-            backend: FsBackend::Dir {
-                path: dir.as_path().to_path_buf(),
-                readonly: false,
-            },
-            mount: None,
-        });
+        let mut c = Client::start(&dir_share("w", dir.as_path(), false));
         // The client's requests come from uid 0, gid 0.
         assert_eq!(c.mkdir("made"), 0);
         let made = std::fs::metadata(dir.as_path().join("made")).unwrap();
@@ -1135,24 +1140,10 @@ mod tests {
     fn dir_shares_start_their_own_virtiofsd() {
         set_virtiofsd(testing::virtiofsd());
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/kvmini-fs-dir").unwrap();
-        let mut c = Client::start(&FsConfig {
-            tag: "w".into(),
-            backend: FsBackend::Dir {
-                path: dir.as_path().to_path_buf(),
-                readonly: false,
-            },
-            mount: None,
-        });
+        let mut c = Client::start(&dir_share("w", dir.as_path(), false));
         assert_eq!(c.mkdir("made"), 0);
         assert!(dir.as_path().join("made").is_dir());
-        let mut ro = Client::start(&FsConfig {
-            tag: "r".into(),
-            backend: FsBackend::Dir {
-                path: dir.as_path().to_path_buf(),
-                readonly: true,
-            },
-            mount: None,
-        });
+        let mut ro = Client::start(&dir_share("r", dir.as_path(), true));
         assert_eq!(ro.mkdir("refused"), -libc::EROFS);
         assert!(!dir.as_path().join("refused").exists());
         // The helper ends with its socket: gone once the device is.
