@@ -131,28 +131,24 @@ fn plain(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_.-".contains(c)
 }
 
-/// Whether `tag` can name a share: 1 to [`TAG_MAX`] plain characters, not
-/// `.` or `..` (the default mount point is /mnt/TAG) and not starting with
-/// `-` (the guest's `mount` would take it for an option).
+/// A name (a tag, or one part of a mount point) that travels on the kernel
+/// command line and through the guest's shell: plain characters, not `.`
+/// or `..`.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && name.chars().all(plain)
+}
+
+/// Whether `tag` can name a share: a plain name of at most [`TAG_MAX`]
+/// bytes (not `.` or `..`: the default mount point is /mnt/TAG), not
+/// starting with `-` (the guest's `mount` would take it for an option).
 pub fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= TAG_MAX
-        && tag.chars().all(plain)
-        && tag != "."
-        && tag != ".."
-        && !tag.starts_with('-')
+    plain_name(tag) && tag.len() <= TAG_MAX && !tag.starts_with('-')
 }
 
 /// Whether `dir` can be a share's guest mount point: an absolute path of
-/// plain names (it travels on the kernel command line and through the
-/// guest's shell).
+/// plain names.
 pub fn valid_mount(dir: &str) -> bool {
-    dir.starts_with('/')
-        && dir.len() > 1
-        && dir
-            .split('/')
-            .skip(1)
-            .all(|part| !part.is_empty() && part != "." && part != ".." && part.chars().all(plain))
+    dir.starts_with('/') && dir.len() > 1 && dir.split('/').skip(1).all(plain_name)
 }
 
 /// Parses `--fs tag=TAG,(socket=PATH | dir=PATH[,ro=on])[,mount=DIR]`.
@@ -277,7 +273,8 @@ pub struct Fs {
     /// it exits when our end of its socket closes, or with kvmini.
     _helper: Option<Child>,
     frontend: Frontend,
-    /// What the backend offers, vhost-user's own bit removed.
+    /// What the guest is offered: the backend's features within
+    /// [`GUEST_FEATURES`].
     features: u64,
     /// Whether the backend speaks the protocol-features extension (then
     /// queues start disabled and are enabled one by one).
@@ -297,7 +294,7 @@ impl Fs {
     /// Connects to the backend of `config` (starting virtiofsd first for a
     /// `dir=` share) and learns its features.
     pub fn new(config: &FsConfig) -> Result<Self, FsError> {
-        let (path, stream, helper) = match &config.backend {
+        let (path, stream, mut helper) = match &config.backend {
             FsBackend::Socket(path) => {
                 let stream =
                     UnixStream::connect(path).map_err(|e| FsError::Connect(path.clone(), e))?;
@@ -310,15 +307,6 @@ impl Fs {
                 (bin, stream, Some(child))
             }
         };
-        Self::over(config, path, stream, helper)
-    }
-
-    fn over(
-        config: &FsConfig,
-        path: PathBuf,
-        stream: UnixStream,
-        mut helper: Option<Child>,
-    ) -> Result<Self, FsError> {
         // A backend that fails here is most often a virtiofsd that could
         // not start (its own message is on stderr): say that it exited.
         let backend = |e: vhost::Error, helper: &mut Option<Child>| {
