@@ -10,21 +10,37 @@
 # stopwatch alone does not.
 #
 #   resources/bench/l1-exits.sh [--kvmini PATH] [--firecracker PATH | --no-firecracker]
+#                               [--fio randread|randwrite] [--qd N] [--smp N]
+#
+# --fio RW   instead of the boot alone: the guest gets a 64 MiB raw image
+#            as virtio-blk and runs one fio job on it (4 KiB, RW = randread
+#            or randwrite, O_DIRECT, libaio, 5 s); the counters are then
+#            those of the job alone (read when it starts and when it ends)
+#            and the line also has the job's IOPS and exits per I/O.
+# --qd N     the job's queue depth (default 16)
+# --smp N    L1's vCPUs (default 1)
 #
 # stdout: one line per VMM, "@@L1-EXITS <vmm> uptime=<s> exits=N pf_fixed=N ...".
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-kvmini=""
+kvmini="" fio="" qd=16 smp=1
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
     --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
     --no-firecracker) BENCH_FC=""; shift ;;
+    --fio) fio=$2; shift 2 ;;
+    --qd) qd=$2; shift 2 ;;
+    --smp) smp=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "l1-exits.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
+done
+case $fio in "" | randread | randwrite) ;; *) echo "l1-exits.sh: --fio takes randread or randwrite" >&2; exit 2 ;; esac
+for n in "$qd" "$smp"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "l1-exits.sh: '$n' is not a positive whole number" >&2; exit 2; }
 done
 bench_setup "$kvmini"
 GUEST_BENCH_INITRD=$("$BENCH_DIR/build-initramfs.sh")
@@ -34,11 +50,14 @@ if [[ -n $BENCH_FC && -x $BENCH_FC ]]; then
     bench_pack_firecracker "$BENCH_FC" "$BENCH_WORK/data/fc"
     vmms="kvmini firecracker"
 fi
-echo "L1_EXITS_VMMS=\"$vmms\"" >"$BENCH_WORK/data/params"
+{
+    echo "L1_EXITS_VMMS=\"$vmms\""
+    echo "L1_EXITS_FIO=$fio L1_EXITS_QD=$qd"
+} >"$BENCH_WORK/data/params"
 sdir=$BENCH_WORK/scenario
 mkdir -p "$sdir"
 cp "$BENCH_DIR/scenarios/l1-exits.sh" "$sdir/"
 "$RESOURCES_DIR/rig/run.sh" --kvmini "$KVMINI_BENCH_BIN" --scenarios "$sdir" --timeout 300 \
-    --smp 1 --data "$BENCH_WORK/data" | tee "$BENCH_WORK/console" |
+    --smp "$smp" --data "$BENCH_WORK/data" | tee "$BENCH_WORK/console" |
     grep -a '@@L1-EXITS' | tr -d '\r'
 grep -aq '@@L1-EXITS kvmini' "$BENCH_WORK/console" || die "no figures for kvmini (console: rerun with the rig's output)"

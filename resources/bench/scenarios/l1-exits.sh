@@ -4,12 +4,19 @@
 # command, L1's KVM counters of that VM (debugfs, /sys/kernel/debug/kvm/
 # PID-FD/) are read every 0.3 s, and the last reading is printed:
 #   @@L1-EXITS <vmm> uptime=<guest uptime at its command> name=value...
+# With $L1_EXITS_FIO (randread or randwrite) the guest runs one 4 KiB fio
+# job on a virtio-blk image instead, and the counters are the job's alone:
+# the readings when the guest says it starts and when it is done (it
+# sleeps around the job, so both readings are taken while it is idle);
+# the line then also has iops=, exits_per_io= and, per VMM thread name,
+# its CPU time in ms (ms_NAME=) and how often it was scheduled in (runs_).
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 [ -d /sys/kernel/debug/kvm ] || { echo "@@BENCH-ERROR l1-exits: no KVM debugfs in L1"; exit 1; }
 counters="exits pf_fixed pages_4k pages_2m io_exits mmio_exits irq_exits halt_exits halt_wakeup irq_window_exits insn_emulation irq_injections"
 for vmm in $L1_EXITS_VMMS; do
+    rm -f /tmp/l1-exits /tmp/l1-exits-start /tmp/l1-exits-end
     (
         while :; do
             for d in /sys/kernel/debug/kvm/*-*; do
@@ -22,17 +29,61 @@ for vmm in $L1_EXITS_VMMS; do
                     v=$(cat "$d/$c" 2>/dev/null) && [ -n "$v" ] || { ok=0; break; }
                     line="$line $c=$v"
                 done
-                [ $ok = 1 ] && echo "$line" >/tmp/l1-exits.new && mv /tmp/l1-exits.new /tmp/l1-exits
+                [ $ok = 1 ] || continue
+                if [ -n "${L1_EXITS_FIO:-}" ]; then
+                    # The VMM's threads (the directory is PID-FD), summed
+                    # by name: CPU time (ms) and times scheduled in.
+                    pid=${d##*/} && pid=${pid%%-*}
+                    set --
+                    for t in /proc/"$pid"/task/*; do set -- "$@" "$t/comm" "$t/schedstat"; done
+                    line="$line$(awk 'FILENAME ~ /comm$/ { c = $0; gsub(/[^A-Za-z0-9_]/, "_", c); next }
+                        { ms[c] += $1 / 1e6; n[c] += $3 }
+                        END { for (c in ms) printf " ms_%s=%d runs_%s=%d", c, ms[c], c, n[c] }' "$@" 2>/dev/null)"
+                fi
+                echo "$line" >/tmp/l1-exits.new && mv /tmp/l1-exits.new /tmp/l1-exits
+                # The job's bounds: the first complete reading after each
+                # of the guest's markers.
+                for m in start end; do
+                    [ -f /tmp/l1-exits-$m ] && continue
+                    grep -aq "@@FIO-$m" /tmp/l1-exits-vm.log 2>/dev/null && cp /tmp/l1-exits /tmp/l1-exits-$m
+                    break
+                done
             done
             sleep 0.3
         done
     ) &
     poller=$!
-    bench_vm --vmm "$vmm" --mem 512 --cpus 1 --initrd "$GUEST_BENCH_INITRD" --kparams quiet \
-        -- "cat /proc/uptime; sleep 2" >/tmp/l1-exits-vm.log 2>&1
+    if [ -z "${L1_EXITS_FIO:-}" ]; then
+        bench_vm --vmm "$vmm" --mem 512 --cpus 1 --initrd "$GUEST_BENCH_INITRD" --kparams quiet \
+            -- "cat /proc/uptime; sleep 2" >/tmp/l1-exits-vm.log 2>&1
+    else
+        img=/tmp/l1-exits.img
+        dd if=/dev/zero of=$img bs=1M count=64 2>/dev/null
+        job="bench-fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
+        job="$job --bs=4k --iodepth=$L1_EXITS_QD --rw=$L1_EXITS_FIO --time_based --runtime=5 --name=job"
+        bench_vm --vmm "$vmm" --mem 512 --cpus 1 --initrd "$GUEST_BENCH_INITRD" --kparams quiet \
+            --disk $img -- "cat /proc/uptime; echo @@FIO-start; sleep 1; $job; echo @@FIO-end; sleep 2" \
+            >/tmp/l1-exits-vm.log 2>&1
+        rm -f $img
+    fi
     kill "$poller"
     wait "$poller" 2>/dev/null
     up=$(grep -m1 -E '^[0-9]+\.[0-9]+ ' /tmp/l1-exits-vm.log | cut -d' ' -f1 | tr -d '\r')
-    echo "@@L1-EXITS $vmm uptime=${up:-missing}$(cat /tmp/l1-exits 2>/dev/null)"
-    rm -f /tmp/l1-exits
+    if [ -z "${L1_EXITS_FIO:-}" ]; then
+        echo "@@L1-EXITS $vmm uptime=${up:-missing}$(cat /tmp/l1-exits 2>/dev/null)"
+        continue
+    fi
+    # terse v3: read KiB field 6 and IOPS 8, write KiB 47 and IOPS 49.
+    ios=$(tr -d '\r' </tmp/l1-exits-vm.log | awk -F';' '/3;fio-/ { sub(/^.*3;fio-/, "3;fio-"); split($0, f, ";"); print f[6] / 4 + f[47] / 4, f[8] + f[49]; exit }')
+    if [ -z "$ios" ] || [ ! -f /tmp/l1-exits-start ] || [ ! -f /tmp/l1-exits-end ]; then
+        echo "@@L1-EXITS $vmm fio=missing (console: $(tail -c 600 /tmp/l1-exits-vm.log | tr '\r\n' '  '))"
+        continue
+    fi
+    echo "$ios $(cat /tmp/l1-exits-start) / $(cat /tmp/l1-exits-end)" | awk -v vmm="$vmm" '{
+        n = $1; iops = $2; i = 3
+        while ($i != "/") { split($i, kv, "="); a[kv[1]] = kv[2]; i++ }
+        line = ""
+        for (i++; i <= NF; i++) { split($i, kv, "="); d[kv[1]] = kv[2] - a[kv[1]]; line = line " " kv[1] "=" d[kv[1]] }
+        printf "@@L1-EXITS %s iops=%s ios=%d exits_per_io=%.2f%s\n", vmm, iops, n, (n > 0 ? d["exits"] / n : 0), line
+    }'
 done
