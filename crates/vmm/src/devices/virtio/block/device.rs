@@ -5,8 +5,8 @@
 //! rate limiter's timer, a stop eventfd; see `vmm::io_thread`), so a
 //! guest's disk requests never hold up the event loop, host signals or
 //! other devices, and the VM stops without waiting for them: a request in
-//! progress gives up between its data segments once [`BlockHandler::
-//! stop_flag`] is set.
+//! progress gives up between its transfers (a system call of at most
+//! 1 MiB each) once [`BlockHandler::stop_flag`] is set.
 
 use std::fmt;
 use std::io;
@@ -351,7 +351,7 @@ fn handle(
     }
 }
 
-/// Gives up between segments (or ranges) once the VM is stopping.
+/// Gives up between transfers (or ranges) once the VM is stopping.
 fn check_stop(stopping: &AtomicBool) -> io::Result<()> {
     if stopping.load(Ordering::Relaxed) {
         return Err(io::Error::new(
@@ -370,22 +370,10 @@ fn execute(
 ) -> io::Result<()> {
     match op {
         Op::In { sector, data } => {
-            let mut offset = sector << SECTOR_SHIFT;
-            for s in data {
-                check_stop(stopping)?;
-                disk.read_to(mem, s.addr, s.len as usize, offset)?;
-                offset += u64::from(s.len);
-            }
-            Ok(())
+            disk.read_into(mem, data, sector << SECTOR_SHIFT, || check_stop(stopping))
         }
         Op::Out { sector, data } => {
-            let mut offset = sector << SECTOR_SHIFT;
-            for s in data {
-                check_stop(stopping)?;
-                disk.write_from(mem, s.addr, s.len as usize, offset)?;
-                offset += u64::from(s.len);
-            }
-            Ok(())
+            disk.write_from(mem, data, sector << SECTOR_SHIFT, || check_stop(stopping))
         }
         Op::Flush => disk.flush(),
         Op::GetId { data } => {
@@ -438,7 +426,7 @@ impl BlockHandler {
     }
 
     /// Set when the VM stops: no new request starts, and one in progress
-    /// gives up before its next data segment.
+    /// gives up before its next transfer (at most 1 MiB).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stopping.clone()
     }
