@@ -10,14 +10,16 @@
 # stopwatch alone does not.
 #
 #   resources/bench/l1-exits.sh [--kvmini PATH] [--firecracker PATH | --no-firecracker]
-#                               [--fio randread|randwrite] [--qd N] [--smp N]
+#                               [--fio randread|randwrite|read|write] [--qd N]
+#                               [--bs SIZE] [--smp N]
 #
 # --fio RW   instead of the boot alone: the guest gets a 64 MiB raw image
-#            as virtio-blk and runs one fio job on it (4 KiB, RW = randread
-#            or randwrite, O_DIRECT, libaio, 5 s); the counters are then
+#            as virtio-blk and runs one fio job on it (RW = randread,
+#            randwrite, read or write; O_DIRECT, libaio, 5 s); the counters are then
 #            those of the job alone (read when it starts and when it ends)
 #            and the line also has the job's IOPS and exits per I/O.
 # --qd N     the job's queue depth (default 16)
+# --bs SIZE  the job's block size (default 4k)
 # --smp N    L1's vCPUs (default 1)
 #
 # stdout: one line per VMM, "@@L1-EXITS <vmm> uptime=<s> exits=N pf_fixed=N ...".
@@ -25,7 +27,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 source "$RESOURCES_DIR/bench/lib.sh"
 
-kvmini="" fio="" qd=16 smp=1
+kvmini="" fio="" qd=16 bs=4k smp=1
 while (($#)); do
     case $1 in
     --kvmini) kvmini=$2; shift 2 ;;
@@ -33,12 +35,14 @@ while (($#)); do
     --no-firecracker) BENCH_FC=""; shift ;;
     --fio) fio=$2; shift 2 ;;
     --qd) qd=$2; shift 2 ;;
+    --bs) bs=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "l1-exits.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
-case $fio in "" | randread | randwrite) ;; *) echo "l1-exits.sh: --fio takes randread or randwrite" >&2; exit 2 ;; esac
+case $fio in "" | randread | randwrite | read | write) ;; *) echo "l1-exits.sh: --fio takes randread, randwrite, read or write" >&2; exit 2 ;; esac
+[[ $bs =~ ^[1-9][0-9]*[kKmM]?$ ]] || { echo "l1-exits.sh: --bs '$bs' is not a size such as 4k or 1M" >&2; exit 2; }
 for n in "$qd" "$smp"; do
     [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "l1-exits.sh: '$n' is not a positive whole number" >&2; exit 2; }
 done
@@ -52,7 +56,7 @@ if [[ -n $BENCH_FC && -x $BENCH_FC ]]; then
 fi
 {
     echo "L1_EXITS_VMMS=\"$vmms\""
-    echo "L1_EXITS_FIO=$fio L1_EXITS_QD=$qd"
+    echo "L1_EXITS_FIO=$fio L1_EXITS_QD=$qd L1_EXITS_BS=$bs"
 } >"$BENCH_WORK/data/params"
 sdir=$BENCH_WORK/scenario
 mkdir -p "$sdir"

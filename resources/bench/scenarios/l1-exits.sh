@@ -4,12 +4,14 @@
 # command, L1's KVM counters of that VM (debugfs, /sys/kernel/debug/kvm/
 # PID-FD/) are read every 0.3 s, and the last reading is printed:
 #   @@L1-EXITS <vmm> uptime=<guest uptime at its command> name=value...
-# With $L1_EXITS_FIO (randread or randwrite) the guest runs one 4 KiB fio
+# With $L1_EXITS_FIO (randread, randwrite, read, write) the guest runs one fio
 # job on a virtio-blk image instead, and the counters are the job's alone:
 # the readings when the guest says it starts and when it is done (it
 # sleeps around the job, so both readings are taken while it is idle);
 # the line then also has iops=, exits_per_io= and, per VMM thread name,
-# its CPU time in ms (ms_NAME=) and how often it was scheduled in (runs_).
+# its CPU time in ms (ms_NAME=), how often it was scheduled in (runs_)
+# and its ticks in user space outside the guest, in the kernel and in the
+# guest (user_, sys_, guest_; /proc's stat).
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
@@ -35,10 +37,11 @@ for vmm in $L1_EXITS_VMMS; do
                     # by name: CPU time (ms) and times scheduled in.
                     pid=${d##*/} && pid=${pid%%-*}
                     set --
-                    for t in /proc/"$pid"/task/*; do set -- "$@" "$t/comm" "$t/schedstat"; done
+                    for t in /proc/"$pid"/task/*; do set -- "$@" "$t/comm" "$t/schedstat" "$t/stat"; done
                     line="$line$(awk 'FILENAME ~ /comm$/ { c = $0; gsub(/[^A-Za-z0-9_]/, "_", c); next }
-                        { ms[c] += $1 / 1e6; n[c] += $3 }
-                        END { for (c in ms) printf " ms_%s=%d runs_%s=%d", c, ms[c], c, n[c] }' "$@" 2>/dev/null)"
+                        FILENAME ~ /schedstat$/ { ms[c] += $1 / 1e6; n[c] += $3; next }
+                        { sub(/^.*\) /, ""); u[c] += $12 - $41; s[c] += $13; g[c] += $41 }
+                        END { for (c in ms) printf " ms_%s=%d runs_%s=%d user_%s=%d sys_%s=%d guest_%s=%d", c, ms[c], c, n[c], c, u[c], c, s[c], c, g[c] }' "$@" 2>/dev/null)"
                 fi
                 echo "$line" >/tmp/l1-exits.new && mv /tmp/l1-exits.new /tmp/l1-exits
                 # The job's bounds: the first complete reading after each
@@ -60,7 +63,7 @@ for vmm in $L1_EXITS_VMMS; do
         img=/tmp/l1-exits.img
         dd if=/dev/zero of=$img bs=1M count=64 2>/dev/null
         job="bench-fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
-        job="$job --bs=4k --iodepth=$L1_EXITS_QD --rw=$L1_EXITS_FIO --time_based --runtime=5 --name=job"
+        job="$job --bs=$L1_EXITS_BS --iodepth=$L1_EXITS_QD --rw=$L1_EXITS_FIO --time_based --runtime=5 --name=job"
         bench_vm --vmm "$vmm" --mem 512 --cpus 1 --initrd "$GUEST_BENCH_INITRD" --kparams quiet \
             --disk $img -- "cat /proc/uptime; echo @@FIO-start; sleep 1; $job; echo @@FIO-end; sleep 2" \
             >/tmp/l1-exits-vm.log 2>&1
@@ -73,8 +76,9 @@ for vmm in $L1_EXITS_VMMS; do
         echo "@@L1-EXITS $vmm uptime=${up:-missing}$(cat /tmp/l1-exits 2>/dev/null)"
         continue
     fi
-    # terse v3: read KiB field 6 and IOPS 8, write KiB 47 and IOPS 49.
-    ios=$(tr -d '\r' </tmp/l1-exits-vm.log | awk -F';' '/3;fio-/ { sub(/^.*3;fio-/, "3;fio-"); split($0, f, ";"); print f[6] / 4 + f[47] / 4, f[8] + f[49]; exit }')
+    # terse v3: read IOPS field 8 and runtime (ms) 9, write IOPS 49 and
+    # runtime 50.
+    ios=$(tr -d '\r' </tmp/l1-exits-vm.log | awk -F';' '/3;fio-/ { sub(/^.*3;fio-/, "3;fio-"); split($0, f, ";"); print f[8] * f[9] / 1000 + f[49] * f[50] / 1000, f[8] + f[49]; exit }')
     if [ -z "$ios" ] || [ ! -f /tmp/l1-exits-start ] || [ ! -f /tmp/l1-exits-end ]; then
         echo "@@L1-EXITS $vmm fio=missing (console: $(tail -c 600 /tmp/l1-exits-vm.log | tr '\r\n' '  '))"
         continue
