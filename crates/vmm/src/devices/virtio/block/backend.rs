@@ -177,7 +177,7 @@ impl DiskFile {
         offset: u64,
         stop: impl Fn() -> io::Result<()>,
     ) -> io::Result<()> {
-        self.transfer(mem, data, offset, Direction::Read, stop)
+        self.transfer(mem, data, offset, Direction::Read, MAX_CALL_BYTES, stop)
     }
 
     /// Writes the guest ranges `data`, one after the other, to the disk
@@ -192,22 +192,24 @@ impl DiskFile {
         if self.readonly {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.transfer(mem, data, offset, Direction::Write, stop)
+        self.transfer(mem, data, offset, Direction::Write, MAX_CALL_BYTES, stop)
     }
 
     /// Moves data between the disk and the guest ranges `data` with as few
     /// system calls as they allow: one preadv/pwritev for up to
-    /// [`IOV_MAX`] ranges and [`MAX_CALL_BYTES`] (a 1 MiB request the guest
-    /// sends as 256 page-sized pieces is one call, not 256). Every range
-    /// is checked against guest memory before any I/O; `stop` is asked
-    /// before each call, so a VM that is stopping gives up within one
-    /// call's worth of I/O.
+    /// [`IOV_MAX`] ranges and `cap` bytes ([`MAX_CALL_BYTES`]; a range
+    /// longer than that is split), so a 1 MiB request the guest sends as
+    /// 256 page-sized pieces is one call, not 256. Every range is checked
+    /// against guest memory before any I/O; `stop` is asked before each
+    /// call, so a VM that is stopping gives up within one call's worth of
+    /// I/O. A call that moves less than asked is simply continued.
     fn transfer<M: GuestMemory + ?Sized>(
         &self,
         mem: &M,
         data: &[Segment],
         offset: u64,
         dir: Direction,
+        cap: usize,
         stop: impl Fn() -> io::Result<()>,
     ) -> io::Result<()> {
         let access = match dir {
@@ -242,24 +244,35 @@ impl DiskFile {
         let (mut first, mut skip) = (0usize, 0usize);
         while first < iov.len() {
             stop()?;
-            // This call's ranges: at least one, within both limits.
-            let (mut n, mut bytes) = (0usize, 0usize);
-            for v in &iov[first..] {
-                if n == IOV_MAX || (n > 0 && bytes + v.iov_len > MAX_CALL_BYTES) {
-                    break;
+            // This call's ranges: whole ranges within both limits, or the
+            // first `cap` bytes of a range longer than `cap`.
+            let part;
+            let call = if iov[first].iov_len > cap {
+                part = [libc::iovec {
+                    iov_base: iov[first].iov_base,
+                    iov_len: cap,
+                }];
+                &part[..]
+            } else {
+                let (mut n, mut bytes) = (0usize, 0usize);
+                for v in &iov[first..] {
+                    if n == IOV_MAX || bytes + v.iov_len > cap {
+                        break;
+                    }
+                    n += 1;
+                    bytes += v.iov_len;
                 }
-                n += 1;
-                bytes += v.iov_len;
-            }
-            let call = &iov[first..first + n];
+                &iov[first..first + n]
+            };
             let at = libc::off64_t::try_from(pos)
                 .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             let fd = self.file.as_raw_fd();
-            // n <= IOV_MAX.
-            let count = n as libc::c_int;
+            // At most IOV_MAX.
+            let count = call.len() as libc::c_int;
             let done = match dir {
-                // SAFETY: `call` describes guest memory valid for writes
-                // (checked above; the guards are alive), `fd` is open.
+                // SAFETY: `call` is `count` iovecs describing guest memory
+                // valid for writes (checked above; the guards are alive),
+                // `fd` is open.
                 Direction::Read => unsafe { libc::preadv64(fd, call.as_ptr(), count, at) },
                 // SAFETY: as above, valid for reads.
                 Direction::Write => unsafe { libc::pwritev64(fd, call.as_ptr(), count, at) },
@@ -500,52 +513,144 @@ mod tests {
     }
 
     #[test]
-    fn scattered_ranges_move_in_few_calls() {
+    fn ranges_per_call_stop_at_iov_max() {
         use vm_memory::Bytes;
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
-        let disk = disk_of(&dir, 4 << 20);
+        let disk = disk_of(&dir, 2 << 20);
         let mem = two_regions();
-        // 1100 ranges of 512 bytes, every other 1 KiB: more than one
-        // call's IOV_MAX, in reverse order in memory (as a guest's pages
-        // may be), the last one across the two regions.
-        let mut data: Vec<Segment> = (0..1099u64)
-            .map(|i| seg(0x3f_f800 - 1024 * i, 512))
-            .collect();
-        data.push(seg(0x3f_ff00, 512));
-        for (i, s) in data.iter().enumerate() {
-            mem.write_slice(&[i as u8; 512], s.addr).unwrap();
+        // 512-byte ranges every other KiB, so none merges with the next.
+        let ranges = |n: u64| {
+            (0..n)
+                .map(|i| seg(0x10_0000 + 1024 * i, 512))
+                .collect::<Vec<_>>()
+        };
+        for i in 0..1025u64 {
+            mem.write_slice(&[i as u8; 512], GuestAddress(0x10_0000 + 1024 * i))
+                .unwrap();
         }
         let calls = std::cell::Cell::new(0);
-        disk.write_from(&mem, &data, 4096, counting(&calls))
+        disk.write_from(&mem, &ranges(1024), 0, counting(&calls))
             .unwrap();
-        assert_eq!(calls.get(), 2, "1100 ranges: two pwritev calls");
-        let mut file = vec![0u8; 1100 * 512];
+        assert_eq!(calls.get(), 1, "1024 ranges: one pwritev");
+        calls.set(0);
+        disk.write_from(&mem, &ranges(1025), 0, counting(&calls))
+            .unwrap();
+        assert_eq!(calls.get(), 2, "1025 ranges: two");
         use std::os::unix::fs::FileExt;
-        disk.file.read_exact_at(&mut file, 4096).unwrap();
+        let mut file = vec![0u8; 1025 * 512];
+        disk.file.read_exact_at(&mut file, 0).unwrap();
         for (i, chunk) in file.chunks(512).enumerate() {
             assert!(chunk.iter().all(|&b| b == i as u8), "range {i} on disk");
         }
-        // Back into other memory: 3 MiB in 1 MiB ranges, one per call.
+    }
+
+    #[test]
+    fn scattered_ranges_round_trip_in_megabyte_calls() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::Bytes;
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
+        let disk = disk_of(&dir, 4 << 20);
+        let pattern: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        disk.file.write_all_at(&pattern, 4096).unwrap();
+        let mem = two_regions();
+        mem.write_slice(&vec![0xeeu8; 0x80_0000], GuestAddress(0))
+            .unwrap();
+        // 3 MiB in three 1 MiB ranges, out of order in memory, the last
+        // across the two regions: one call each.
         let back = [
-            seg(0x10_0000, 1 << 20),
             seg(0x50_0000, 1 << 20),
+            seg(0x10_0000, 1 << 20),
             seg(0x38_0000, 1 << 20),
         ];
-        calls.set(0);
+        let calls = std::cell::Cell::new(0);
         disk.read_into(&mem, &back, 4096, counting(&calls)).unwrap();
         assert_eq!(calls.get(), 3, "MAX_CALL_BYTES per call");
-        let mut got = vec![0u8; 1100 * 512];
-        let mut at = 0;
+        let mut got = Vec::new();
         for s in &back {
-            let n = (s.len as usize).min(got.len() - at);
-            mem.read_slice(&mut got[at..at + n], s.addr).unwrap();
-            at += n;
+            let mut part = vec![0u8; s.len as usize];
+            mem.read_slice(&mut part, s.addr).unwrap();
+            got.extend(part);
         }
-        assert_eq!(got, file, "read back what was written");
+        assert!(got == pattern, "every byte of the three ranges read back");
+        // The same ranges written to another place on the disk.
+        disk.write_from(&mem, &back, 0, || Ok(())).unwrap();
+        let mut file = vec![0u8; 3 << 20];
+        disk.file.read_exact_at(&mut file, 0).unwrap();
+        assert!(file == pattern, "every byte written");
+    }
+
+    /// Calls that move less than asked (here: every call, at most 777
+    /// bytes) are continued where they stopped, ranges of any size and
+    /// alignment, an empty one and one across two regions; what is read
+    /// is marked dirty, and nothing else.
+    #[test]
+    fn short_calls_continue_where_they_stopped() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::bitmap::AtomicBitmap;
+        use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+        type Mem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), 0x40_0000),
+            (GuestAddress(0x40_0000), 0x40_0000),
+        ])
+        .unwrap();
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
+        let disk = disk_of(&dir, 1 << 20);
+        let data = [
+            seg(0x1_0003, 1000),
+            seg(0x2_0000, 0),
+            seg(0x3f_fe01, 2000),
+            seg(0x5_0011, 1),
+            seg(0x7_0000, 3 * 4096),
+        ];
+        let total: usize = data.iter().map(|s| s.len as usize).sum();
+        let pattern: Vec<u8> = (0..total).map(|i| (i % 253) as u8 + 1).collect();
+        let mut at = 0;
+        for s in &data {
+            mem.write_slice(&pattern[at..at + s.len as usize], s.addr)
+                .unwrap();
+            at += s.len as usize;
+        }
+        disk.transfer(&mem, &data, 512, Direction::Write, 777, || Ok(()))
+            .unwrap();
+        let mut file = vec![0u8; total];
+        disk.file.read_exact_at(&mut file, 512).unwrap();
+        assert!(file == pattern, "written across short calls");
+
+        // Into fresh memory: other ranges, nothing marked dirty yet.
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), 0x40_0000),
+            (GuestAddress(0x40_0000), 0x40_0000),
+        ])
+        .unwrap();
+        let dirty = |a: u64| {
+            let (r, off) = mem.to_region_addr(GuestAddress(a)).unwrap();
+            r.bitmap().dirty_at(off.0 as usize)
+        };
+        let calls = std::cell::Cell::new(0);
+        disk.transfer(&mem, &data, 512, Direction::Read, 777, counting(&calls))
+            .unwrap();
+        assert!(calls.get() > data.len(), "ranges were split across calls");
+        let mut got = Vec::new();
+        for s in &data {
+            let mut part = vec![0u8; s.len as usize];
+            mem.read_slice(&mut part, s.addr).unwrap();
+            got.extend(part);
+        }
+        assert!(got == pattern, "read across short calls");
+        for s in data.iter().filter(|s| s.len > 0) {
+            let (first, last) = (s.addr.0, s.addr.0 + u64::from(s.len) - 1);
+            for a in (first..=last).step_by(4096).chain([last]) {
+                assert!(dirty(a), "{a:#x} in the range at {first:#x} is dirty");
+            }
+        }
+        assert!(!dirty(0x2_0000), "the empty range's page is not dirty");
+        assert!(!dirty(0x6_0000), "a page outside every range is not dirty");
     }
 
     #[test]
     fn a_stop_or_a_short_disk_ends_the_transfer() {
+        use std::os::unix::fs::FileExt;
         use vm_memory::Bytes;
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
         let disk = disk_of(&dir, 3 << 20);
@@ -564,8 +669,7 @@ mod tests {
         };
         let e = disk.write_from(&mem, &data, 0, stop).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Interrupted);
-        let mut file = vec![0u8; 2 << 20];
-        use std::os::unix::fs::FileExt;
+        let mut file = vec![0u8; 3 << 20];
         disk.file.read_exact_at(&mut file, 0).unwrap();
         assert!(file[..1 << 20].iter().all(|&b| b == 7));
         assert!(file[1 << 20..].iter().all(|&b| b == 0));
@@ -573,11 +677,22 @@ mod tests {
         // error, not a loop.
         let e = disk.read_into(&mem, &data, 2 << 20, || Ok(())).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        // Ranges outside guest memory fail before any I/O.
+        // Ranges outside guest memory fail before any I/O: the first
+        // range's new bytes never reach the disk.
+        mem.write_slice(&[9u8; 512], GuestAddress(0x10_0000))
+            .unwrap();
         let e = disk
-            .write_from(&mem, &[seg(0, 512), seg(0x80_0000, 512)], 0, || Ok(()))
+            .write_from(
+                &mem,
+                &[seg(0x10_0000, 512), seg(0x80_0000, 512)],
+                2 << 20,
+                || Ok(()),
+            )
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let mut after = vec![0u8; 512];
+        disk.file.read_exact_at(&mut after, 2 << 20).unwrap();
+        assert!(after.iter().all(|&b| b == 0), "nothing was written");
     }
 
     #[test]
