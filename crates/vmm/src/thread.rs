@@ -164,12 +164,15 @@ impl<T> VmmThread<T> {
     }
 }
 
-#[cfg(test)]
-/// The time a CPU clock shows (a thread's, from `pthread_getcpuclockid`,
-/// or `libc::CLOCK_THREAD_CPUTIME_ID` for the caller's): tests bound the
-/// work of a loop with it, which a loaded machine's scheduler cannot
-/// stretch as it stretches wall time.
-pub fn cpu_time(clock: libc::clockid_t) -> io::Result<Duration> {
+/// The time `clock` shows. A CPU clock (a thread's, from
+/// `pthread_getcpuclockid`, or `libc::CLOCK_THREAD_CPUTIME_ID` for the
+/// caller's): tests bound the work of a loop with it, which a loaded
+/// machine's scheduler cannot stretch as it stretches wall time.
+/// `CLOCK_MONOTONIC_COARSE`: the vCPUs' exit history, read on every exit;
+/// the vDSO answers it from memory whatever the host's clocksource, where
+/// `CLOCK_MONOTONIC` on a host without a usable TSC (the HPET of a nested
+/// L1, for one) is a system call and a device read every time.
+pub fn clock_time(clock: libc::clockid_t) -> io::Result<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -33,7 +33,8 @@ pub enum ExitKind {
 /// One exit: when, what, where and which bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitRecord {
-    /// Microseconds since the vCPU thread started.
+    /// Microseconds since the vCPU thread started, to the coarse clock's
+    /// tick (1-10 ms): exits between two ticks share a time.
     pub at_us: u64,
     pub kind: ExitKind,
     /// Port, guest-physical address, or (for [`ExitKind::Other`]) the exit
@@ -190,7 +191,8 @@ pub struct ShutdownState {
     pub code: Result<Vec<u8>, String>,
     /// 64 bytes at RSP, or why not.
     pub stack: Result<Vec<u8>, String>,
-    /// Microseconds since the vCPU thread started.
+    /// Microseconds since the vCPU thread started, to the coarse clock's
+    /// tick (1-10 ms): exits between two ticks share a time.
     pub at_us: u64,
 }
 

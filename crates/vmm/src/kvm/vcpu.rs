@@ -81,8 +81,10 @@ impl Vcpu {
 
     fn run(mut self, history: &mut ExitHistory) {
         let started = Instant::now();
+        // Exit timestamps: coarse (the clock's tick), see thread::clock_time.
+        let since = thread::clock_time(libc::CLOCK_MONOTONIC_COARSE).unwrap_or_default();
         while !self.exit.is_raised() {
-            if let Some(reason) = self.run_once(history, started) {
+            if let Some(reason) = self.run_once(history, since) {
                 self.exit.raise(reason);
             }
         }
@@ -101,10 +103,13 @@ impl Vcpu {
     }
 
     /// One `KVM_RUN`; returns why the VM must stop, if it must. Every exit
-    /// goes into `history`.
-    fn run_once(&mut self, history: &mut ExitHistory, started: Instant) -> Option<VmExit> {
+    /// goes into `history`, timed from `since` (CLOCK_MONOTONIC_COARSE).
+    fn run_once(&mut self, history: &mut ExitHistory, since: Duration) -> Option<VmExit> {
         let cpu = self.index;
-        let now = || u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let now = || {
+            let t = thread::clock_time(libc::CLOCK_MONOTONIC_COARSE).unwrap_or_default();
+            u64::try_from(t.saturating_sub(since).as_micros()).unwrap_or(u64::MAX)
+        };
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !self.pio.read(u64::from(port), data) {

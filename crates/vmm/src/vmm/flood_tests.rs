@@ -38,7 +38,7 @@ use crate::devices::virtio::{
 };
 use crate::exit::{ExitSignal, VmExit};
 use crate::seccomp::{Seccomp, ThreadKind};
-use crate::thread::cpu_time;
+use crate::thread::clock_time;
 
 /// What a loop may spend on a CPU before it serves the event or stops.
 const LIMIT: Duration = Duration::from_millis(50);
@@ -67,7 +67,7 @@ fn wait_raised(exit: &ExitSignal, within: Duration) -> Duration {
 /// gone once it exits, so the last sample before that counts).
 fn stop_loops(loops: [RunningLoop; 2]) -> (Duration, Duration) {
     let clocks = loops.each_ref().map(|l| l.cpu_clock().unwrap());
-    let before = clocks.map(|c| cpu_time(c).unwrap());
+    let before = clocks.map(|c| clock_time(c).unwrap());
     let mut last = before;
     let start = Instant::now();
     for l in &loops {
@@ -76,7 +76,7 @@ fn stop_loops(loops: [RunningLoop; 2]) -> (Duration, Duration) {
     while loops.iter().any(|l| !l.is_finished()) && start.elapsed() < Duration::from_secs(5) {
         for (i, l) in loops.iter().enumerate() {
             if !l.is_finished() {
-                if let Ok(t) = cpu_time(clocks[i]) {
+                if let Ok(t) = clock_time(clocks[i]) {
                     last[i] = t;
                 }
             }
@@ -261,11 +261,11 @@ fn sigterm_is_served_within_50ms_while_the_guest_floods() {
     until_flooding(&f);
     // SIGTERM: what the handler does is write this eventfd.
     let clock = event_loop.cpu_clock().unwrap();
-    let cpu_before = cpu_time(clock).unwrap();
+    let cpu_before = clock_time(clock).unwrap();
     super::console::set_last_signal(libc::SIGTERM);
     sigterm.write(1).unwrap();
     let served = wait_raised(&exit, Duration::from_secs(5));
-    let on_cpu = cpu_time(clock).unwrap() - cpu_before;
+    let on_cpu = clock_time(clock).unwrap() - cpu_before;
     assert!(
         on_cpu < LIMIT && served < WALL_LIMIT,
         "SIGTERM served after {on_cpu:?} of the event loop's CPU time, {served:?} of wall time"
@@ -308,10 +308,10 @@ fn the_exec_deadline_is_served_within_50ms_while_the_guest_floods() {
     // wakes at the deadline, so never more than the loop really spent).
     let clock = event_loop.cpu_clock().unwrap();
     std::thread::sleep((start + limit).saturating_duration_since(Instant::now()));
-    let cpu_at_deadline = cpu_time(clock).unwrap();
+    let cpu_at_deadline = clock_time(clock).unwrap();
     wait_raised(&exit, Duration::from_secs(5));
     let at = start.elapsed();
-    let on_cpu = cpu_time(clock).unwrap() - cpu_at_deadline;
+    let on_cpu = clock_time(clock).unwrap() - cpu_at_deadline;
     assert!(
         f.floods
             .iter()

@@ -10,7 +10,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
 use crate::devices::virtio::test_guest::{Flooder, FLOOD_QUEUE_SIZE};
-use crate::thread::cpu_time;
+use crate::thread::clock_time;
 
 #[test]
 fn one_call_serves_one_batch_however_fast_the_driver_adds() {
@@ -47,13 +47,13 @@ fn one_call_serves_one_batch_however_fast_the_driver_adds() {
     // also counts waits on a run queue.
     for _ in 0..100 {
         let _ = kick.read();
-        let start = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).unwrap();
+        let start = clock_time(libc::CLOCK_THREAD_CPUTIME_ID).unwrap();
         let d = drain(&mut q, &mem, &kick, |_| Step::Used(0)).unwrap();
         assert!(d.served <= BATCH);
         if d.stop == Stop::Budget {
             assert_eq!(kick.read().unwrap(), 1);
         }
-        let took = cpu_time(libc::CLOCK_THREAD_CPUTIME_ID).unwrap() - start;
+        let took = clock_time(libc::CLOCK_THREAD_CPUTIME_ID).unwrap() - start;
         assert!(took < Duration::from_millis(50), "one drain took {took:?}");
     }
 }
