@@ -482,8 +482,9 @@ mod tests {
         }
     }
 
-    /// Guest memory of two adjacent regions (a range can span both).
-    fn two_regions() -> vm_memory::GuestMemoryMmap {
+    /// Guest memory of two adjacent regions (a range can span both), with
+    /// dirty bitmaps of type `B`.
+    fn two_regions<B: vm_memory::bitmap::NewBitmap>() -> vm_memory::GuestMemoryMmap<B> {
         vm_memory::GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), 0x40_0000),
             (GuestAddress(0x40_0000), 0x40_0000),
@@ -504,6 +505,18 @@ mod tests {
         }
     }
 
+    /// The bytes of `ranges` in guest memory, one after the other.
+    fn gather<M: GuestMemory>(mem: &M, ranges: &[Segment]) -> Vec<u8> {
+        use vm_memory::Bytes;
+        let mut bytes = Vec::new();
+        for s in ranges {
+            let mut part = vec![0u8; s.len as usize];
+            mem.read_slice(&mut part, s.addr).unwrap();
+            bytes.extend(part);
+        }
+        bytes
+    }
+
     /// Counts the calls `transfer` makes (it asks `stop` before each).
     fn counting(calls: &std::cell::Cell<usize>) -> impl Fn() -> io::Result<()> + '_ {
         move || {
@@ -517,7 +530,7 @@ mod tests {
         use vm_memory::Bytes;
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
         let disk = disk_of(&dir, 2 << 20);
-        let mem = two_regions();
+        let mem = two_regions::<()>();
         // 512-byte ranges every other KiB, so none merges with the next.
         let ranges = |n: u64| {
             (0..n)
@@ -552,7 +565,7 @@ mod tests {
         let disk = disk_of(&dir, 4 << 20);
         let pattern: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
         disk.file.write_all_at(&pattern, 4096).unwrap();
-        let mem = two_regions();
+        let mem = two_regions::<()>();
         mem.write_slice(&vec![0xeeu8; 0x80_0000], GuestAddress(0))
             .unwrap();
         // 3 MiB in three 1 MiB ranges, out of order in memory, the last
@@ -565,12 +578,7 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         disk.read_into(&mem, &back, 4096, counting(&calls)).unwrap();
         assert_eq!(calls.get(), 3, "MAX_CALL_BYTES per call");
-        let mut got = Vec::new();
-        for s in &back {
-            let mut part = vec![0u8; s.len as usize];
-            mem.read_slice(&mut part, s.addr).unwrap();
-            got.extend(part);
-        }
+        let got = gather(&mem, &back);
         assert!(got == pattern, "every byte of the three ranges read back");
         // The same ranges written to another place on the disk.
         disk.write_from(&mem, &back, 0, || Ok(())).unwrap();
@@ -588,12 +596,7 @@ mod tests {
         use std::os::unix::fs::FileExt;
         use vm_memory::bitmap::AtomicBitmap;
         use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
-        type Mem = vm_memory::GuestMemoryMmap<AtomicBitmap>;
-        let mem = Mem::from_ranges(&[
-            (GuestAddress(0), 0x40_0000),
-            (GuestAddress(0x40_0000), 0x40_0000),
-        ])
-        .unwrap();
+        let mem = two_regions::<AtomicBitmap>();
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
         let disk = disk_of(&dir, 1 << 20);
         let data = [
@@ -618,11 +621,7 @@ mod tests {
         assert!(file == pattern, "written across short calls");
 
         // Into fresh memory: other ranges, nothing marked dirty yet.
-        let mem = Mem::from_ranges(&[
-            (GuestAddress(0), 0x40_0000),
-            (GuestAddress(0x40_0000), 0x40_0000),
-        ])
-        .unwrap();
+        let mem = two_regions::<AtomicBitmap>();
         let dirty = |a: u64| {
             let (r, off) = mem.to_region_addr(GuestAddress(a)).unwrap();
             r.bitmap().dirty_at(off.0 as usize)
@@ -631,12 +630,7 @@ mod tests {
         disk.transfer(&mem, &data, 512, Direction::Read, 777, counting(&calls))
             .unwrap();
         assert!(calls.get() > data.len(), "ranges were split across calls");
-        let mut got = Vec::new();
-        for s in &data {
-            let mut part = vec![0u8; s.len as usize];
-            mem.read_slice(&mut part, s.addr).unwrap();
-            got.extend(part);
-        }
+        let got = gather(&mem, &data);
         assert!(got == pattern, "read across short calls");
         for s in data.iter().filter(|s| s.len > 0) {
             let (first, last) = (s.addr.0, s.addr.0 + u64::from(s.len) - 1);
@@ -654,7 +648,7 @@ mod tests {
         use vm_memory::Bytes;
         let dir = TempDir::new_with_prefix(std::env::temp_dir().join("kvmini-disk.")).unwrap();
         let disk = disk_of(&dir, 3 << 20);
-        let mem = two_regions();
+        let mem = two_regions::<()>();
         mem.write_slice(&vec![7u8; 2 << 20], GuestAddress(0))
             .unwrap();
         let data = [seg(0, 1 << 20), seg(1 << 20, 1 << 20)];
