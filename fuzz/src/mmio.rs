@@ -71,7 +71,8 @@ impl Handler {
     fn run(&mut self) {
         match self {
             Self::Block(h) => {
-                h.process();
+                // No coalescing sleep: nothing is posted during it here.
+                h.process_with(|_| {});
             }
             Self::Net(h) => {
                 h.process_rx();

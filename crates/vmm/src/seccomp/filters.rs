@@ -174,11 +174,13 @@ fn event_loop(r: &mut Rules) -> Result<(), BackendError> {
 }
 
 /// `disk<N>`: its own epoll loop (queue kick, stop, rate-limit timer),
-/// positioned reads and writes, flush, discard and write-zeroes.
+/// positioned reads and writes, flush, discard and write-zeroes, and the
+/// sleep that holds an interrupt back for the coalescing window.
 fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
     allow(
         r,
         &[
+            libc::SYS_clock_nanosleep,
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_read,

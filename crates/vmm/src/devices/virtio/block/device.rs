@@ -14,6 +14,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Queue;
@@ -21,10 +22,11 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{self, DiskFile, SECTOR_SHIFT};
+use super::coalesce::Coalesce;
 use super::request::{self, Limits, Op, RangeLimits, VIRTIO_BLK_S_OK};
 use crate::devices::bus::lock;
 use crate::devices::rate_limiter::{self, RateLimit, RateLimiter};
-use crate::devices::virtio::queue::{self, Step, Stop};
+use crate::devices::virtio::queue::{self, Drained, Step, Stop};
 use crate::devices::virtio::{
     activation, feature, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
@@ -226,6 +228,7 @@ impl VirtioDevice for Block {
             interrupt,
             limits,
             broken: false,
+            coalesce: Coalesce::default(),
         });
         drop(worker);
         // Requests the driver queued before DRIVER_OK are served right away.
@@ -251,24 +254,72 @@ pub struct Worker {
     limits: Limits,
     /// The queue itself is corrupt; nothing more is done until a reset.
     broken: bool,
+    /// When to hold the interrupt back (see [`super::coalesce`]).
+    coalesce: Coalesce,
 }
 
 impl Worker {
     /// Serves a batch of requests (see [`queue::drain`]), each admitted by
     /// `limiter` if there is one, and interrupts the guest if it asked for
-    /// it. Once `stopping` is set nothing more is served.
+    /// it. If the queue is then empty, the interrupt may first be held
+    /// back for a coalescing window (`wait` sleeps it; see
+    /// [`super::coalesce`]), and the requests posted meanwhile are served
+    /// before the one interrupt. Once `stopping` is set nothing more is
+    /// served.
     pub fn process_queue(
         &mut self,
         limiter: Option<&mut RateLimiter>,
         stopping: &AtomicBool,
+        wait: impl FnOnce(Duration),
     ) -> Stop {
         if self.broken {
             return Stop::Empty;
         }
+        let mut limiter = limiter;
+        let first = match self.serve(limiter.as_deref_mut(), stopping) {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(e);
+                return Stop::Empty;
+            }
+        };
+        let mut stop = first.stop;
+        let mut interrupt = first.interrupt;
+        let held =
+            first.interrupt && first.stop == Stop::Empty && !stopping.load(Ordering::Relaxed);
+        if let Some(window) = held.then(|| self.coalesce.window(Instant::now)).flatten() {
+            wait(window);
+            // The kicks of the requests posted meanwhile: served now.
+            let _ = self.kick.read();
+            match self.serve(limiter, stopping) {
+                Ok(d) => {
+                    self.coalesce.caught(d.served);
+                    interrupt |= d.interrupt;
+                    stop = d.stop;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    stop = Stop::Empty;
+                }
+            }
+        }
+        if interrupt {
+            if let Err(e) = self.interrupt.signal_used_queue() {
+                log::error!("virtio-blk: cannot interrupt the guest: {e}");
+            }
+        }
+        stop
+    }
+
+    /// One [`queue::drain`] of the request queue.
+    fn serve(
+        &mut self,
+        mut limiter: Option<&mut RateLimiter>,
+        stopping: &AtomicBool,
+    ) -> Result<Drained, virtio_queue::Error> {
         let (queue, mem, kick) = (&mut self.queue, &self.mem, &self.kick);
         let (disk, limits) = (&self.disk, &self.limits);
-        let mut limiter = limiter;
-        let result = queue::drain(queue, mem, kick, |chain| {
+        queue::drain(queue, mem, kick, |chain| {
             if stopping.load(Ordering::Relaxed) {
                 return Step::NotNow;
             }
@@ -280,21 +331,7 @@ impl Worker {
                 }
             }
             Step::Used(handle(mem, disk, parsed, stopping))
-        });
-        match result {
-            Ok(d) => {
-                if d.interrupt {
-                    if let Err(e) = self.interrupt.signal_used_queue() {
-                        log::error!("virtio-blk: cannot interrupt the guest: {e}");
-                    }
-                }
-                d.stop
-            }
-            Err(e) => {
-                self.fail(e);
-                Stop::Empty
-            }
-        }
+        })
     }
 
     fn fail(&mut self, e: virtio_queue::Error) {
@@ -418,11 +455,17 @@ pub struct BlockHandler {
 impl BlockHandler {
     /// One batch of the queue, as on a notification; `None` if inactive.
     pub fn process(&mut self) -> Option<Stop> {
+        self.process_with(std::thread::sleep)
+    }
+
+    /// [`Self::process`], with `wait` holding the interrupt back for the
+    /// coalescing window (the tests post requests from it).
+    pub fn process_with(&mut self, wait: impl FnOnce(Duration)) -> Option<Stop> {
         let stopping = &self.stopping;
         let limiter = self.limiter.as_mut();
         lock(&self.worker)
             .as_mut()
-            .map(|w| w.process_queue(limiter, stopping))
+            .map(|w| w.process_queue(limiter, stopping, wait))
     }
 
     /// Set when the VM stops: no new request starts, and one in progress

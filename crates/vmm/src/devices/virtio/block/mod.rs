@@ -1,8 +1,10 @@
 //! virtio-blk over a raw disk image: [`device`] (the `VirtioDevice` and its
-//! event-loop handler), [`request`] (parsing untrusted request chains) and
-//! [`backend`] (the image file).
+//! event-loop handler), [`request`] (parsing untrusted request chains),
+//! [`backend`] (the image file) and [`coalesce`] (when to hold the
+//! interrupt back).
 
 pub mod backend;
+pub mod coalesce;
 pub mod device;
 pub mod request;
 

@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -12,6 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempfile::TempFile;
 
+use super::coalesce;
 use super::device::*;
 use super::request::*;
 use super::RateLimit;
@@ -66,6 +68,27 @@ struct Env<'a> {
     next_desc: u16,
 }
 
+/// Makes a chain of `descs` available in `vq` from descriptor `*next` on
+/// (with NEXT links), and moves `*next` past it.
+fn push_chain(vq: &MockSplitQueue<GuestMemoryMmap>, next: &mut u16, descs: &[D]) {
+    let start = *next;
+    let raw: Vec<RawDescriptor> = descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, w))| {
+            let last = i + 1 == descs.len();
+            let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
+            if !last {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            let next = if last { 0 } else { start + i as u16 + 1 };
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect();
+    vq.add_desc_chains(&raw, start).unwrap();
+    *next = (start + descs.len() as u16) % QS;
+}
+
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
@@ -95,22 +118,7 @@ impl<'a> Env<'a> {
 
     /// Makes a chain of `descs` available (with NEXT links) without running it.
     fn push(&mut self, descs: &[D]) {
-        let start = self.next_desc;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, w))| {
-                let last = i + 1 == descs.len();
-                let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
-                if !last {
-                    flags |= VRING_DESC_F_NEXT;
-                }
-                let next = if last { 0 } else { start + i as u16 + 1 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.vq.add_desc_chains(&raw, start).unwrap();
-        self.next_desc = (start + descs.len() as u16) % QS;
+        push_chain(&self.vq, &mut self.next_desc, descs);
     }
 
     fn header(&self, kind: u32, sector: u64) {
@@ -616,6 +624,96 @@ fn batches_notify_once_and_respect_event_idx() {
     mem.write_obj(1u16, env.vq.avail_addr()).unwrap();
     env.push(&[(HDR, 16, false), (STATUS, 1, true)]);
     env.handler.process();
+    assert_eq!(env.used_idx(), 4);
+    assert!(env.irq.eventfd().read().is_err());
+}
+
+/// One read request of sector 1 (the tests share one header and status).
+const READ: [D; 3] = [(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)];
+
+#[test]
+fn coalescing_window_serves_what_the_guest_posts_meanwhile() {
+    let f = image(SECTORS);
+    let mem = memory();
+    let mut env = Env::new(&mem, open(f.as_path(), false), all_features());
+    env.header(VIRTIO_BLK_T_IN, 1);
+    // The first batch has no pace to go by: not held.
+    env.push(&READ);
+    env.handler
+        .process_with(|w| panic!("held {w:?} with no pace known"));
+    assert_eq!(env.irq.eventfd().read().unwrap(), 1);
+
+    // Batches 1 ms apart: the next is held for MAX_WINDOW (half the pace,
+    // at most 200 us), and the two requests the guest posts meanwhile
+    // (with their kick) are served before the one interrupt.
+    std::thread::sleep(Duration::from_millis(1));
+    env.push(&READ);
+    let before = env.used_idx();
+    let kick = env.block.queue_events()[0].try_clone().unwrap();
+    let (vq, next) = (&env.vq, &mut env.next_desc);
+    let mut window = None;
+    let stop = env.handler.process_with(|w| {
+        window = Some(w);
+        push_chain(vq, next, &READ);
+        push_chain(vq, next, &READ);
+        kick.write(1).unwrap();
+    });
+    assert_eq!(stop, Some(Stop::Empty));
+    assert_eq!(window, Some(coalesce::MAX_WINDOW));
+    assert_eq!(env.used_idx().wrapping_sub(before), 3, "all three served");
+    assert_eq!(
+        env.irq.eventfd().read().unwrap(),
+        1,
+        "one interrupt for three"
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+        VIRTIO_BLK_S_OK
+    );
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 1 ^ 0x5a);
+    assert!(
+        kick.read().is_err(),
+        "the kick of the requests served after the window is consumed"
+    );
+
+    // Windows that catch nothing: past the tolerated misses in a row, the
+    // next batch goes out at once, the one after it is held again.
+    for _ in 0..=coalesce::MISSES_TOLERATED {
+        std::thread::sleep(Duration::from_millis(1));
+        env.push(&READ);
+        let mut held = false;
+        env.handler.process_with(|_| held = true);
+        assert!(held);
+        assert_eq!(env.irq.eventfd().read().unwrap(), 1);
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    env.push(&READ);
+    env.handler
+        .process_with(|w| panic!("held {w:?} right after a miss"));
+    assert_eq!(env.irq.eventfd().read().unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(1));
+    env.push(&READ);
+    let mut held = false;
+    env.handler.process_with(|_| held = true);
+    assert!(held, "held again after the skipped batch");
+}
+
+#[test]
+fn no_window_without_an_interrupt_to_hold() {
+    let f = image(SECTORS);
+    let mem = memory();
+    let feats = all_features() | feature(VIRTIO_F_RING_EVENT_IDX);
+    let mut env = Env::new(&mem, open(f.as_path(), false), feats);
+    env.header(VIRTIO_BLK_T_IN, 1);
+    // The driver wants no interrupt before the used index passes 1000.
+    let used_event = GuestAddress(env.vq.avail_addr().0 + 4 + 2 * u64::from(QS));
+    mem.write_obj(1000u16, used_event).unwrap();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1));
+        env.push(&READ);
+        env.handler
+            .process_with(|w| panic!("held {w:?} with no interrupt due"));
+    }
     assert_eq!(env.used_idx(), 4);
     assert!(env.irq.eventfd().read().is_err());
 }
