@@ -6,7 +6,7 @@
 #
 #   resources/bench/blk.sh [--kvmini PATH] [--rounds N] [--runtime SECS]
 #                          [--ramp SECS] [--size MIB] [--mem MIB] [--log FILE]
-#                          [--host] [--firecracker PATH | --no-firecracker]
+#                          [--host] [--firecracker PATH | --no-firecracker] [--no-qemu]
 #   resources/bench/blk.sh --parse CONSOLE_LOG    # table from a saved console
 #
 # --kvmini   static kvmini to test (default: build target/static release)
@@ -19,6 +19,8 @@
 #            firecracker/firecracker beside the checkout, when it is there;
 #            --no-firecracker: not); the table then has its column and the
 #            kvmini/FC ratio
+# --no-qemu  leave QEMU out (kvmini against Firecracker only): QEMU's
+#            rounds are where the rig's L1 most often freezes
 # --host     run on this host's /dev/kvm (needs vmx/svm) instead of the rig
 #
 # stdout: the table (metric, kvmini, QEMU, ratio kvmini/QEMU). Progress and
@@ -42,12 +44,14 @@ while (($#)); do
     --log) log=$2; shift 2 ;;
     --firecracker) BENCH_FC=$2 BENCH_FC_ASKED=1; shift 2 ;;
     --no-firecracker) BENCH_FC=""; shift ;;
+    --no-qemu) BENCH_QEMU=0; shift ;;
     --host) host=(--host); shift ;;
     --parse) parse=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "blk.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
+((BENCH_QEMU)) || [[ -n $BENCH_FC ]] || { echo "blk.sh: --no-qemu with --no-firecracker leaves no peer to compare with" >&2; exit 2; }
 for n in "$rounds" "$runtime" "$ramp" "$size" "$mem"; do
     [[ $n =~ ^[0-9]+$ ]] || { echo "blk.sh: '$n' is not a whole number" >&2; exit 2; }
 done

@@ -58,20 +58,25 @@ bench_setup() {
 # and BENCH_FC_ASKED=1 (the file must exist), --no-firecracker empties
 # BENCH_FC; bench_peers then decides.
 BENCH_FC=$REPO_DIR/../shared/peers/firecracker/firecracker BENCH_FC_ASKED=0
+# A script's --no-qemu sets BENCH_QEMU=0: QEMU is left out (its rounds are
+# where the rig's L1 most often freezes), Firecracker must then be there.
+BENCH_QEMU=1
 
 # bench_peers: sets BENCH_VMMS ("kvmini qemu", plus "firecracker" when a
-# Firecracker binary is there) and, for Firecracker, packs it into
-# $BENCH_WORK/data/fc, where vm.sh finds it. Dies when --firecracker named
-# a file that is not there; without that option a missing peer is logged.
+# Firecracker binary is there; without qemu after --no-qemu) and, for
+# Firecracker, packs it into $BENCH_WORK/data/fc, where vm.sh finds it.
+# Dies when --firecracker named a file that is not there, or when
+# --no-qemu leaves no peer; otherwise a missing Firecracker is logged.
 bench_peers() {
-    BENCH_VMMS="kvmini qemu"
-    [[ -n $BENCH_FC ]] || return 0
-    if [[ ! -x $BENCH_FC ]]; then
-        log "no Firecracker at $BENCH_FC (--firecracker PATH): kvmini against QEMU only"
+    BENCH_VMMS="kvmini"
+    ((BENCH_QEMU)) && BENCH_VMMS="kvmini qemu"
+    if [[ -z $BENCH_FC || ! -x $BENCH_FC ]]; then
+        ((BENCH_QEMU)) || die "--no-qemu needs Firecracker (--firecracker PATH): there is no peer to compare with"
+        [[ -z $BENCH_FC ]] || log "no Firecracker at $BENCH_FC (--firecracker PATH): kvmini against QEMU only"
         return 0
     fi
     bench_pack_firecracker "$BENCH_FC" "$BENCH_WORK/data/fc"
-    BENCH_VMMS="kvmini qemu firecracker"
+    BENCH_VMMS="$BENCH_VMMS firecracker"
 }
 
 # bench_pack_firecracker BINARY DIR: BINARY, the loader and libraries ldd
@@ -134,7 +139,12 @@ bench_report() {
         { grep -ao '@@BENCH-INFO vmms .*' "$console" || true; } | tr -d '\r' | cut -d' ' -f3- | tr ' ' '\n')
     ran=$(sort -u <<<"$ran")
     if grep -qx firecracker <<<"$ran"; then
-        peers="qemu firecracker" title="${title%)} and Firecracker)"
+        if grep -qx qemu <<<"$ran"; then
+            peers="qemu firecracker" title="${title%)} and Firecracker)"
+        else
+            # --no-qemu: Firecracker is the one peer.
+            peers="firecracker" title="${title% vs *} vs Firecracker)"
+        fi
     fi
     bench_table "$title" "$peers" "$@" <<<"$values"
     for vmm in kvmini $peers; do
@@ -213,7 +223,7 @@ bench_parse() {
 
 # bench_table TITLE PEERS SPEC... < value lines: one row per SPEC
 # "metric|label|better" (better: higher or lower), columns kvmini and each
-# of PEERS ("qemu" or "qemu firecracker"): the median over the runs,
+# of PEERS ("qemu", "firecracker" or "qemu firecracker"): the median over the runs,
 # "(min-max)" when there are several; then the ratio of kvmini's median to
 # each peer's, and how many runs gave each figure. A metric with no value
 # for a VMM is shown as "missing", never as a number.

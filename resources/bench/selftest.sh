@@ -48,6 +48,9 @@ check blk-fc-guest-failed 1 blk.sh blk-fc-rig.log
 # there; one QEMU run ended after init without fio's output and counts for
 # nothing (4 runs in its cells), exit 0.
 check blk-fc-complete 0 blk.sh blk-fc5-rig.log
+# The same console without QEMU's runs, as blk.sh --no-qemu leaves it:
+# Firecracker is the one peer (its column and kvmini/FC only), exit 0.
+check blk-fc-noqemu 0 blk.sh blk-fc5-noqemu-rig.log
 # Boot and RSS run saved before the exec runs existed: every other figure
 # is there, exec's are "missing", exit 1.
 check boot-complete 1 boot.sh boot-rig.log
