@@ -351,8 +351,8 @@ fn disk_requests_on_a_disk_thread() {
                 handler.process();
                 drop(handler);
                 // What `process` does to hold an interrupt back for the
-                // coalescing window (only when batches come at a steady
-                // pace, which this one batch does not show).
+                // coalescing window (only once batches show depth and a
+                // pace, which this one batch does not).
                 std::thread::sleep(crate::devices::virtio::block::coalesce::MIN_WINDOW);
             });
             for i in 0..kinds.len() as u64 {

@@ -287,7 +287,10 @@ impl Worker {
         let mut interrupt = first.interrupt;
         let held =
             first.interrupt && first.stop == Stop::Empty && !stopping.load(Ordering::Relaxed);
-        if let Some(window) = held.then(|| self.coalesce.window(Instant::now)).flatten() {
+        if let Some(window) = held
+            .then(|| self.coalesce.window(first.served, Instant::now))
+            .flatten()
+        {
             wait(window);
             // The kicks of the requests posted meanwhile: served now.
             let _ = self.kick.read();
