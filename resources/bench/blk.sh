@@ -51,7 +51,8 @@ while (($#)); do
     *) echo "blk.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
-((BENCH_QEMU)) || [[ -n $BENCH_FC ]] || { echo "blk.sh: --no-qemu with --no-firecracker leaves no peer to compare with" >&2; exit 2; }
+[[ -n $parse ]] || ((BENCH_QEMU)) || [[ -x $BENCH_FC ]] ||
+    { echo "blk.sh: --no-qemu needs Firecracker, and there is none at '$BENCH_FC' (--firecracker PATH)" >&2; exit 2; }
 for n in "$rounds" "$runtime" "$ramp" "$size" "$mem"; do
     [[ $n =~ ^[0-9]+$ ]] || { echo "blk.sh: '$n' is not a whole number" >&2; exit 2; }
 done

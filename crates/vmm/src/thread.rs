@@ -187,7 +187,6 @@ pub fn clock_time(clock: libc::clockid_t) -> io::Result<Duration> {
     Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread.
 /// Sleeps of this thread end within a microsecond of their time, not
 /// the default 50: a disk thread's interrupt-coalescing window is 20-200
 /// us (`devices::virtio::block::coalesce`). Best effort: a failure only
@@ -201,6 +200,7 @@ fn fine_timer_slack() {
     }
 }
 
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread.
 fn block_host_signals() {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it,
     // and pthread_sigmask only changes this thread's mask.

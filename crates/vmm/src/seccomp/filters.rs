@@ -175,12 +175,17 @@ fn event_loop(r: &mut Rules) -> Result<(), BackendError> {
 
 /// `disk<N>`: its own epoll loop (queue kick, stop, rate-limit timer),
 /// positioned reads and writes, flush, discard and write-zeroes, and the
-/// sleep that holds an interrupt back for the coalescing window.
+/// sleep that holds an interrupt back for the coalescing window (glibc
+/// since 2.31 sleeps with clock_nanosleep, older glibc and musl with
+/// nanosleep; a sleep cut by SIGSTOP/SIGCONT resumes through
+/// restart_syscall).
 fn disk_io(r: &mut Rules) -> Result<(), BackendError> {
     allow(
         r,
         &[
             libc::SYS_clock_nanosleep,
+            libc::SYS_nanosleep,
+            libc::SYS_restart_syscall,
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_read,

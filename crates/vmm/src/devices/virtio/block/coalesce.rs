@@ -18,10 +18,16 @@
 //! They go on while they catch requests; [`MISSES_TOLERATED`] windows in a
 //! row that catch nothing are let pass, the next one ends them until the
 //! next such batch. A guest that never has two requests waiting never gets
-//! a window, and the clock is not read for it.
+//! a window, and the clock is not read for it. A guest that posts a few
+//! requests at once and then waits for them all (a split I/O, a write and
+//! its flush) shows depth without gaining from a window: each time the
+//! windows end without having caught anything, that many more batches of
+//! depth (1, 2, 4, ... up to [`MAX_REARM_SKIP`]) are let pass before they
+//! start again; a window that catches something forgets this.
 //!
-//! The window is half the usual time between batches (an average of recent
-//! gaps), so a fast guest is held for less, and never longer than
+//! The window is half the time between batches, an average of recent gaps
+//! that includes the windows themselves, so it settles near the guest's own
+//! time between posts; a fast guest is held for less, and never longer than
 //! [`MAX_WINDOW`]; a window under [`MIN_WINDOW`] is not worth a sleep, and
 //! such batches are not held.
 
@@ -33,6 +39,8 @@ pub const MAX_WINDOW: Duration = Duration::from_micros(200);
 pub const MIN_WINDOW: Duration = Duration::from_micros(20);
 /// Windows in a row that catch nothing and do not yet end the windows.
 pub const MISSES_TOLERATED: u32 = 2;
+/// The most batches of depth let pass before windows start again.
+pub const MAX_REARM_SKIP: u32 = 256;
 /// A gap longer than this (the guest was idle) counts as this much, so one
 /// pause does not stretch the average for long.
 const MAX_GAP: Duration = Duration::from_millis(2);
@@ -52,6 +60,10 @@ pub struct Coalesce {
     batches: u32,
     /// Windows in a row that caught nothing.
     misses: u32,
+    /// Batches of depth still to let pass before windows start again.
+    rearm_skip: u32,
+    /// What `rearm_skip` becomes when windows next end without a catch.
+    backoff: u32,
 }
 
 impl Coalesce {
@@ -62,6 +74,10 @@ impl Coalesce {
     pub fn window(&mut self, served: usize, now: impl FnOnce() -> Instant) -> Option<Duration> {
         self.batches = self.batches.saturating_add(1);
         if served >= 2 && !self.armed {
+            if self.rearm_skip > 0 {
+                self.rearm_skip -= 1;
+                return None;
+            }
             self.armed = true;
             self.misses = 0;
         }
@@ -87,12 +103,15 @@ impl Coalesce {
     pub fn caught(&mut self, served: usize) {
         if served > 0 {
             self.misses = 0;
+            self.backoff = 0;
             return;
         }
         self.misses = self.misses.saturating_add(1);
         if self.misses > MISSES_TOLERATED {
             self.armed = false;
             self.misses = 0;
+            self.backoff = self.backoff.saturating_mul(2).clamp(1, MAX_REARM_SKIP);
+            self.rearm_skip = self.backoff;
         }
     }
 
@@ -213,10 +232,63 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(c.window(1, || panic!("clock read while off")), None);
         }
-        // A batch of two: held again, its gap shared by the batches since
-        // the last reading (11 batches in 11 * 400 us: 400 us each).
-        t += gap * 11;
+        // The first batch of two after that is let pass (windows that
+        // caught nothing end for one batch of depth), the next is held,
+        // its gap shared by the batches since the last reading (12
+        // batches in 12 * 400 us: 400 us each).
+        assert_eq!(
+            c.window(2, || panic!("clock read for a skipped batch")),
+            None
+        );
+        t += gap * 12;
         assert_eq!(c.window(2, || t), Some(MAX_WINDOW));
         assert_eq!(c.gap(), gap);
+    }
+
+    /// `n` batches of two, each held one a miss (or a catch when `catch`
+    /// says so, by index); whether each was held.
+    fn depth_batches(
+        c: &mut Coalesce,
+        t: &mut Instant,
+        n: usize,
+        catch: impl Fn(usize) -> bool,
+    ) -> Vec<bool> {
+        (0..n)
+            .map(|i| {
+                let held = batches(c, t, 2, us(400), 1)[0].is_some();
+                if held {
+                    c.caught(usize::from(catch(i)));
+                }
+                held
+            })
+            .collect()
+    }
+
+    /// Lengths of the runs of `want` in `held`.
+    fn runs(held: &[bool], want: bool) -> Vec<usize> {
+        held.split(|&h| h != want)
+            .filter(|r| !r.is_empty())
+            .map(<[bool]>::len)
+            .collect()
+    }
+
+    #[test]
+    fn bursts_that_never_catch_back_off_and_a_catch_resets() {
+        let mut t = Instant::now();
+        let mut c = armed(&mut t);
+        // Batches of two whose windows never catch: three held, then 1, 2,
+        // 4, ... 256 let pass between each three held.
+        let held = depth_batches(&mut c, &mut t, 2000, |_| false);
+        assert_eq!(
+            runs(&held, false)[..10],
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]
+        );
+        let on = runs(&held, true);
+        assert!(on.iter().all(|&n| n == 3), "{on:?}");
+        // A catch forgets it: after the next three misses one batch passes.
+        while batches(&mut c, &mut t, 2, us(400), 1)[0].is_none() {}
+        c.caught(1);
+        let held = depth_batches(&mut c, &mut t, 5, |_| false);
+        assert_eq!(held, [true, true, true, false, true]);
     }
 }
