@@ -3,6 +3,9 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+
+use crate::devices::virtio::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use crate::sync::lock;
 
 /// A writer the test can look into: every byte written, in order.
@@ -99,4 +102,22 @@ pub fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(saved);
     f()
+}
+
+/// A descriptor chain as the driver lays it out from index `start` on:
+/// each (guest address, length, device-writable) linked to the next.
+pub fn desc_chain(start: u16, descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+    descs
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, w))| {
+            let last = i + 1 == descs.len();
+            let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
+            if !last {
+                flags |= VRING_DESC_F_NEXT;
+            }
+            let next = if last { 0 } else { start + i as u16 + 1 };
+            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+        })
+        .collect()
 }

@@ -77,19 +77,7 @@ fn push_chain(vq: &MockSplitQueue<GuestMemoryMmap>, next: &mut u16, descs: &[D])
         *next = 0;
     }
     let start = *next;
-    let raw: Vec<RawDescriptor> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            let next = if last { 0 } else { start + i as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect();
+    let raw = crate::testutil::desc_chain(start, descs);
     vq.add_desc_chains(&raw, start).unwrap();
     *next = (start + descs.len() as u16) % QS;
 }

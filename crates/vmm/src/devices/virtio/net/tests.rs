@@ -24,6 +24,7 @@ use crate::devices::virtio::{
     feature, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1,
     VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
+use crate::testutil::desc_chain as chain;
 
 const MEM_SIZE: usize = 0x100_0000;
 const RXQ: u64 = 0;
@@ -64,22 +65,6 @@ fn memory() -> GuestMemoryMmap {
 
 /// A descriptor: (guest address, length, device-writable).
 type D = (u64, u32, bool);
-
-fn chain(start: u16, descs: &[D]) -> Vec<RawDescriptor> {
-    descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len, w))| {
-            let last = i + 1 == descs.len();
-            let mut flags = if w { VRING_DESC_F_WRITE } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            let next = if last { 0 } else { start + i as u16 + 1 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-        })
-        .collect()
-}
 
 /// An Ethernet frame with its (transmit or receive) header: `len` bytes
 /// of frame after the header, a recognisable pattern.
