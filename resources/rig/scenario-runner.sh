@@ -16,6 +16,35 @@
 default_timeout=$1
 shift
 
+# stuck_dump: what a timed-out scenario's VMMs were doing, before they are
+# killed: each kvmini thread's state, CPU ticks, wait channel and the top of
+# its kernel stack, and L1's KVM counters of each VM read twice, 2 s apart
+# (exits that do not move: a guest halted and waiting for an event that
+# never comes; exits that do: a guest or VMM still working). One line each,
+# so the e2e report's last lines show it.
+stuck_dump() {
+    mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    for p in /proc/[0-9]*; do
+        [ "$(cat "$p/comm" 2>/dev/null)" = kvmini ] || continue
+        for t in "$p"/task/*; do
+            st=$(sed 's/^.*) //' "$t/stat" 2>/dev/null | cut -d' ' -f1,12,13)
+            stack=$(head -n 3 "$t/stack" 2>/dev/null | sed 's/^\[<[^>]*>\] //; s/+.*//' | tr '\n' ' ')
+            echo "@@KVMINI-STUCK kvmini ${p#/proc/} $(cat "$t/comm" 2>/dev/null): state/utime/stime=$st wchan=$(cat "$t/wchan" 2>/dev/null) stack: $stack"
+        done
+    done
+    for round in 1 2; do
+        for d in /sys/kernel/debug/kvm/*-*; do
+            [ -d "$d" ] || continue
+            line=""
+            for c in exits halt_exits mmio_exits io_exits irq_injections; do
+                line="$line $c=$(cat "$d/$c" 2>/dev/null)"
+            done
+            echo "@@KVMINI-STUCK kvm ${d##*/} reading $round:$line"
+        done
+        [ $round = 2 ] || sleep 2
+    done
+}
+
 for s in "$@"; do
     name=$(basename "$s" .sh)
     timeout=$default_timeout
@@ -30,6 +59,7 @@ for s in "$@"; do
     (
         sleep "$timeout"
         echo "@@KVMINI-SCENARIO-TIMEOUT $name after ${timeout}s"
+        stuck_dump
         kill -s KILL -"$pid" 2>/dev/null
         # Still here 30 s after SIGKILL: a process is stuck in the kernel
         # (seen when L1's KVM wedges); only a fresh L1 helps.
