@@ -1196,8 +1196,13 @@ fn rate(c: &Check, secs_key: &str, mib: &str) -> Option<f64> {
 
 #[test]
 fn net_ping_tcp() {
+    // The scenario's transfer sizes (tests/scenarios/net_ping_tcp.sh), as
+    // the guest reports them.
+    const UP_MIB: u64 = 16;
+    const DOWN_MIB: u64 = 16;
     let c = scenario("net_ping_tcp");
     c.rc(0).shows("kvmini-guest: exit status 0");
+    c.shows(&format!("up-mib={UP_MIB} down-mib={DOWN_MIB}"));
     // The guest got its MAC from the device's config space.
     c.after("52:54:00:12:34:56");
     if c.after("net-ping=") != "ok" {
@@ -1219,7 +1224,7 @@ fn net_ping_tcp() {
     // What arrived, counted at the receiving end (the SHA-256 pairs above
     // would also match for two empty files).
     const MIB: u64 = 1 << 20;
-    for (key, mib) in [("host-up-bytes=", 64), ("guest-down-bytes=", 16)] {
+    for (key, mib) in [("host-up-bytes=", UP_MIB), ("guest-down-bytes=", DOWN_MIB)] {
         let got = c.after(key);
         if got.parse::<u64>().ok() != Some(mib * MIB) {
             c.fail(&format!("{key}{got}, expected {} ({mib} MiB)", mib * MIB));
@@ -1227,9 +1232,9 @@ fn net_ping_tcp() {
     }
     // Not asserted (emulated time in the rig), but worth seeing.
     eprintln!(
-        "net_ping_tcp: upload 64 MiB at {:.1?} MiB/s, download 16 MiB at {:.1?} MiB/s (guest clock)",
-        rate(&c, "up-secs=", "64"),
-        rate(&c, "down-secs=", "16")
+        "net_ping_tcp: upload {UP_MIB} MiB at {:.1?} MiB/s, download {DOWN_MIB} MiB at {:.1?} MiB/s (guest clock)",
+        rate(&c, "up-secs=", &UP_MIB.to_string()),
+        rate(&c, "down-secs=", &DOWN_MIB.to_string())
     );
 }
 

@@ -6,15 +6,17 @@
 # with what was sent). The TAP exists beforehand
 # (busybox tunctl), as for an unprivileged user.
 #
-# 64 MiB up, 16 MiB down: in the nested rig that took the whole scenario
-# 69 s on a quiet host and 120 s on a busy one (docs/testing.md), so it has
-# its own timeout:
+# 16 MiB up, 16 MiB down, with its own timeout:
 # kvmini-scenario-timeout: 300
+# busybox nc writes 1 KiB at a time, and in today's rig such small writes
+# move at 1.3-2.2 Mbit/s under kvmini and Firecracker alike (net-load.sh
+# --len 1024): a 64 MiB upload took 132-238 s and once overran the 300 s
+# (docs/testing.md, "net_ping_tcp's upload size").
 #
 # The kernel hands init at most 32 words (and ends them at a second `--`),
 # so the guest's command line only pings and fetches the rest of its
 # script from the host, over the same TAP.
-NET_UP_MIB=${NET_UP_MIB:-64}
+NET_UP_MIB=${NET_UP_MIB:-16}
 NET_DOWN_MIB=${NET_DOWN_MIB:-16}
 if [ -z "$KVMINI_IN_NETNS" ]; then
     export KVMINI_IN_NETNS=1 NET_UP_MIB NET_DOWN_MIB
