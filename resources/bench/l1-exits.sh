@@ -17,7 +17,9 @@
 #            as virtio-blk and runs one fio job on it (RW = randread,
 #            randwrite, read or write; O_DIRECT, libaio, 5 s); the counters are then
 #            those of the job alone (read when it starts and when it ends)
-#            and the line also has the job's IOPS and exits per I/O.
+#            and the line also has the job's IOPS, exits per I/O and the
+#            virtio interrupts the guest took per I/O (irqs_per_io=, from its
+#            /proc/interrupts: how well completions are coalesced).
 # --qd N     the job's queue depth (default 16)
 # --bs SIZE  the job's block size (default 4k)
 # --smp N    L1's vCPUs (default 1)

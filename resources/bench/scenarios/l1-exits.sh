@@ -11,12 +11,18 @@
 # the line then also has iops=, exits_per_io= and, per VMM thread name,
 # its CPU time in ms (ms_NAME=), how often it was scheduled in (runs_)
 # and its ticks in user space outside the guest, in the kernel and in the
-# guest (user_, sys_, guest_; /proc's stat).
+# guest (user_, sys_, guest_; /proc's stat), and the virtio interrupts the
+# guest took during the job (irqs=, irqs_per_io=: its /proc/interrupts,
+# every line naming a virtio device, read right before and after fio).
 . "$RIG_DATA/params"
 . "$RIG_DATA/vm.sh"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 [ -d /sys/kernel/debug/kvm ] || { echo "@@BENCH-ERROR l1-exits: no KVM debugfs in L1"; exit 1; }
 counters="exits pf_fixed pages_4k pages_2m io_exits mmio_exits irq_exits halt_exits halt_wakeup irq_window_exits insn_emulation irq_injections"
+# irqs WHEN: the guest command that prints its virtio interrupt lines, each
+# prefixed "@@IRQ-WHEN " (the kernel command line carries it: no double
+# quotes, Firecracker's JSON has it too).
+irqs() { echo "sed -n '/virtio/s/^/@@IRQ-$1 /p' /proc/interrupts"; }
 for vmm in $L1_EXITS_VMMS; do
     rm -f /tmp/l1-exits /tmp/l1-exits-start /tmp/l1-exits-end
     (
@@ -65,7 +71,7 @@ for vmm in $L1_EXITS_VMMS; do
         job="bench-fio --thread --output-format=terse --filename=/dev/vda --direct=1 --ioengine=libaio"
         job="$job --bs=$L1_EXITS_BS --iodepth=$L1_EXITS_QD --rw=$L1_EXITS_FIO --time_based --runtime=5 --name=job"
         bench_vm --vmm "$vmm" --mem 512 --cpus 1 --initrd "$GUEST_BENCH_INITRD" --kparams quiet \
-            --disk $img -- "cat /proc/uptime; echo @@FIO-start; sleep 1; $job; echo @@FIO-end; sleep 2" \
+            --disk $img -- "cat /proc/uptime; echo @@FIO-start; sleep 1; $(irqs start); $job; $(irqs end); echo @@FIO-end; sleep 2" \
             >/tmp/l1-exits-vm.log 2>&1
         rm -f $img
     fi
@@ -83,11 +89,17 @@ for vmm in $L1_EXITS_VMMS; do
         echo "@@L1-EXITS $vmm fio=missing (console: $(tail -c 600 /tmp/l1-exits-vm.log | tr '\r\n' '  '))"
         continue
     fi
-    echo "$ios $(cat /tmp/l1-exits-start) / $(cat /tmp/l1-exits-end)" | awk -v vmm="$vmm" '{
+    # Interrupts: the counts after "N:" on each line (one per guest CPU),
+    # summed over the virtio lines; end minus start.
+    irq=$(tr -d '\r' </tmp/l1-exits-vm.log | awk '/^@@IRQ-(start|end) / {
+            for (i = 3; i <= NF && $i ~ /^[0-9]+$/; i++) t[$1] += $i; seen[$1] = 1 }
+        END { if (seen["@@IRQ-start"] && seen["@@IRQ-end"]) print t["@@IRQ-end"] - t["@@IRQ-start"] }')
+    echo "$ios $(cat /tmp/l1-exits-start) / $(cat /tmp/l1-exits-end)" | awk -v vmm="$vmm" -v irq="${irq:-missing}" '{
         n = $1; iops = $2; i = 3
         while ($i != "/") { split($i, kv, "="); a[kv[1]] = kv[2]; i++ }
         line = ""
         for (i++; i <= NF; i++) { split($i, kv, "="); d[kv[1]] = kv[2] - a[kv[1]]; line = line " " kv[1] "=" d[kv[1]] }
-        printf "@@L1-EXITS %s iops=%s ios=%d exits_per_io=%.2f%s\n", vmm, iops, n, (n > 0 ? d["exits"] / n : 0), line
+        irqs = (irq == "missing" ? "irqs=missing" : sprintf("irqs=%d irqs_per_io=%.2f", irq, (n > 0 ? irq / n : 0)))
+        printf "@@L1-EXITS %s iops=%s ios=%d exits_per_io=%.2f %s%s\n", vmm, iops, n, (n > 0 ? d["exits"] / n : 0), irqs, line
     }'
 done
