@@ -22,10 +22,14 @@ shift
 # (exits that do not move: a guest halted and waiting for an event that
 # never comes; exits that do: a guest or VMM still working). One line each,
 # so the e2e report's last lines show it.
+# Only the scenario's own kvmini processes (session SID) and their VMs.
 stuck_dump() {
-    mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    [ -d /sys/kernel/debug/kvm ] || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+    kpids=""
     for p in /proc/[0-9]*; do
         [ "$(cat "$p/comm" 2>/dev/null)" = kvmini ] || continue
+        [ "$(sed 's/^.*) //' "$p/stat" 2>/dev/null | cut -d' ' -f4)" = "$1" ] || continue
+        kpids="$kpids ${p#/proc/}"
         for t in "$p"/task/*; do
             st=$(sed 's/^.*) //' "$t/stat" 2>/dev/null | cut -d' ' -f1,12,13)
             stack=$(head -n 3 "$t/stack" 2>/dev/null | sed 's/^\[<[^>]*>\] //; s/+.*//' | tr '\n' ' ')
@@ -33,7 +37,7 @@ stuck_dump() {
         done
     done
     for round in 1 2; do
-        for d in /sys/kernel/debug/kvm/*-*; do
+        for d in $(for k in $kpids; do echo /sys/kernel/debug/kvm/"$k"-*; done); do
             [ -d "$d" ] || continue
             line=""
             for c in exits halt_exits mmio_exits io_exits irq_injections; do
@@ -59,8 +63,12 @@ for s in "$@"; do
     (
         sleep "$timeout"
         echo "@@KVMINI-SCENARIO-TIMEOUT $name after ${timeout}s"
-        stuck_dump
+        # The dump must not delay the kill for long, whatever it meets.
+        ( sleep 20; kill -s KILL -"$pid" ) >/dev/null 2>&1 &
+        guard=$!
+        stuck_dump "$pid"
         kill -s KILL -"$pid" 2>/dev/null
+        kill "$guard" 2>/dev/null
         # Still here 30 s after SIGKILL: a process is stuck in the kernel
         # (seen when L1's KVM wedges); only a fresh L1 helps.
         sleep 30

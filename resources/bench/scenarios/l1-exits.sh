@@ -20,9 +20,11 @@ mount -t debugfs none /sys/kernel/debug 2>/dev/null
 [ -d /sys/kernel/debug/kvm ] || { echo "@@BENCH-ERROR l1-exits: no KVM debugfs in L1"; exit 1; }
 counters="exits pf_fixed pages_4k pages_2m io_exits mmio_exits irq_exits halt_exits halt_wakeup irq_window_exits insn_emulation irq_injections"
 # irqs WHEN: the guest command that prints its virtio interrupt lines, each
-# prefixed "@@IRQ-WHEN " (the kernel command line carries it: no double
-# quotes, Firecracker's JSON has it too).
-irqs() { echo "sed -n '/virtio/s/^/@@IRQ-$1 /p' /proc/interrupts"; }
+# prefixed "@@IRQ-WHEN" (the IRQ number that follows is padded with spaces).
+# The kernel command line carries it: no quotes (Firecracker's JSON has it
+# too), and few words: init gets at most 32, and the fio job's command is
+# 30 of them.
+irqs() { echo "sed -n /virtio/s/^/@@IRQ-$1/p /proc/interrupts"; }
 for vmm in $L1_EXITS_VMMS; do
     rm -f /tmp/l1-exits /tmp/l1-exits-start /tmp/l1-exits-end
     (
@@ -91,9 +93,12 @@ for vmm in $L1_EXITS_VMMS; do
     fi
     # Interrupts: the counts after "N:" on each line (one per guest CPU),
     # summed over the virtio lines; end minus start.
-    irq=$(tr -d '\r' </tmp/l1-exits-vm.log | awk '/^@@IRQ-(start|end) / {
-            for (i = 3; i <= NF && $i ~ /^[0-9]+$/; i++) t[$1] += $i; seen[$1] = 1 }
-        END { if (seen["@@IRQ-start"] && seen["@@IRQ-end"]) print t["@@IRQ-end"] - t["@@IRQ-start"] }')
+    irq=$(tr -d '\r' </tmp/l1-exits-vm.log | awk '/^@@IRQ-(start|end)/ {
+            w = ($0 ~ /^@@IRQ-start/) ? "start" : "end"
+            sub(/^@@IRQ-(start|end) */, "")
+            for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) t[w] += $i
+            seen[w] = 1 }
+        END { if (seen["start"] && seen["end"]) print t["end"] - t["start"] }')
     echo "$ios $(cat /tmp/l1-exits-start) / $(cat /tmp/l1-exits-end)" | awk -v vmm="$vmm" -v irq="${irq:-missing}" '{
         n = $1; iops = $2; i = 3
         while ($i != "/") { split($i, kv, "="); a[kv[1]] = kv[2]; i++ }
