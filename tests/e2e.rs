@@ -1186,12 +1186,12 @@ fn sha(c: &Check, key: &str) -> String {
     v
 }
 
-/// MiB/s from `secs=T0-T1` (guest uptimes) and a size in MiB, if parseable.
-fn rate(c: &Check, secs_key: &str, mib: &str) -> Option<f64> {
+/// MiB/s from `secs=T0-T1` (guest uptimes) and a size in MiB, if the times parse.
+fn rate(c: &Check, secs_key: &str, mib: u64) -> Option<f64> {
     let secs = c.after(secs_key);
     let (t0, t1) = secs.split_once('-')?;
     let dt = t1.parse::<f64>().ok()? - t0.parse::<f64>().ok()?;
-    Some(mib.parse::<f64>().ok()? / dt)
+    Some(mib as f64 / dt)
 }
 
 #[test]
@@ -1233,8 +1233,8 @@ fn net_ping_tcp() {
     // Not asserted (emulated time in the rig), but worth seeing.
     eprintln!(
         "net_ping_tcp: upload {UP_MIB} MiB at {:.1?} MiB/s, download {DOWN_MIB} MiB at {:.1?} MiB/s (guest clock)",
-        rate(&c, "up-secs=", &UP_MIB.to_string()),
-        rate(&c, "down-secs=", &DOWN_MIB.to_string())
+        rate(&c, "up-secs=", UP_MIB),
+        rate(&c, "down-secs=", DOWN_MIB)
     );
 }
 

@@ -104,9 +104,12 @@ pub fn without_net_admin<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// A descriptor: (guest address, length, device-writable).
+pub type Desc = (u64, u32, bool);
+
 /// A descriptor chain as the driver lays it out from index `start` on:
-/// each (guest address, length, device-writable) linked to the next.
-pub fn desc_chain(start: u16, descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+/// each descriptor linked to the next.
+pub fn desc_chain(start: u16, descs: &[Desc]) -> Vec<RawDescriptor> {
     descs
         .iter()
         .enumerate()

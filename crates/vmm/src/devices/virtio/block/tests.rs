@@ -56,8 +56,8 @@ fn open(path: &Path, readonly: bool) -> Block {
     .unwrap()
 }
 
-/// A descriptor: (guest address, length, device-writable).
-type D = (u64, u32, bool);
+// A descriptor: (guest address, length, device-writable).
+use crate::testutil::Desc as D;
 
 struct Env<'a> {
     mem: &'a GuestMemoryMmap,

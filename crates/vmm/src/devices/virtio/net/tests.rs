@@ -63,8 +63,8 @@ fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
-/// A descriptor: (guest address, length, device-writable).
-type D = (u64, u32, bool);
+// A descriptor: (guest address, length, device-writable).
+use crate::testutil::Desc as D;
 
 /// An Ethernet frame with its (transmit or receive) header: `len` bytes
 /// of frame after the header, a recognisable pattern.
